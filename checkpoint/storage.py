@@ -1,0 +1,92 @@
+"""Where checkpoint bytes live.
+
+The store speaks to a :class:`Storage` through a handful of whole-object operations (put, get, list,
+delete), the shape that object stores such as S3 and GCS offer, so an fsspec-backed storage can be
+added without touching the store. A checkpoint is committed by writing its manifest last, which needs
+no atomic directory rename.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["Storage", "LocalStorage"]
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``data`` under ``key`` so that readers see either nothing or all of it."""
+
+    def get(self, key: str) -> bytes: ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Names directly under ``prefix`` (one level), sorted."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def delete_tree(self, prefix: str) -> None: ...
+
+    def move_tree(self, src: str, dst: str) -> None: ...
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStorage:
+    """A directory on a local or network file system: temp file, fsync, rename, fsync the directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def list(self, prefix: str) -> list[str]:
+        try:
+            return sorted(p.name for p in self._path(prefix).iterdir())
+        except FileNotFoundError:
+            return []
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+
+    def delete_tree(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+    def move_tree(self, src: str, dst: str) -> None:
+        os.replace(self._path(src), self._path(dst))

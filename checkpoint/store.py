@@ -1,0 +1,166 @@
+"""Crash-safe checkpoints: atomic files, a manifest written last, verified before anything is read.
+
+Layout under the storage root::
+
+    checkpoints/step-000000042/model.safetensors
+                               optimizer.safetensors
+                               ...
+                               MANIFEST.json   <- written last: the commit point
+
+A checkpoint whose manifest is missing, does not parse, fails its own checksum, or lists a file whose
+SHA-256 or size differs is not a checkpoint. Loading walks back from the newest to the newest valid
+one, moves bad ones aside (kept for inspection, never loaded), and says so in one line each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .storage import Storage
+
+__all__ = ["Checkpoint", "CheckpointStore", "CorruptCheckpoint", "MANIFEST", "checkpoint_name"]
+
+MANIFEST = "MANIFEST.json"
+FORMAT = 1
+_NAME = re.compile(r"^step-(\d{9})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint failed verification; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint: its step, the raw bytes of each file, and the manifest's metadata."""
+
+    step: int
+    name: str
+    files: Mapping[str, bytes]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+class CheckpointStore:
+    """Saves, lists, verifies, loads and prunes checkpoints in a :class:`Storage`.
+
+    ``between_files`` is called after each data file is durable and before the manifest: the place
+    where a kill leaves a torn checkpoint. Chaos testing uses it to stop the writer there.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        keep: int = 3,
+        prefix: str = "checkpoints",
+        between_files: Callable[[str], None] | None = None,
+    ) -> None:
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        self.storage = storage
+        self.keep = keep
+        self.prefix = prefix
+        self.between_files = between_files
+
+    def _key(self, name: str, file: str = "") -> str:
+        return f"{self.prefix}/{name}/{file}" if file else f"{self.prefix}/{name}"
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def save(self, step: int, files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
+        """Write ``files`` then commit them with a manifest; returns the checkpoint's name."""
+        name = checkpoint_name(step)
+        # Uncommit any older checkpoint of the same step before overwriting its files.
+        self.storage.delete(self._key(name, MANIFEST))
+        entries: dict[str, dict[str, Any]] = {}
+        for fname, data in files.items():
+            if fname == MANIFEST or "/" in fname:
+                raise ValueError(f"bad checkpoint file name {fname!r}")
+            self.storage.put(self._key(name, fname), data)
+            entries[fname] = {"sha256": _sha256(data), "size": len(data)}
+            if self.between_files is not None:
+                self.between_files(fname)
+        body = {"format": FORMAT, "step": step, "files": entries, "meta": dict(meta)}
+        manifest = dict(body, sha256=_sha256(_canonical(body)))
+        self.storage.put(self._key(name, MANIFEST), json.dumps(manifest, indent=1).encode("utf-8"))
+        self.prune()
+        return name
+
+    def prune(self) -> None:
+        """Keep the newest ``keep`` committed checkpoints; remove older ones and torn leftovers."""
+        committed = set(self.committed())
+        keep = set(sorted(committed, reverse=True)[: self.keep])
+        for name in self._step_dirs():
+            if name not in keep:
+                self.storage.delete_tree(self._key(name))
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def _step_dirs(self) -> list[str]:
+        return [n for n in self.storage.list(self.prefix) if _NAME.match(n)]
+
+    def committed(self) -> list[str]:
+        """Names of checkpoints that have a manifest (not yet verified), oldest first."""
+        return [n for n in self._step_dirs() if self.storage.exists(self._key(n, MANIFEST))]
+
+    def verify(self, name: str) -> Checkpoint:
+        """Read and check one checkpoint; raise :class:`CorruptCheckpoint` naming what is wrong."""
+        try:
+            raw = self.storage.get(self._key(name, MANIFEST))
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"{name}: no {MANIFEST}") from None
+        try:
+            manifest = json.loads(raw)
+            claimed = manifest.pop("sha256")
+            body_ok = claimed == _sha256(_canonical(manifest))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise CorruptCheckpoint(f"{name}/{MANIFEST}: unreadable") from None
+        if not body_ok:
+            raise CorruptCheckpoint(f"{name}/{MANIFEST}: checksum mismatch")
+        if manifest.get("format") != FORMAT:
+            raise CorruptCheckpoint(f"{name}/{MANIFEST}: unknown format {manifest.get('format')!r}")
+        files: dict[str, bytes] = {}
+        for fname, entry in manifest["files"].items():
+            try:
+                data = self.storage.get(self._key(name, fname))
+            except FileNotFoundError:
+                raise CorruptCheckpoint(f"{name}/{fname}: missing") from None
+            if len(data) != entry["size"]:
+                raise CorruptCheckpoint(f"{name}/{fname}: {len(data)} bytes, manifest says {entry['size']}")
+            if _sha256(data) != entry["sha256"]:
+                raise CorruptCheckpoint(f"{name}/{fname}: sha256 mismatch")
+            files[fname] = data
+        return Checkpoint(step=int(manifest["step"]), name=name, files=files, meta=manifest["meta"])
+
+    def load_latest(self, warn: Callable[[str], None] | None = None) -> Checkpoint | None:
+        """The newest checkpoint that verifies, or None. Bad ones are moved aside with a warning."""
+        for name in reversed(self.committed()):
+            try:
+                return self.verify(name)
+            except CorruptCheckpoint as exc:
+                self._quarantine(name)
+                if warn is not None:
+                    warn(f"checkpoint {exc} -- moved aside, falling back to an older checkpoint")
+        return None
+
+    def _quarantine(self, name: str) -> None:
+        n = 0
+        while self.storage.exists(self._key(f"corrupt-{name}-{n}")):
+            n += 1
+        self.storage.move_tree(self._key(name), self._key(f"corrupt-{name}-{n}"))

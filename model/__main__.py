@@ -1,0 +1,97 @@
+"""``python -m model``: train the seed's MNIST CNN in this process, resuming from the run directory.
+
+Exit codes: 0 done, 75 preempted with state saved (SIGTERM/SIGINT), 65 bad data, 73 run directory
+not writable, 69 run directory in use, 78 run directory holds another configuration, 1 a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from runner.exitcodes import ExitCode, UserError
+
+BREAK_RESUME_KINDS = ("optimizer", "lr-scheduler", "rng", "data-position")  # = model.train.BREAK_RESUME_KINDS
+
+
+def positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {v}")
+    return v
+
+
+def non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    """The built-in job's options, shared with ``python -m runner`` which passes them through."""
+    p.add_argument("--epochs", type=positive, default=5, help="epochs to train (default 5)")
+    p.add_argument("--seed", type=non_negative, default=0, help="seed for init and shuffling (default 0)")
+    p.add_argument("--data", default=None,
+                   help="a .json.gz file or an IDX directory (default: scikit-learn's bundled digits)")
+    p.add_argument("--checkpoint-every-steps", type=non_negative, default=0, metavar="K",
+                   help="also checkpoint every K steps (default 0: at epoch ends only)")
+    p.add_argument("--break-resume", choices=BREAK_RESUME_KINDS, default=None,
+                   help="deliberately resume wrongly (to test the verifier); never for real runs")
+
+
+def job_argv(ns: argparse.Namespace) -> list[str]:
+    """The job options in ``ns`` as command-line arguments for ``python -m model``."""
+    argv = ["--epochs", str(ns.epochs), "--seed", str(ns.seed),
+            "--checkpoint-every-steps", str(ns.checkpoint_every_steps)]
+    if ns.data is not None:
+        argv += ["--data", ns.data]
+    if ns.break_resume is not None:
+        argv += ["--break-resume", ns.break_resume]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=".*ccache.*")
+    p = argparse.ArgumentParser(prog="python -m model", description=__doc__.splitlines()[0])
+    p.add_argument("--run-dir", required=True, help="where checkpoints, the loss journal and logs go")
+    add_job_arguments(p)
+    ns = p.parse_args(argv)
+    try:
+        return run(ns)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return int(exc.code)
+
+
+def run(ns: argparse.Namespace) -> int:
+    from runner.worker import Worker  # no Paddle yet: the heartbeat starts before the slow import
+
+    from .data import prepare, source_id
+
+    with Worker(ns.run_dir) as worker:
+        from .train import TrainConfig
+
+        cfg = TrainConfig(epochs=ns.epochs, seed=ns.seed, checkpoint_every_steps=ns.checkpoint_every_steps,
+                          break_resume=ns.break_resume)
+        worker.bind_config({"job": "mnist-cnn", "data": source_id(ns.data), **cfg.identity()})
+        if worker.finished() is not None:
+            print(f"{ns.run_dir}: already complete", flush=True)
+            return ExitCode.OK
+        worker.heartbeat("loading-data")
+        data = prepare(ns.data, worker.run_dir)
+        worker.heartbeat("importing")
+        from .train import train
+
+        return int(train(cfg, data, worker))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The seed's training recipe as a supervised job: Adam, polynomial LR decay, shuffled epochs.
+
+Resumes at any step, not only at epoch ends: the checkpoint carries the model, Adam's moments and
+beta powers, the LR scheduler, every RNG state, the epoch's sample order and the position in it.
+``break_resume`` leaves one of those out on purpose; it exists to prove the verifier catches it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from checkpoint import paddle_state as ps
+from checkpoint.state import TrainState, params_digest
+from runner.exitcodes import ExitCode
+from runner.worker import Worker
+
+from .data import Dataset
+from .net import MnistCNN
+
+__all__ = ["TrainConfig", "train", "BREAK_RESUME_KINDS", "build", "steps_per_epoch"]
+
+BREAK_RESUME_KINDS = ("optimizer", "lr-scheduler", "rng", "data-position")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    seed: int = 0
+    batch_size: int = 100
+    lr: float = 0.01
+    end_lr: float = 0.001
+    checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
+    break_resume: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change the loss trace (checkpoint cadence does not)."""
+        d = asdict(self)
+        d.pop("checkpoint_every_steps")
+        d.pop("break_resume")
+        return d
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def build(cfg: TrainConfig, side: int, total_steps: int) -> tuple[MnistCNN, paddle.optimizer.Adam]:
+    paddle.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = MnistCNN(side)
+    model.train()
+    sched = paddle.optimizer.lr.PolynomialDecay(learning_rate=cfg.lr, decay_steps=total_steps, end_lr=cfg.end_lr)
+    opt = paddle.optimizer.Adam(learning_rate=sched, parameters=model.parameters())
+    return model, opt
+
+
+def _capture(model: MnistCNN, opt: paddle.optimizer.Adam, step: int, epoch: int, batch: int,
+             order: np.ndarray, data_rng: np.random.Generator) -> TrainState:
+    opt_arrays, sched = ps.optimizer_arrays(opt)
+    rng = ps.rng_states()
+    rng["data"] = data_rng.bit_generator.state
+    return TrainState(step=step, epoch=epoch, batch=batch, model=ps.model_arrays(model), optimizer=opt_arrays,
+                      lr_scheduler=sched, rng=rng, order=order)
+
+
+def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
+    n = len(data.train_x)
+    per_epoch = steps_per_epoch(n, cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    model, opt = build(cfg, data.side, total)
+    sched = opt._learning_rate
+    data_rng = np.random.default_rng(cfg.seed)
+
+    ckpt = worker.restore()
+    if ckpt is None:
+        step, epoch, batch = 0, 0, 0
+        order = data_rng.permutation(n)
+    else:
+        st = TrainState.from_checkpoint(ckpt)
+        brk = cfg.break_resume
+        ps.load_model(model, st.model)
+        ps.load_optimizer(opt, None if brk == "optimizer" else st.optimizer,
+                          None if brk == "lr-scheduler" else st.lr_scheduler)
+        step, epoch, batch, order = st.step, st.epoch, st.batch, st.order
+        if brk == "rng":
+            order = data_rng.permutation(n)  # a fresh generator, as if its state was never saved
+        else:
+            ps.set_rng_states(st.rng)
+            data_rng.bit_generator.state = st.rng["data"]
+        if brk == "data-position":
+            batch, step = batch + 1, step  # reads one batch ahead of where it stopped
+
+    while epoch < cfg.epochs:
+        idx = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
+        x = paddle.to_tensor(data.train_x[idx])
+        y = paddle.to_tensor(data.train_y[idx])
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        lr = sched.get_lr()
+        loss.backward()
+        opt.step()
+        opt.clear_grad()
+        sched.step()
+        acc = float((logits.numpy().argmax(axis=1) == data.train_y[idx]).mean())
+        worker.report_step(step, loss=float(loss), epoch=epoch, batch=batch, acc=acc, lr=lr)
+        step += 1
+        batch += 1
+        epoch_end = batch >= per_epoch
+        if epoch_end:
+            epoch, batch = epoch + 1, 0
+            if epoch < cfg.epochs:
+                order = data_rng.permutation(n)
+        every = cfg.checkpoint_every_steps
+        if epoch_end or (every and step % every == 0) or worker.preemption_requested:
+            files, meta = _capture(model, opt, step, epoch, batch, order, data_rng).to_files()
+            worker.save_checkpoint(step, files, meta)
+        if worker.preemption_requested and epoch < cfg.epochs:
+            worker.event("preempted", step=step)
+            return ExitCode.PREEMPTED
+
+    worker.complete(steps=step, params_sha256=params_digest(ps.model_arrays(model)))
+    return ExitCode.OK

@@ -1,0 +1,33 @@
+"""Exit codes shared by the worker, the supervisor and the commands.
+
+Each failure a person can act on has its own code, so that scripts and the supervisor can tell
+them apart without parsing output. Codes in 64-78 follow BSD ``sysexits.h`` where one fits.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = ["ExitCode", "UserError"]
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    CRASHED = 1  # an uncaught exception: Python's own exit status for one
+    USAGE = 2  # bad command-line flags (argparse's status)
+    VERIFY_FAILED = 3  # the stitched trace does not match the reference
+    BAD_DATA = 65  # EX_DATAERR: missing or malformed training data
+    LOCKED = 69  # EX_UNAVAILABLE: another supervisor or worker holds the run directory
+    GAVE_UP = 70  # the supervisor stopped retrying: crash loop or restart budget spent
+    UNWRITABLE = 73  # EX_CANTCREAT: the run directory cannot be created or written
+    PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM with its state saved; restart it
+    BAD_CONFIG = 78  # EX_CONFIG: options contradict the run directory or each other
+    INTERRUPTED = 130  # stopped by the user (SIGINT/SIGTERM to the supervisor)
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line and a distinct exit code."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,265 @@
+"""The API a training job calls to be supervised: restore, report a step, checkpoint, heartbeat.
+
+The job and the supervisor talk only through files in the run directory and the job's exit code:
+
+``losses.jsonl``  one record per completed step per attempt (flushed every step)
+``events.jsonl``  what happened: attempts, checkpoints, fallbacks, exits (shared with the supervisor)
+``heartbeat``     rewritten on every step and phase change; the supervisor watches it for hangs
+``checkpoints/``  see :mod:`checkpoint.store`
+``job.json``      the job's configuration, so a run directory is never resumed with another one
+``final.json``    written when the job completes
+
+A user's own script uses it the same way the built-in MNIST job does::
+
+    with Worker(run_dir) as w:
+        ckpt = w.restore()                 # a verified Checkpoint or None
+        for step in ...:
+            ...
+            w.report_step(step, loss=loss, epoch=e, batch=b)
+            if w.preemption_requested or step % k == 0:
+                w.save_checkpoint(step + 1, files, meta)
+            if w.preemption_requested:
+                raise SystemExit(ExitCode.PREEMPTED)
+        w.complete(params_sha256=...)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from checkpoint.storage import LocalStorage
+from checkpoint.store import Checkpoint, CheckpointStore
+
+from .exitcodes import ExitCode, UserError
+from .journal import JsonlWriter, append_record, read_records
+
+__all__ = [
+    "Worker",
+    "SimulatedDeviceError",
+    "ENV_ATTEMPT",
+    "ENV_CHAOS_ARM",
+    "LOSSES",
+    "EVENTS",
+    "HEARTBEAT",
+    "FINAL",
+    "JOB",
+    "read_heartbeat",
+]
+
+ENV_ATTEMPT = "RUNNER_ATTEMPT"
+ENV_CHAOS_ARM = "RUNNER_CHAOS_ARM"
+LOSSES = "losses.jsonl"
+EVENTS = "events.jsonl"
+HEARTBEAT = "heartbeat"
+FINAL = "final.json"
+JOB = "job.json"
+WORKER_LOCK = "worker.lock"
+
+PAUSED_PHASE = "checkpoint-write-paused"
+
+
+class SimulatedDeviceError(RuntimeError):
+    """Raised inside a training step by the ``crash`` chaos fault."""
+
+
+def read_heartbeat(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((Path(run_dir) / HEARTBEAT).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Worker:
+    """One attempt of a supervised job. Create it before importing the framework: it starts the
+    heartbeat, takes the run directory's worker lock and turns SIGTERM/SIGINT into a request."""
+
+    def __init__(self, run_dir: Path | str, *, keep_checkpoints: int = 3, handle_signals: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.run_dir / WORKER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserError(
+                f"run directory {self.run_dir} is not writable: {exc.strerror}", ExitCode.UNWRITABLE
+            ) from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise UserError(
+                f"run directory {self.run_dir} is in use by another worker", ExitCode.LOCKED
+            ) from None
+        self.attempt = self._attempt_number()
+        self.pid = os.getpid()
+        self._preempt_signal: int | None = None
+        self._arm = self._read_arm()
+        self._hb_fd = os.open(self.run_dir / HEARTBEAT, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._losses = JsonlWriter(self.run_dir / LOSSES)
+        self._last_report = time.monotonic()
+        self._saving_step = 0
+        self.store = CheckpointStore(
+            LocalStorage(self.run_dir), keep=keep_checkpoints, between_files=self._between_files
+        )
+        if handle_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.heartbeat("starting")
+
+    # -- context -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._losses.close()
+        os.close(self._hb_fd)
+        os.close(self._lock_fd)
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    def _attempt_number(self) -> int:
+        env = os.environ.get(ENV_ATTEMPT)
+        if env:
+            return int(env)
+        # Run by hand: one more than the highest attempt the journal has seen.
+        seen = [int(r.get("attempt", 0)) for r in read_records(self.run_dir / LOSSES)[-1:]]
+        return (max(seen) + 1) if seen else 1
+
+    @staticmethod
+    def _read_arm() -> dict[str, Any] | None:
+        raw = os.environ.get(ENV_CHAOS_ARM)
+        return json.loads(raw) if raw else None
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only record it: the training loop finishes its step and checkpoints at a safe point.
+        self._preempt_signal = signum
+
+    def _armed(self, kind: str, step: int) -> bool:
+        return self._arm is not None and self._arm.get("kind") == kind and step >= int(self._arm["step"])
+
+    def _between_files(self, fname: str) -> None:
+        step = self._saving_step
+        if self._armed("checkpoint-write", step):
+            # Chaos: stop with a torn checkpoint on disk and wait for the supervisor's SIGKILL.
+            self.heartbeat(PAUSED_PHASE, step=step)
+            self.event("chaos-paused-in-checkpoint-write", step=step, after_file=fname)
+            while True:
+                time.sleep(3600)
+
+    # -- the API -------------------------------------------------------------------------------------
+
+    @property
+    def preemption_requested(self) -> bool:
+        """True once SIGTERM or SIGINT arrived: checkpoint, then exit with ``ExitCode.PREEMPTED``."""
+        return self._preempt_signal is not None
+
+    def heartbeat(self, phase: str = "train", step: int | None = None) -> None:
+        rec = {"pid": self.pid, "attempt": self.attempt, "phase": phase, "step": step, "time": time.time()}
+        data = json.dumps(rec).encode()
+        os.pwrite(self._hb_fd, data, 0)
+        os.ftruncate(self._hb_fd, len(data))
+
+    def event(self, kind: str, **fields: Any) -> None:
+        rec = {"time": time.time(), "source": "worker", "event": kind, "attempt": self.attempt, "pid": self.pid}
+        rec.update(fields)
+        append_record(self.run_dir / EVENTS, rec)
+
+    def bind_config(self, config: Mapping[str, Any]) -> None:
+        """Record the job's configuration, or refuse one that differs from the run directory's."""
+        path = self.run_dir / JOB
+        want = json.loads(json.dumps(dict(config)))
+        if path.exists():
+            try:
+                have = json.loads(path.read_text())
+            except ValueError:
+                raise UserError(f"{path}: not valid JSON", ExitCode.BAD_CONFIG) from None
+            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+            if diff:
+                k = diff[0]
+                raise UserError(
+                    f"{self.run_dir} holds a run with {k}={have.get(k)!r}, not {want.get(k)!r}; "
+                    "use a new --run-dir",
+                    ExitCode.BAD_CONFIG,
+                )
+        else:
+            _write_json_atomic(path, want)
+
+    def finished(self) -> dict[str, Any] | None:
+        """The completion record if this run already finished."""
+        try:
+            data = json.loads((self.run_dir / FINAL).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def restore(self) -> Checkpoint | None:
+        """The newest verified checkpoint, falling back past torn or corrupt ones with a warning."""
+        self.heartbeat("restoring")
+
+        def warn(msg: str) -> None:
+            print(f"warning: {msg}", flush=True)
+            self.event("checkpoint-fallback", reason=msg)
+
+        ckpt = self.store.load_latest(warn=warn)
+        self.event("attempt-started", resumed_from_step=ckpt.step if ckpt else 0, checkpoint=ckpt and ckpt.name)
+        self._last_report = time.monotonic()
+        return ckpt
+
+    def report_step(
+        self, step: int, *, loss: float, epoch: int = 0, batch: int = 0, acc: float | None = None,
+        lr: float | None = None,
+    ) -> None:
+        """Journal one completed step (global, 0-based) and beat the heart."""
+        if self._armed("crash", step):
+            self._arm = None
+            raise SimulatedDeviceError(f"simulated device error in step {step} (chaos fault 'crash')")
+        now = time.monotonic()
+        loss = float(loss)
+        self._losses.write(
+            {
+                "step": step, "epoch": epoch, "batch": batch, "loss": loss, "loss_hex": loss.hex(),
+                "acc": None if acc is None else float(acc), "lr": None if lr is None else float(lr),
+                "attempt": self.attempt, "time": time.time(), "dt": now - self._last_report,
+            }
+        )
+        self._last_report = now
+        self.heartbeat("train", step=step)
+
+    def save_checkpoint(self, step: int, files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
+        """Durably save a checkpoint taken after ``step`` completed steps."""
+        self.heartbeat("checkpoint", step=step)
+        self._saving_step = step
+        t0 = time.monotonic()
+        name = self.store.save(step, files, meta)
+        self.event("checkpoint-saved", step=step, name=name, seconds=round(time.monotonic() - t0, 6))
+        self.heartbeat("train", step=step)
+        self._last_report += time.monotonic() - t0  # a step's dt excludes checkpoint time
+        return name
+
+    def complete(self, **summary: Any) -> None:
+        """Mark the job done; a rerun sees :meth:`finished` and exits at once."""
+        _write_json_atomic(self.run_dir / FINAL, dict(summary, attempt=self.attempt, time=time.time()))
+        self.event("job-completed", **summary)
