@@ -79,7 +79,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
     sched = opt._learning_rate
     data_rng = np.random.default_rng(cfg.seed)
 
-    ckpt = worker.restore()
+    ckpt = worker.restore(total_steps=total)
     if ckpt is None:
         step, epoch, batch = 0, 0, 0
         order = data_rng.permutation(n)

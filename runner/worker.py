@@ -215,8 +215,10 @@ class Worker:
             return None
         return data if isinstance(data, dict) else None
 
-    def restore(self) -> Checkpoint | None:
-        """The newest verified checkpoint, falling back past torn or corrupt ones with a warning."""
+    def restore(self, total_steps: int | None = None) -> Checkpoint | None:
+        """The newest verified checkpoint, falling back past torn or corrupt ones with a warning.
+
+        ``total_steps``, if the job knows it, lets the supervisor show progress against it."""
         self.heartbeat("restoring")
 
         def warn(msg: str) -> None:
@@ -224,7 +226,8 @@ class Worker:
             self.event("checkpoint-fallback", reason=msg)
 
         ckpt = self.store.load_latest(warn=warn)
-        self.event("attempt-started", resumed_from_step=ckpt.step if ckpt else 0, checkpoint=ckpt and ckpt.name)
+        self.event("attempt-started", resumed_from_step=ckpt.step if ckpt else 0,
+                   checkpoint=ckpt.name if ckpt else None, total_steps=total_steps)
         self._last_report = time.monotonic()
         return ckpt
 

@@ -1,0 +1,81 @@
+"""Why a worker attempt ended, decided from its exit status alone (plus two facts only the supervisor
+knows: it killed a hung worker, or the user asked to stop).
+
+=============  ==================================================  =========
+class          how it is recognised                                 retried?
+=============  ==================================================  =========
+COMPLETED      exit 0                                               no
+PREEMPTED      exit 75: stopped on SIGTERM after saving its state   yes, at once
+KILLED         died of a signal (SIGKILL incl. the OOM killer,      yes
+               SIGSEGV, SIGABRT ...), or exit 128+N from a shell
+CRASHED        any other non-zero exit, e.g. 1 from an exception    yes
+BAD_INPUT      exit 2, 65, 69, 73, 78: bad flags, bad data, a run   no: the same input
+               directory in use, unwritable or holding another     fails the same way
+               configuration
+HUNG           no heartbeat for --hang-timeout; we killed it        yes
+USER_STOPPED   the supervisor got SIGINT/SIGTERM and stopped it     no
+=============  ==================================================  =========
+
+Errors by origin: BAD_INPUT is the user's; CRASHED is usually the user's code but may be transient
+(a device error); KILLED, PREEMPTED and HUNG come from the platform. The retry policy decides how
+many of each to tolerate; this module only names them.
+"""
+
+from __future__ import annotations
+
+import signal
+from enum import Enum
+
+from .exitcodes import ExitCode
+
+__all__ = ["ExitClass", "classify_exit", "signal_name"]
+
+
+class ExitClass(Enum):
+    COMPLETED = "completed"
+    PREEMPTED = "preempted"
+    KILLED = "killed"
+    CRASHED = "crashed"
+    BAD_INPUT = "bad-input"
+    HUNG = "hung"
+    USER_STOPPED = "user-stopped"
+
+    @property
+    def retriable(self) -> bool:
+        return self in _RETRIABLE
+
+
+_RETRIABLE = frozenset({ExitClass.PREEMPTED, ExitClass.KILLED, ExitClass.CRASHED, ExitClass.HUNG})
+_BAD_INPUT = frozenset(
+    {ExitCode.USAGE, ExitCode.BAD_DATA, ExitCode.LOCKED, ExitCode.UNWRITABLE, ExitCode.BAD_CONFIG}
+)
+
+
+def signal_name(returncode: int | None) -> str | None:
+    """``SIGKILL`` for a process killed by signal 9 (returncode -9 or 137 from a shell)."""
+    if returncode is None:
+        return None
+    num = -returncode if returncode < 0 else returncode - 128 if 128 < returncode < 160 else None
+    if num is None:
+        return None
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def classify_exit(returncode: int, *, hung: bool = False, stopped_by_user: bool = False) -> ExitClass:
+    """Classify one attempt's end. ``returncode`` is Popen's: negative for death by a signal."""
+    if stopped_by_user:
+        return ExitClass.USER_STOPPED
+    if hung:
+        return ExitClass.HUNG
+    if returncode == ExitCode.OK:
+        return ExitClass.COMPLETED
+    if returncode == ExitCode.PREEMPTED:
+        return ExitClass.PREEMPTED
+    if returncode in _BAD_INPUT:
+        return ExitClass.BAD_INPUT
+    if signal_name(returncode) is not None:
+        return ExitClass.KILLED
+    return ExitClass.CRASHED
