@@ -12,7 +12,8 @@ import warnings
 
 from runner.exitcodes import ExitCode, UserError
 
-BREAK_RESUME_KINDS = ("optimizer", "lr-scheduler", "rng", "data-position")  # = model.train.BREAK_RESUME_KINDS
+from .config import BREAK_RESUME_KINDS, JOB_NAME, TrainConfig
+
 
 
 def positive(text: str) -> int:
@@ -58,6 +59,18 @@ def job_argv(ns: argparse.Namespace) -> list[str]:
     return argv
 
 
+def job_config(ns: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(epochs=ns.epochs, seed=ns.seed, checkpoint_every_steps=ns.checkpoint_every_steps,
+                       break_resume=ns.break_resume)
+
+
+def job_identity(ns: argparse.Namespace) -> dict[str, object]:
+    """What makes two runs comparable: the job, its data and every setting that changes the trace."""
+    from .data import source_id
+
+    return {"job": JOB_NAME, "data": source_id(ns.data), **job_config(ns).identity()}
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*ccache.*")
     p = argparse.ArgumentParser(prog="python -m model", description=__doc__.splitlines()[0])
@@ -74,14 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(ns: argparse.Namespace) -> int:
     from runner.worker import Worker  # no Paddle yet: the heartbeat starts before the slow import
 
-    from .data import prepare, source_id
+    from .data import prepare
 
     with Worker(ns.run_dir) as worker:
-        from .train import TrainConfig
-
-        cfg = TrainConfig(epochs=ns.epochs, seed=ns.seed, checkpoint_every_steps=ns.checkpoint_every_steps,
-                          break_resume=ns.break_resume)
-        worker.bind_config({"job": "mnist-cnn", "data": source_id(ns.data), **cfg.identity()})
+        cfg = job_config(ns)
+        worker.bind_config(job_identity(ns))
         if worker.finished() is not None:
             print(f"{ns.run_dir}: already complete", flush=True)
             return ExitCode.OK

@@ -26,7 +26,7 @@ import numpy as np
 
 from runner.exitcodes import ExitCode, UserError
 
-__all__ = ["Dataset", "DataError", "prepare", "source_id", "load_source", "CACHE", "NUM_CLASSES"]
+__all__ = ["Dataset", "DataError", "prepare", "source_id", "cache_key", "load_source", "CACHE", "NUM_CLASSES"]
 
 CACHE = "data.npz"
 NUM_CLASSES = 10
@@ -57,7 +57,7 @@ def source_id(data: str | None) -> str:
     return DIGITS if data is None else str(Path(data).resolve())
 
 
-def _cache_key(data: str | None) -> str:
+def cache_key(data: str | None) -> str:
     if data is None:
         return DIGITS
     p = Path(data).resolve()
@@ -227,7 +227,7 @@ def load_source(data: str | None) -> Dataset:
 def prepare(data: str | None, run_dir: Path) -> Dataset:
     """Load the prepared arrays from the run directory, preparing and caching them the first time."""
     cache = Path(run_dir) / CACHE
-    key = _cache_key(data)
+    key = cache_key(data)
     if cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as z:

@@ -7,10 +7,7 @@ beta powers, the LR scheduler, every RNG state, the epoch's sample order and the
 
 from __future__ import annotations
 
-import math
 import random
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import paddle
@@ -21,34 +18,11 @@ from checkpoint.state import TrainState, params_digest
 from runner.exitcodes import ExitCode
 from runner.worker import Worker
 
+from .config import TrainConfig, steps_per_epoch
 from .data import Dataset
 from .net import MnistCNN
 
-__all__ = ["TrainConfig", "train", "BREAK_RESUME_KINDS", "build", "steps_per_epoch"]
-
-BREAK_RESUME_KINDS = ("optimizer", "lr-scheduler", "rng", "data-position")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 5
-    seed: int = 0
-    batch_size: int = 100
-    lr: float = 0.01
-    end_lr: float = 0.001
-    checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
-    break_resume: str | None = None
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that change the loss trace (checkpoint cadence does not)."""
-        d = asdict(self)
-        d.pop("checkpoint_every_steps")
-        d.pop("break_resume")
-        return d
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
+__all__ = ["train", "build"]
 
 
 def build(cfg: TrainConfig, side: int, total_steps: int) -> tuple[MnistCNN, paddle.optimizer.Adam]:

@@ -132,9 +132,11 @@ def give_up_reason(history: Sequence[AttemptResult], policy: RetryPolicy) -> str
     """One line saying why the policy stopped, naming the step where the job keeps dying."""
     last = history[-1]
     where = last.resumed_from if last.last_step is None else last.last_step + 1
+    # No step and no resume: it died in start-up, before it restored (not "at step None").
+    at = f"at step {where}" if where is not None else "at start-up, before restoring"
     if no_progress_streak(history) >= policy.crash_loop:
         return (f"crash loop: {policy.crash_loop} attempts in a row died without completing a new step; "
-                f"it keeps dying at step {where} ({last.exit_class.value})")
+                f"it keeps dying {at} ({last.exit_class.value})")
     return f"restart budget spent: {unproductive_restarts(history)} restarts without progress (--max-restarts {policy.max_restarts})"
 
 

@@ -7,6 +7,7 @@ import time
 from typing import Any, Protocol, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .policy import AttemptResult
@@ -98,7 +99,9 @@ class RichView(PlainView):
         self.progress.start()
 
     def _say(self, text: str) -> None:
-        self.progress.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}", markup=True, highlight=False)
+        # ``text`` may hold the worker's own output: escape it, or '[x]' vanishes and '[/x]' raises MarkupError.
+        self.progress.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(text)}", markup=True,
+                                    highlight=False)
 
     def attempt_started(self, attempt: int, pid: int) -> None:
         self.progress.update(self.task, attempt=attempt)

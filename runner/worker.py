@@ -118,9 +118,8 @@ class Worker:
         self.store = CheckpointStore(
             LocalStorage(self.run_dir), keep=keep_checkpoints, between_files=self._between_files
         )
-        if handle_signals:
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
+        self._handle_signals = handle_signals
+        self._take_signals()
         self.heartbeat("starting")
 
     # -- context -------------------------------------------------------------------------------------
@@ -152,6 +151,11 @@ class Worker:
     def _read_arm() -> dict[str, Any] | None:
         raw = os.environ.get(ENV_CHAOS_ARM)
         return json.loads(raw) if raw else None
+
+    def _take_signals(self) -> None:
+        if self._handle_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only record it: the training loop finishes its step and checkpoints at a safe point.
@@ -220,6 +224,9 @@ class Worker:
 
         ``total_steps``, if the job knows it, lets the supervisor show progress against it."""
         self.heartbeat("restoring")
+        # ``import paddle`` installs its own C-level SIGTERM handler, which aborts the process; the job
+        # imports its framework after creating the Worker, so take the signals back before training.
+        self._take_signals()
 
         def warn(msg: str) -> None:
             print(f"warning: {msg}", flush=True)

@@ -1,0 +1,127 @@
+"""Arming faults and deciding when they fire; the supervisor carries out what this decides.
+
+The :class:`Injector` follows the schedule one fault at a time. Each tick it looks at what the worker
+did (steps, events, heartbeat phase) and returns actions - send this signal, corrupt that file - to the
+supervisor, which owns the processes. Faults that happen inside the worker are armed through the
+worker's environment before it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.policy import AttemptResult
+from runner.supervisor import FileEffect, Observation, SendSignal
+from runner.worker import ENV_CHAOS_ARM, PAUSED_PHASE
+
+from .faults import ARMED_KINDS, Fault, FaultKind
+from .schedule import Schedule
+
+__all__ = ["Injector", "FaultHit", "corrupt_file"]
+
+
+@dataclass(frozen=True)
+class FaultHit:
+    """What became of one scheduled fault."""
+
+    kind: str
+    target_step: int
+    attempt: int | None
+    hit_step: int | None  # the last step the worker had completed when it hit
+    time: float | None
+    effect: str | None = None
+    missed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "target_step": self.target_step, "attempt": self.attempt,
+                "hit_step": self.hit_step, "time": self.time, "effect": self.effect, "missed": self.missed}
+
+
+def corrupt_file(path: Path, mode: str, position: float) -> str:
+    """Truncate ``path`` at, or flip the byte at, ``position`` (a fraction of its length)."""
+    data = bytearray(path.read_bytes())
+    at = min(len(data) - 1, int(len(data) * position)) if data else 0
+    if mode == "truncate":
+        path.write_bytes(bytes(data[:at]))
+        return f"truncated {path.parent.name}/{path.name} to {at} of {len(data)} bytes"
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return f"flipped byte {at} of {path.parent.name}/{path.name}"
+
+
+class Injector:
+    def __init__(self, schedule: Schedule, run_dir: Path, *, grace: float = 5.0) -> None:
+        self.schedule = schedule
+        self.run_dir = Path(run_dir)
+        self.grace = grace
+        self.pending: list[Fault] = list(schedule.faults)
+        self.hits: list[FaultHit] = []
+        self._fired: tuple[int, float, int | None, str | None] | None = None  # attempt, time, step, effect
+
+    @property
+    def current(self) -> Fault | None:
+        return self.pending[0] if self.pending else None
+
+    def env_for(self, attempt: int) -> dict[str, str]:
+        f = self.current
+        if f is None or f.kind not in ARMED_KINDS:
+            return {}
+        return {ENV_CHAOS_ARM: json.dumps({"kind": f.kind.value, "step": f.step})}
+
+    def _fire(self, obs: Observation, effect: str | None = None) -> dict[str, Any]:
+        f = self.current
+        assert f is not None
+        self._fired = (obs.attempt, time.time(), obs.last_step, effect)
+        return {"fault": f.kind.value, "target_step": f.step}
+
+    def on_tick(self, obs: Observation) -> Sequence[SendSignal | FileEffect]:
+        f = self.current
+        if f is None or self._fired is not None:
+            return []
+        reached = obs.last_step is not None and obs.last_step >= f.step
+        if f.kind is FaultKind.SIGKILL and reached:
+            return [SendSignal(signal.SIGKILL, fault=self._fire(obs))]
+        if f.kind is FaultKind.SIGTERM and reached:
+            return [SendSignal(signal.SIGTERM, kill_after=self.grace, fault=self._fire(obs))]
+        if f.kind is FaultKind.HANG and reached:
+            return [SendSignal(signal.SIGSTOP, fault=self._fire(obs))]
+        if f.kind is FaultKind.CHECKPOINT_WRITE and obs.phase == PAUSED_PHASE:
+            return [SendSignal(signal.SIGKILL, fault=self._fire(obs))]
+        if f.kind is FaultKind.CORRUPT_CHECKPOINT:
+            for e in obs.new_events:
+                if e.get("event") == "checkpoint-saved" and int(e.get("step", -1)) >= f.step:
+                    path = self.run_dir / "checkpoints" / str(e["name"]) / str(f.detail.get("file", "model.safetensors"))
+
+                    def apply(path: Path = path) -> str:
+                        what = corrupt_file(path, str(f.detail.get("mode", "flip-byte")),
+                                            float(f.detail.get("position", 0.5)))
+                        self._fired = (obs.attempt, time.time(), obs.last_step, what)
+                        return what
+
+                    fault = self._fire(obs)
+                    return [FileEffect(apply, fault=fault), SendSignal(signal.SIGKILL, fault=fault)]
+        return []
+
+    def on_exit(self, result: AttemptResult) -> None:
+        f = self.current
+        if f is None:
+            return
+        if self._fired is not None:
+            attempt, t, step, effect = self._fired
+            self.hits.append(FaultHit(f.kind.value, f.step, attempt, step, t, effect))
+        elif f.kind is FaultKind.CRASH and result.exit_class.value == "crashed":
+            self.hits.append(FaultHit(f.kind.value, f.step, result.attempt, result.last_step, result.ended))
+        elif result.exit_class.value == "completed":
+            self.hits.extend(FaultHit(p.kind.value, p.step, None, None, None, missed=True) for p in self.pending)
+            self.pending.clear()
+            return
+        else:
+            return  # the attempt died of something else: the fault is still due
+        self.pending.pop(0)
+        self._fired = None

@@ -1,0 +1,103 @@
+"""A chaos schedule: which faults, of which kinds, at which steps; drawn from a seed, saved as JSON.
+
+Drawing is pure: the same seed and job give the same schedule, and a saved schedule replays a run's
+faults exactly. Targets are spread over the run, one per equal slice, at least ``MIN_GAP`` steps
+apart, so every restart completes new steps before the next fault (a schedule never fakes a crash
+loop); faults on checkpoints are placed on steps where the job takes one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .faults import CHECKPOINT_KINDS, Fault, FaultKind
+
+__all__ = ["Schedule", "draw_schedule", "checkpoint_steps", "ScheduleError", "MIN_GAP", "SCHEDULE_FILE"]
+
+MIN_GAP = 4
+SCHEDULE_FILE = "chaos-schedule.json"
+CORRUPT_FILES = ("model.safetensors", "optimizer.safetensors", "data.safetensors")
+
+
+class ScheduleError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Schedule:
+    seed: int | None
+    total_steps: int
+    faults: tuple[Fault, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": 1, "seed": self.seed, "total_steps": self.total_steps,
+                "faults": [f.to_json() for f in self.faults]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Schedule:
+        return cls(d.get("seed"), int(d["total_steps"]), tuple(Fault.from_json(f) for f in d["faults"]))
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Schedule:
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise ScheduleError(f"chaos schedule {path}: no such file") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ScheduleError(f"chaos schedule {path}: not a valid schedule ({exc})") from None
+
+
+def checkpoint_steps(total_steps: int, steps_per_epoch: int, every: int) -> list[int]:
+    """Steps (counted as completed steps) after which the job writes a checkpoint."""
+    return [s for s in range(1, total_steps + 1) if s % steps_per_epoch == 0 or (every and s % every == 0)]
+
+
+def draw_schedule(
+    seed: int,
+    n_faults: int,
+    kinds: Sequence[FaultKind],
+    total_steps: int,
+    ckpt_steps: Sequence[int],
+) -> Schedule:
+    """Draw ``n_faults`` faults over a job of ``total_steps`` steps, every kind in ``kinds`` at least
+    once when ``n_faults >= len(kinds)``."""
+    if n_faults < 0:
+        raise ScheduleError("the number of faults must be 0 or more")
+    if not kinds and n_faults:
+        raise ScheduleError("no fault kinds to draw from")
+    rng = random.Random(seed)
+    order = list(kinds)[:n_faults]
+    order += [rng.choice(list(kinds)) for _ in range(n_faults - len(order))]
+    rng.shuffle(order)
+    lo, hi = 2, total_steps - 1  # leave the first and last steps alone
+    span = (hi - lo) / max(1, n_faults)
+    ckpts = sorted(set(ckpt_steps))
+    faults: list[Fault] = []
+    prev = -MIN_GAP
+    for i, kind in enumerate(order):
+        a, b = lo + int(i * span), lo + int((i + 1) * span)
+        allowed = ckpts if kind in CHECKPOINT_KINDS else range(lo, hi)
+        cands = [s for s in allowed if a <= s < b and s >= prev + MIN_GAP and s < hi]
+        if not cands:  # a slice with no checkpoint in it: take the next one that fits
+            cands = [s for s in allowed if s >= max(a, prev + MIN_GAP) and s < hi][:1]
+        if not cands:
+            raise ScheduleError(
+                f"cannot fit {n_faults} faults into {total_steps} steps at least {MIN_GAP} apart; "
+                "use fewer faults, more epochs or more frequent checkpoints"
+            )
+        step = rng.choice(cands)
+        detail: dict[str, Any] = {}
+        if kind is FaultKind.CORRUPT_CHECKPOINT:
+            detail = {"mode": rng.choice(["truncate", "flip-byte"]), "file": rng.choice(CORRUPT_FILES),
+                      "position": round(rng.random(), 6)}
+        faults.append(Fault(kind, step, detail))
+        prev = step
+    return Schedule(seed=seed, total_steps=total_steps, faults=tuple(faults))

@@ -1,0 +1,36 @@
+"""The job's configuration, importable without Paddle (the supervisor and chaos planner use it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["TrainConfig", "steps_per_epoch", "BREAK_RESUME_KINDS", "JOB_NAME"]
+
+JOB_NAME = "mnist-cnn"
+#: Ways to resume wrongly on purpose, to prove the verifier catches each of them.
+BREAK_RESUME_KINDS = ("optimizer", "lr-scheduler", "rng", "data-position")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    seed: int = 0
+    batch_size: int = 100
+    lr: float = 0.01
+    end_lr: float = 0.001
+    checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
+    break_resume: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change the loss trace (checkpoint cadence does not)."""
+        d = asdict(self)
+        d.pop("checkpoint_every_steps")
+        d.pop("break_resume")
+        return d
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """The last batch of an epoch may be short, as in the seed's loader."""
+    return math.ceil(n / batch_size)

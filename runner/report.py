@@ -1,0 +1,236 @@
+"""The chaos report: a pure summary of a run against its reference, and thin rich renderables for it.
+
+:func:`build_report` computes everything from plain data (traces, events, fault hits);
+:class:`ReportView` only formats; :meth:`ChaosReport.to_json` writes the same numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .trace import Comparison, Trace
+
+__all__ = ["EpochRow", "ChaosReport", "build_report", "restart_latencies", "epoch_rows", "ReportView",
+           "reference_compute_s"]
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    epoch: int
+    reference_mean: float
+    run_mean: float | None
+    max_abs_diff: float | None
+    exact: bool
+    faults: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ChaosReport:
+    job: Mapping[str, Any]
+    comparison: Comparison
+    faults: tuple[Mapping[str, Any], ...]
+    restarts: int
+    lost_steps: int
+    restart_latency_s: tuple[float, ...]
+    wall_s: float
+    reference_compute_s: float
+    epochs: tuple[EpochRow, ...]
+    replay: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def goodput(self) -> float:
+        return self.reference_compute_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def verdict(self) -> str:
+        return self.comparison.verdict
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.comparison.to_json()
+        return {
+            "verdict": self.verdict,
+            "bit_exact": self.comparison.bit_exact,
+            "steps_compared": self.comparison.steps_compared,
+            "first_divergent_step": self.comparison.first_divergent_step,
+            "comparison": c,
+            "faults": [dict(f) for f in self.faults],
+            "restarts": self.restarts,
+            "restart_latency_s": [round(x, 4) for x in self.restart_latency_s],
+            "lost_steps": self.lost_steps,
+            "goodput": round(self.goodput, 4),
+            "wall_s": round(self.wall_s, 3),
+            "reference_compute_s": round(self.reference_compute_s, 3),
+            "job": dict(self.job),
+            "epochs": [
+                {"epoch": r.epoch, "reference_mean_loss": r.reference_mean, "run_mean_loss": r.run_mean,
+                 "max_abs_diff": r.max_abs_diff, "exact": r.exact, "faults": list(r.faults)}
+                for r in self.epochs
+            ],
+            "replay": self.replay,
+            **dict(self.extra),
+        }
+
+
+def reference_compute_s(reference: Trace) -> float:
+    """Wall time the uninterrupted reference spent training, first step to last."""
+    recs = list(reference.steps.values())
+    if not recs:
+        return 0.0
+    return float(recs[-1]["time"]) - float(recs[0]["time"]) + float(recs[0].get("dt", 0.0))
+
+
+def restart_latencies(events: Sequence[Mapping[str, Any]], records: Iterable[Mapping[str, Any]]) -> list[float]:
+    """Seconds from each kill to the first step completed by the next attempt.
+
+    The kill is the SIGKILL the supervisor sent (chaos or hang detection) or, failing that, the
+    moment it saw the worker gone."""
+    first_step: dict[int, float] = {}
+    for r in records:
+        a = int(r.get("attempt", 0))
+        first_step.setdefault(a, float(r["time"]))
+    kill: dict[int, float] = {}
+    for e in events:
+        if e.get("source") != "supervisor":
+            continue
+        a = e.get("attempt")
+        kind = e.get("event")
+        if (kind == "chaos-fault" and e.get("signal") == "SIGKILL") or kind == "hang-detected":
+            kill[int(a)] = float(e["time"])
+        elif kind == "attempt-exited" and e.get("exit_class") != "completed":
+            kill.setdefault(int(a), float(e["time"]))
+    out = []
+    for a, t in sorted(kill.items()):
+        nxt = [b for b in first_step if b > a]
+        if nxt:
+            out.append(first_step[min(nxt)] - t)
+    return out
+
+
+def epoch_rows(reference: Trace, run: Trace, hits: Sequence[Mapping[str, Any]]) -> list[EpochRow]:
+    by_epoch: dict[int, list[int]] = defaultdict(list)
+    for s, rec in reference.steps.items():
+        by_epoch[int(rec.get("epoch", 0))].append(s)
+    step_epoch = {s: int(rec.get("epoch", 0)) for s, rec in reference.steps.items()}
+    fault_epochs: dict[int, list[str]] = defaultdict(list)
+    for h in hits:
+        if h.get("missed"):
+            continue
+        hit = h.get("hit_step")
+        s = int(hit) + 1 if hit is not None else int(h["target_step"])
+        e = step_epoch.get(min(s, max(step_epoch)) if step_epoch else s, 0)
+        fault_epochs[e].append(f"{h['kind']}@{s}")
+    rows = []
+    for e, steps in sorted(by_epoch.items()):
+        ref = [float(reference.steps[s]["loss"]) for s in steps]
+        got = [float(run.steps[s]["loss"]) for s in steps if s in run.steps]
+        diffs = [abs(float(reference.steps[s]["loss"]) - float(run.steps[s]["loss"])) for s in steps if s in run.steps]
+        exact = len(got) == len(ref) and all(
+            reference.steps[s].get("loss_hex") == run.steps[s].get("loss_hex") for s in steps
+        )
+        rows.append(EpochRow(e, statistics.fmean(ref), statistics.fmean(got) if got else None,
+                             max(diffs) if diffs else None, exact, tuple(fault_epochs.get(e, ()))))
+    return rows
+
+
+def build_report(
+    *,
+    job: Mapping[str, Any],
+    reference: Trace,
+    run: Trace,
+    comparison: Comparison,
+    events: Sequence[Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]],
+    hits: Sequence[Mapping[str, Any]],
+    wall_s: float,
+    replay: str | None = None,
+) -> ChaosReport:
+    attempts = {int(e["attempt"]) for e in events if e.get("event") == "attempt-spawned"}
+    return ChaosReport(
+        job=job,
+        comparison=comparison,
+        faults=tuple(hits),
+        restarts=max(0, len(attempts) - 1),
+        lost_steps=run.recomputed,
+        restart_latency_s=tuple(restart_latencies(events, records)),
+        wall_s=wall_s,
+        reference_compute_s=reference_compute_s(reference),
+        epochs=tuple(epoch_rows(reference, run, hits)),
+        replay=replay,
+    )
+
+
+def _faults_text(faults: Sequence[Mapping[str, Any]]) -> str:
+    if not faults:
+        return "none"
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for f in faults:
+        if f.get("missed"):
+            by_kind[f["kind"]].append(f"missed (target {f['target_step']})")
+        else:
+            hit = f.get("hit_step")
+            by_kind[f["kind"]].append(f"step {int(hit) + 1 if hit is not None else f['target_step']}")
+    count = Counter(f["kind"] for f in faults)
+    return "\n".join(f"{k} x{count[k]}: {', '.join(v)}" for k, v in by_kind.items())
+
+
+class ReportView:
+    """Renders a :class:`ChaosReport`: a summary panel, a per-epoch table and the verdict line."""
+
+    def __init__(self, report: ChaosReport) -> None:
+        self.report = report
+
+    def summary(self) -> Panel:
+        r = self.report
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column()
+        j = r.job
+        grid.add_row("job", f"{j.get('job', '?')}, {j.get('epochs', '?')} epochs, {r.comparison.steps_compared} steps")
+        grid.add_row("data", str(j.get("data", "?")))
+        grid.add_row("seeds", f"training {j.get('seed', '?')}, chaos {j.get('chaos_seed', '-')}")
+        grid.add_row("faults", _faults_text(r.faults))
+        grid.add_row("restarts", str(r.restarts))
+        grid.add_row("steps recomputed", str(r.lost_steps))
+        lat = r.restart_latency_s
+        grid.add_row("restart latency",
+                     f"median {statistics.median(lat):.2f} s, max {max(lat):.2f} s (kill to first resumed step)"
+                     if lat else "-")
+        grid.add_row("wall time", f"{r.wall_s:.1f} s (reference trained in {r.reference_compute_s:.1f} s)")
+        grid.add_row("goodput", f"{r.goodput:.3f}")
+        return Panel(grid, title="chaos run", expand=False)
+
+    def table(self) -> Table:
+        t = Table(title="loss per epoch: reference vs stitched")
+        for col, just in (("epoch", "right"), ("reference", "right"), ("stitched", "right"),
+                          ("max |diff|", "right"), ("exact", "center"), ("faults", "left")):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for row in self.report.epochs:
+            t.add_row(
+                str(row.epoch), f"{row.reference_mean:.6f}",
+                "-" if row.run_mean is None else f"{row.run_mean:.6f}",
+                "-" if row.max_abs_diff is None else f"{row.max_abs_diff:.3g}",
+                Text("✓", style="green") if row.exact else Text("✗", style="bold red"),
+                ", ".join(row.faults),
+            )
+        return t
+
+    def verdict(self) -> Text:
+        c = self.report.comparison
+        word = Text("PASS ", style="bold green") if c.bit_exact else Text("FAIL ", style="bold red")
+        line = word + Text(c.explain())
+        if not c.bit_exact and self.report.replay:
+            line += Text(f"\nreplay: {self.report.replay}")
+        return line
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Group(self.summary(), self.table(), self.verdict())
