@@ -58,8 +58,10 @@ def verify_main(argv: Sequence[str]) -> int:
     p.add_argument("reference_dir", type=Path)
     p.add_argument("--json", type=Path, default=None, help="also write the comparison as JSON")
     ns = p.parse_args(argv)
+    from .view import make_console
+
     c = verify_dirs(ns.run_dir, ns.reference_dir)
-    console = Console()
+    console = make_console()
     style = "bold green" if c.bit_exact else "bold red"
     console.print(f"[{style}]{c.verdict.upper()}[/] {c.explain()}", highlight=False)
     if c.missing or c.extra:
@@ -228,7 +230,7 @@ def simulate_main(argv: Sequence[str]) -> int:
     from chaos.schedule import Schedule, ScheduleError, checkpoint_steps, draw_schedule
 
     from .report import ReportView
-    from .view import make_view
+    from .view import make_console, make_view
 
     p = _common_parser("python -m runner --simulate-preemption",
                        "Kill the job at random points, recover it, and prove the result equals an uninterrupted run.")
@@ -240,7 +242,7 @@ def simulate_main(argv: Sequence[str]) -> int:
     ns = p.parse_args(argv)
     if ns.faults < 0:
         p.error("--faults must be 0 or more")
-    console = Console()
+    console = make_console()
     run_dir = (ns.run_dir or Path("runs") / time.strftime("chaos-%Y%m%d-%H%M%S")).resolve()
     ref = ensure_reference(ns, ns.reference_cache.resolve(), console)
     per, total = job_total_steps(ref, ns.epochs)

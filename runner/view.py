@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .policy import AttemptResult
 
-__all__ = ["View", "PlainView", "RichView", "make_view", "describe_exit"]
+__all__ = ["View", "PlainView", "RichView", "make_view", "make_console", "describe_exit"]
 
 
 def describe_exit(r: AttemptResult) -> str:
@@ -120,6 +120,12 @@ class RichView(PlainView):
         self.progress.stop()
 
 
+def make_console() -> Console:
+    """A console for our output; wide enough for the report's tables when it goes to a log."""
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 140))
+
+
 def make_view(console: Console | None = None) -> View:
-    console = console or Console()
+    console = console or make_console()
     return RichView(console) if console.is_terminal else PlainView()
