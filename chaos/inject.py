@@ -96,7 +96,8 @@ class Injector:
         if f.kind is FaultKind.CORRUPT_CHECKPOINT:
             for e in obs.new_events:
                 if e.get("event") == "checkpoint-saved" and int(e.get("step", -1)) >= f.step:
-                    path = self.run_dir / "checkpoints" / str(e["name"]) / str(f.detail.get("file", "model.safetensors"))
+                    fname = str(f.detail.get("file", "model.safetensors"))
+                    path = self.run_dir / "checkpoints" / str(e["name"]) / fname
 
                     def apply(path: Path = path) -> str:
                         what = corrupt_file(path, str(f.detail.get("mode", "flip-byte")),

@@ -51,7 +51,9 @@ class Schedule:
             return cls.from_json(json.loads(Path(path).read_text()))
         except FileNotFoundError:
             raise ScheduleError(f"chaos schedule {path}: no such file") from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except OSError as exc:  # a directory, no permission
+            raise ScheduleError(f"chaos schedule {path}: cannot read it ({exc.strerror})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # AttributeError: not an object
             raise ScheduleError(f"chaos schedule {path}: not a valid schedule ({exc})") from None
 
 

@@ -64,16 +64,17 @@ def load_optimizer(
         state[_SCHEDULER_KEY] = lr.state_dict()
         optimizer.set_state_dict(state)
     if scheduler is not None:
-        lr.set_state_dict(dict(scheduler))
+        lr.set_state_dict(dict(scheduler))  # type: ignore[arg-type]
 
 
 def rng_states() -> dict[str, Any]:
     """Paddle's, NumPy's global and Python's RNG states as JSON-ready values."""
-    np_state = np.random.get_state()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss = random.getstate()
     return {
         "paddle": [list(s.__getstate__()) for s in paddle.get_rng_state()],
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [name, np.asarray(keys).tolist(), pos, has_gauss, cached],
+        "python": [version, list(internal), gauss],
     }
 
 

@@ -15,7 +15,6 @@ from runner.exitcodes import ExitCode, UserError
 from .config import BREAK_RESUME_KINDS, JOB_NAME, TrainConfig
 
 
-
 def positive(text: str) -> int:
     try:
         v = int(text)

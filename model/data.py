@@ -17,6 +17,7 @@ import gzip
 import json
 import math
 import os
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +150,7 @@ def _from_json(path: Path) -> Dataset:
     return Dataset(train[0], train[1], ev[0], ev[1], str(path))
 
 
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_TYPES: dict[int, str | type] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -233,7 +234,7 @@ def prepare(data: str | None, run_dir: Path) -> Dataset:
             with np.load(cache, allow_pickle=False) as z:
                 if str(z["key"]) == key:
                     return Dataset(z["train_x"], z["train_y"], z["eval_x"], z["eval_y"], str(z["source"]))
-        except (OSError, ValueError, KeyError, zlib.error):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
             pass  # a damaged cache is rebuilt from the source
     ds = load_source(data)
     tmp = cache.with_name(f".{CACHE}.tmp-{os.getpid()}.npz")

@@ -70,7 +70,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
             ps.set_rng_states(st.rng)
             data_rng.bit_generator.state = st.rng["data"]
         if brk == "data-position":
-            batch, step = batch + 1, step  # reads one batch ahead of where it stopped
+            batch += 1  # reads one batch ahead of where it stopped
 
     while epoch < cfg.epochs:
         idx = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]

@@ -7,7 +7,6 @@ failure carrying the command that replays it), JSON and a PNG of the loss curves
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 

@@ -193,7 +193,8 @@ def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
         out = [k.strip() for k in text.split(",") if k.strip()]
         bad = [k for k in out if k not in kinds]
         if bad or not out:
-            raise argparse.ArgumentTypeError(f"unknown fault kind {bad[0] if bad else text!r}; choose from {', '.join(kinds)}")
+            what = bad[0] if bad else text
+            raise argparse.ArgumentTypeError(f"unknown fault kind {what!r}; choose from {', '.join(kinds)}")
         return out
 
     g = p.add_argument_group("chaos")

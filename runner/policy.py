@@ -137,7 +137,8 @@ def give_up_reason(history: Sequence[AttemptResult], policy: RetryPolicy) -> str
     if no_progress_streak(history) >= policy.crash_loop:
         return (f"crash loop: {policy.crash_loop} attempts in a row died without completing a new step; "
                 f"it keeps dying {at} ({last.exit_class.value})")
-    return f"restart budget spent: {unproductive_restarts(history)} restarts without progress (--max-restarts {policy.max_restarts})"
+    spent = unproductive_restarts(history)
+    return f"restart budget spent: {spent} restarts without progress (--max-restarts {policy.max_restarts})"
 
 
 def build_retrying(

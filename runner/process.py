@@ -46,7 +46,9 @@ class WorkerProcess:
         self.started = time.monotonic()
 
     @classmethod
-    def start(cls, cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> WorkerProcess:
+    def start(
+        cls, cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path, cwd: Path | None = None
+    ) -> WorkerProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(

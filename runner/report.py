@@ -102,12 +102,11 @@ def restart_latencies(events: Sequence[Mapping[str, Any]], records: Iterable[Map
     for e in events:
         if e.get("source") != "supervisor":
             continue
-        a = e.get("attempt")
         kind = e.get("event")
         if (kind == "chaos-fault" and e.get("signal") == "SIGKILL") or kind == "hang-detected":
-            kill[int(a)] = float(e["time"])
+            kill[int(e["attempt"])] = float(e["time"])
         elif kind == "attempt-exited" and e.get("exit_class") != "completed":
-            kill.setdefault(int(a), float(e["time"]))
+            kill.setdefault(int(e["attempt"]), float(e["time"]))
     out = []
     for a, t in sorted(kill.items()):
         nxt = [b for b in first_step if b > a]

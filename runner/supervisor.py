@@ -196,7 +196,8 @@ class Supervisor:
 
     def _failure(self, r: AttemptResult) -> tuple[ExitCode, str]:
         if r.exit_class is ExitClass.USER_STOPPED:
-            msg = f"stopped by {signal_name(-(self._stop_signal or signal.SIGTERM))}; rerun the same command to continue"
+            by = signal_name(-(self._stop_signal or signal.SIGTERM))
+            msg = f"stopped by {by}; rerun the same command to continue"
             code = ExitCode.INTERRUPTED
         elif r.exit_class is ExitClass.BAD_INPUT:
             msg = f"the worker rejected its input (exit {r.returncode}), not retrying: {r.error or 'no message'}"

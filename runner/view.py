@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Protocol, TextIO
+from typing import IO, Any, Protocol
 
 from rich.console import Console
 from rich.markup import escape
@@ -36,7 +36,7 @@ class View(Protocol):
 class PlainView:
     """One line per event and per finished epoch: for logs and CI."""
 
-    def __init__(self, out: TextIO | None = None) -> None:
+    def __init__(self, out: IO[str] | None = None) -> None:
         self.out = out or sys.stdout
         self.total: int | None = None
         self._epoch: int | None = None

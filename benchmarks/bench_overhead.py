@@ -1,0 +1,141 @@
+"""Overheads of supervision and checkpointing, measured side by side in one run.
+
+(a) per-step time of the worker vs bare Paddle forward/backward/step on the same batches;
+(b) the stall one checkpoint causes (capture + serialise + fsync + commit), per checkpoint;
+(c) wall time of a fault-free supervised run vs the bare ``python -m model`` run of the same job.
+
+Prints a table and writes JSON (default benchmarks/results/overhead.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore", message=".*ccache.*")
+
+
+def bare_step_times(batches: int, reps: int) -> list[float]:
+    """Bare Paddle: the same model, optimizer and data, with no worker, journal or checkpoints."""
+    import numpy as np
+    import paddle
+    import paddle.nn.functional as F
+
+    from model.config import TrainConfig
+    from model.data import prepare
+    from model.train import build
+
+    with tempfile.TemporaryDirectory() as d:
+        data = prepare(None, Path(d))
+    model, opt = build(TrainConfig(), data.side, batches * reps)
+    sched = opt._learning_rate
+    order = np.random.default_rng(0).permutation(len(data.train_x))
+    times = []
+    for _ in range(reps):
+        for b in range(batches):
+            idx = order[b * 100 : (b + 1) * 100]
+            t0 = time.perf_counter()
+            x = paddle.to_tensor(data.train_x[idx])
+            y = paddle.to_tensor(data.train_y[idx])
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            loss.backward()
+            opt.step()
+            opt.clear_grad()
+            sched.step()
+            float(loss)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def run(cmd: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overhead.json")
+    ns = p.parse_args()
+    py = sys.executable
+    results: dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
+                                  f"{os.cpu_count()} cores, Python {platform.python_version()}", "epochs": ns.epochs}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpd = Path(tmp)
+        # Prepare the data once so neither side pays scikit-learn's import.
+        seed_dir = tmpd / "seed"
+        subprocess.run([py, "-m", "model", "--run-dir", str(seed_dir), "--epochs", "1"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        data = (seed_dir / "data.npz").read_bytes()
+
+        def fresh(name: str) -> Path:
+            d = tmpd / name
+            d.mkdir()
+            (d / "data.npz").write_bytes(data)
+            return d
+
+        bare, sup, every = [], [], []
+        for i in range(ns.repeats):  # interleaved, so drift hits both sides alike
+            bare.append(run([py, "-m", "model", "--run-dir", str(fresh(f"bare{i}")), "--epochs", str(ns.epochs)], ROOT))
+            sup.append(run([py, "-m", "runner", "--run-dir", str(fresh(f"sup{i}")), "--epochs", str(ns.epochs)], ROOT))
+            every.append(run([py, "-m", "model", "--run-dir", str(fresh(f"every{i}")), "--epochs", str(ns.epochs),
+                              "--checkpoint-every-steps", "1"], ROOT))
+        # Worker step time and checkpoint stall, from the bare runs' own journals.
+        from runner.journal import read_records
+
+        worker_dt = [r["dt"] for i in range(ns.repeats) for r in read_records(tmpd / f"bare{i}" / "losses.jsonl")]
+        stalls = [e["seconds"] for i in range(ns.repeats) for e in read_records(tmpd / f"every{i}" / "events.jsonl")
+                  if e.get("event") == "checkpoint-saved"]
+    bare_dt = bare_step_times(15, ns.epochs)
+    med = statistics.median
+    rows = [
+        ("worker step (median)", f"{med(worker_dt) * 1e3:.2f} ms"),
+        ("bare Paddle step (median)", f"{med(bare_dt) * 1e3:.2f} ms"),
+        ("worker / bare step", f"{med(worker_dt) / med(bare_dt):.3f}x"),
+        ("checkpoint stall (median)", f"{med(stalls) * 1e3:.2f} ms"),
+        ("checkpoint stall / step", f"{100 * med(stalls) / med(worker_dt):.1f} %"),
+        ("bare run wall (median)", f"{med(bare):.2f} s"),
+        ("supervised run wall (median)", f"{med(sup):.2f} s"),
+        ("supervised / bare wall", f"{med(sup) / med(bare):.3f}x"),
+        ("every-step checkpoints, run wall (median)", f"{med(every):.2f} s"),
+        ("every-step / epoch-end checkpoints wall", f"{med(every) / med(bare):.3f}x"),
+    ]
+    results.update({
+        "worker_step_ms": med(worker_dt) * 1e3, "bare_step_ms": med(bare_dt) * 1e3,
+        "worker_over_bare_step": med(worker_dt) / med(bare_dt),
+        "checkpoint_stall_ms": med(stalls) * 1e3,
+        "checkpoint_stall_ms_p90": sorted(stalls)[int(0.9 * len(stalls))] * 1e3,
+        "bare_wall_s": bare, "supervised_wall_s": sup, "every_step_ckpt_wall_s": every,
+        "supervised_over_bare": med(sup) / med(bare), "every_step_over_epoch_end": med(every) / med(bare),
+    })
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"overhead, {results['machine']}, {ns.epochs} epochs of digits ({ns.epochs * 15} steps)")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    for r in rows:
+        t.add_row(*r)
+    Console(width=120).print(t)
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    ns.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {ns.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
