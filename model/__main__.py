@@ -10,29 +10,10 @@ import argparse
 import sys
 import warnings
 
+from runner.argparsing import OneLineParser, non_negative, positive
 from runner.exitcodes import ExitCode, UserError
 
 from .config import BREAK_RESUME_KINDS, JOB_NAME, TrainConfig
-
-
-def positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {v}")
-    return v
-
-
-def non_negative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,7 +53,7 @@ def job_identity(ns: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*ccache.*")
-    p = argparse.ArgumentParser(prog="python -m model", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m model", description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", required=True, help="where checkpoints, the loss journal and logs go")
     add_job_arguments(p)
     ns = p.parse_args(argv)

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from .argparsing import OneLineParser, non_negative, positive, seconds
 from .exitcodes import ExitCode, UserError
 
 __all__ = ["main", "build_parser"]
@@ -22,35 +23,23 @@ __all__ = ["main", "build_parser"]
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return v
-
-
 def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
-    from model.__main__ import non_negative, positive
-
     g = p.add_argument_group("supervisor")
     g.add_argument("--max-restarts", type=non_negative, default=20, metavar="N",
                    help="restarts without progress allowed over the whole job (default 20); "
                         "restarts after progress are free")
     g.add_argument("--crash-loop", type=positive, default=3, metavar="N",
                    help="stop after N failures in a row with no new step (default 3)")
-    g.add_argument("--hang-timeout", type=_seconds, default=300.0, metavar="S",
+    g.add_argument("--hang-timeout", type=seconds, default=300.0, metavar="S",
                    help="kill and restart a worker silent for S seconds (default 300)")
-    g.add_argument("--grace", type=_seconds, default=30.0, metavar="S",
+    g.add_argument("--grace", type=seconds, default=30.0, metavar="S",
                    help="on SIGINT/SIGTERM, give the worker S seconds to checkpoint before SIGKILL (default 30)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from model.__main__ import add_job_arguments
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m runner",
         description="Run a training job under a supervisor that restarts it from its newest checkpoint.",
         epilog="Subcommands: 'verify RUN_DIR REFERENCE_DIR' and 'campaign'. "

@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from .argparsing import OneLineParser
 from .exitcodes import ExitCode, UserError
 from .journal import read_records
 from .trace import Comparison, compare, load_trace
@@ -52,7 +53,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def verify_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m runner verify",
+    p = OneLineParser(prog="python -m runner verify",
                                 description="Compare a run's stitched loss trace with a reference, bit for bit.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("reference_dir", type=Path)
@@ -217,7 +218,7 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
     from .cli import add_supervisor_arguments
 
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = OneLineParser(prog=prog, description=description)
     add_job_arguments(p)
     add_supervisor_arguments(p)
     add_chaos_arguments(p)

@@ -200,7 +200,8 @@ class Supervisor:
             msg = f"stopped by {by}; rerun the same command to continue"
             code = ExitCode.INTERRUPTED
         elif r.exit_class is ExitClass.BAD_INPUT:
-            msg = f"the worker rejected its input (exit {r.returncode}), not retrying: {r.error or 'no message'}"
+            said = (r.error or "no message").removeprefix("error: ")
+            msg = f"the worker rejected its input (exit {r.returncode}), not retrying: {said}"
             code = ExitCode(r.returncode) if r.returncode in ExitCode._value2member_map_ else ExitCode.BAD_CONFIG
         else:
             msg = "giving up: " + give_up_reason(self.history, self.spec.policy)
