@@ -1,0 +1,234 @@
+"""Drawing chaos schedules: pure, seeded, spread out, on checkpoints where they must be; saved as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chaos.faults import CHECKPOINT_KINDS, Fault, FaultKind
+from chaos.schedule import (
+    CORRUPT_FILES,
+    MIN_GAP,
+    Schedule,
+    ScheduleError,
+    checkpoint_steps,
+    draw_schedule,
+)
+
+ALL = list(FaultKind)
+PER_EPOCH = 15
+
+
+def draw(seed: int = 0, n: int = 6, kinds=ALL, epochs: int = 5, every: int = 5) -> Schedule:
+    total = PER_EPOCH * epochs
+    return draw_schedule(seed, n, kinds, total, checkpoint_steps(total, PER_EPOCH, every))
+
+
+def summary(s: Schedule) -> list[tuple[str, int, dict]]:
+    return [(f.kind.value, f.step, dict(f.detail)) for f in s.faults]
+
+
+# -- checkpoint_steps ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("total", "per_epoch", "every", "want"),
+    [
+        (30, 15, 5, [5, 10, 15, 20, 25, 30]),
+        (30, 15, 0, [15, 30]),  # 0: epoch ends only
+        (45, 15, 4, [4, 8, 12, 15, 16, 20, 24, 28, 30, 32, 36, 40, 44, 45]),
+        (10, 4, 0, [4, 8]),  # a short last epoch is not a full one
+        (10, 4, 3, [3, 4, 6, 8, 9]),
+        (3, 15, 0, []),
+        (0, 15, 5, []),
+    ],
+)
+def test_checkpoint_steps(total: int, per_epoch: int, every: int, want: list[int]) -> None:
+    assert checkpoint_steps(total, per_epoch, every) == want
+
+
+# -- drawing -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 12345])
+def test_the_same_seed_draws_the_same_schedule(seed: int) -> None:
+    a, b = draw(seed), draw(seed)
+    assert a == b
+    assert a.seed == seed and a.total_steps == 75 and len(a.faults) == 6
+
+
+def test_different_seeds_draw_different_schedules() -> None:
+    assert summary(draw(0)) != summary(draw(1))
+    schedules = {json.dumps(draw(seed).to_json()["faults"]) for seed in range(20)}
+    assert len(schedules) >= 15, "twenty seeds should give (nearly) twenty schedules"
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize(("n", "epochs"), [(6, 3), (6, 4), (6, 5), (8, 5), (10, 6)])
+def test_every_kind_appears_when_there_are_enough_faults(seed: int, n: int, epochs: int) -> None:
+    s = draw(seed, n, epochs=epochs)
+    assert len(s.faults) == n
+    assert {f.kind for f in s.faults} == set(ALL)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_fewer_faults_than_kinds_draw_only_from_the_kinds_given(seed: int) -> None:
+    kinds = [FaultKind.SIGKILL, FaultKind.HANG, FaultKind.CRASH]
+    s = draw(seed, 2, kinds)
+    assert len(s.faults) == 2
+    assert {f.kind for f in s.faults} <= set(kinds)
+    assert len({f.kind for f in s.faults}) == 2  # distinct: n < len(kinds) takes kinds without repeats
+
+
+def assert_well_placed(s: Schedule, total: int, ckpts: list[int]) -> None:
+    steps = [f.step for f in s.faults]
+    assert all(b - a >= MIN_GAP for a, b in zip(steps, steps[1:])), steps  # strictly increasing, too
+    # The first and the last steps are left alone, so every fault hits a run that has work left.
+    assert all(2 <= st < total - 1 for st in steps), steps
+    for f in s.faults:
+        if f.kind in CHECKPOINT_KINDS:
+            assert f.step in ckpts, f"{f.kind.value} at {f.step} is not on a checkpoint step {ckpts}"
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize(("n", "epochs", "every"), [(6, 3, 5), (6, 5, 5), (3, 2, 5), (1, 2, 5), (2, 3, 0),
+                                                    (10, 6, 4)])
+def test_targets_increase_at_least_min_gap_apart_inside_the_run(seed: int, n: int, epochs: int, every: int) -> None:
+    total = PER_EPOCH * epochs
+    ckpts = checkpoint_steps(total, PER_EPOCH, every)
+    s = draw_schedule(seed, n, ALL, total, ckpts)
+    assert len(s.faults) == n
+    assert_well_placed(s, total, ckpts)
+
+
+@pytest.mark.parametrize("every", [0, 3, 5, 7])
+@pytest.mark.parametrize("epochs", [1, 2, 3, 4])
+def test_a_tight_job_gets_a_well_placed_schedule_or_a_schedule_error(epochs: int, every: int) -> None:
+    """Never a schedule that breaks the rules: drawing refuses (ScheduleError) instead."""
+    total = PER_EPOCH * epochs
+    ckpts = checkpoint_steps(total, PER_EPOCH, every)
+    for seed in range(15):
+        for n in range(1, 12):
+            try:
+                s = draw_schedule(seed, n, ALL, total, ckpts)
+            except ScheduleError as exc:
+                assert "cannot fit" in str(exc)
+                continue
+            assert len(s.faults) == n
+            assert_well_placed(s, total, ckpts)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_corrupt_checkpoint_faults_say_how_to_corrupt(seed: int) -> None:
+    s = draw(seed, 12, [FaultKind.CORRUPT_CHECKPOINT, FaultKind.SIGKILL], epochs=10)
+    corrupt = [f for f in s.faults if f.kind is FaultKind.CORRUPT_CHECKPOINT]
+    assert corrupt
+    for f in corrupt:
+        assert f.detail["mode"] in ("truncate", "flip-byte")
+        assert f.detail["file"] in CORRUPT_FILES
+        assert 0.0 <= f.detail["position"] <= 1.0
+    assert all(not f.detail for f in s.faults if f.kind is not FaultKind.CORRUPT_CHECKPOINT)
+
+
+def test_a_single_kind_fills_every_slot() -> None:
+    s = draw(3, 5, [FaultKind.SIGTERM])
+    assert [f.kind for f in s.faults] == [FaultKind.SIGTERM] * 5
+
+
+def test_no_faults_is_an_empty_schedule() -> None:
+    s = draw(0, 0)
+    assert s.faults == ()
+    assert draw_schedule(0, 0, [], 75, []).faults == ()
+
+
+@pytest.mark.parametrize(
+    ("n", "kinds", "total", "every", "match"),
+    [
+        (20, ALL, 45, 5, "cannot fit 20 faults into 45 steps"),
+        (6, ALL, 15, 5, "cannot fit 6 faults"),
+        (2, [FaultKind.SIGKILL], 6, 0, "cannot fit 2 faults"),
+        # a checkpoint fault with no checkpoint to land on
+        (1, [FaultKind.CHECKPOINT_WRITE], 45, 0, "cannot fit 1 faults"),
+        (-1, ALL, 45, 5, "0 or more"),
+        (1, [], 45, 5, "no fault kinds"),
+    ],
+)
+def test_schedule_error_when_the_faults_do_not_fit(n, kinds, total, every, match) -> None:
+    ckpts = checkpoint_steps(total, PER_EPOCH, every) if every else []
+    with pytest.raises(ScheduleError, match=match):
+        draw_schedule(0, n, kinds, total, ckpts)
+
+
+def test_schedule_error_is_a_value_error() -> None:
+    assert issubclass(ScheduleError, ValueError)
+
+
+# -- JSON ----------------------------------------------------------------------------------------------------
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    s = draw(5, 8, epochs=6)
+    path = tmp_path / "chaos-schedule.json"
+    s.save(path)
+    assert Schedule.load(path) == s
+    d = json.loads(path.read_text())
+    assert d["format"] == 1 and d["seed"] == 5 and d["total_steps"] == 90
+    assert [f["kind"] for f in d["faults"]] == [f.kind.value for f in s.faults]
+    # Saving what was loaded gives the same bytes: a replayed run's schedule file equals the original.
+    again = tmp_path / "again.json"
+    Schedule.load(path).save(again)
+    assert again.read_text() == path.read_text()
+
+
+def test_a_replayed_schedule_without_a_seed_round_trips(tmp_path: Path) -> None:
+    s = Schedule(None, 30, (Fault(FaultKind.HANG, 7), Fault(FaultKind.CORRUPT_CHECKPOINT, 15,
+                                                           {"mode": "truncate", "file": "model.safetensors",
+                                                            "position": 0.25})))
+    s.save(tmp_path / "s.json")
+    assert Schedule.load(tmp_path / "s.json") == s
+
+
+def test_fault_json_round_trip() -> None:
+    f = Fault(FaultKind.CHECKPOINT_WRITE, 10)
+    assert f.to_json() == {"kind": "checkpoint-write", "step": 10, "detail": {}}
+    assert Fault.from_json(f.to_json()) == f
+    assert Fault.from_json({"kind": "crash", "step": "12"}) == Fault(FaultKind.CRASH, 12)
+
+
+def test_load_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ScheduleError, match="no such file"):
+        Schedule.load(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{not json",
+        '{"seed": 0, "faults": []}',  # no total_steps
+        '{"seed": 0, "total_steps": 30}',  # no faults
+        '{"total_steps": 30, "faults": [{"kind": "meteor", "step": 3}]}',
+        '{"total_steps": 30, "faults": [{"kind": "sigkill"}]}',
+        '{"total_steps": 30, "faults": [{"kind": "sigkill", "step": "three"}]}',
+        '{"total_steps": 30, "faults": [7]}',
+        '{"total_steps": 30, "faults": [{"kind": "sigkill", "step": 3, "detail": "x"}]}',
+        '{"total_steps": "many", "faults": []}',
+        "[]",
+        "null",
+        '"a string"',
+        "42",
+    ],
+    ids=lambda t: t[:30] or "empty",
+)
+def test_load_a_garbled_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "chaos-schedule.json"
+    path.write_text(text)
+    with pytest.raises(ScheduleError, match="not a valid schedule"):
+        Schedule.load(path)
+
+
+def test_load_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ScheduleError, match="cannot read it"):
+        Schedule.load(tmp_path)
