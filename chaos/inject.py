@@ -113,16 +113,18 @@ class Injector:
         f = self.current
         if f is None:
             return
+        completed = result.exit_class.value == "completed"
         if self._fired is not None:
             attempt, t, step, effect = self._fired
             self.hits.append(FaultHit(f.kind.value, f.step, attempt, step, t, effect))
         elif f.kind is FaultKind.CRASH and result.exit_class.value == "crashed":
             self.hits.append(FaultHit(f.kind.value, f.step, result.attempt, result.last_step, result.ended))
-        elif result.exit_class.value == "completed":
-            self.hits.extend(FaultHit(p.kind.value, p.step, None, None, None, missed=True) for p in self.pending)
-            self.pending.clear()
-            return
-        else:
+        elif not completed:
             return  # the attempt died of something else: the fault is still due
+        else:
+            self.hits.append(FaultHit(f.kind.value, f.step, None, None, None, missed=True))
         self.pending.pop(0)
         self._fired = None
+        if completed:  # the job is done: whatever is still scheduled can no longer hit
+            self.hits.extend(FaultHit(p.kind.value, p.step, None, None, None, missed=True) for p in self.pending)
+            self.pending.clear()

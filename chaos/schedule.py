@@ -76,7 +76,7 @@ def draw_schedule(
     if not kinds and n_faults:
         raise ScheduleError("no fault kinds to draw from")
     rng = random.Random(seed)
-    order = list(kinds)[:n_faults]
+    order = rng.sample(list(kinds), min(n_faults, len(kinds)))
     order += [rng.choice(list(kinds)) for _ in range(n_faults - len(order))]
     rng.shuffle(order)
     lo, hi = 2, total_steps - 1  # leave the first and last steps alone

@@ -47,15 +47,28 @@ class WorkerProcess:
 
     @classmethod
     def start(
-        cls, cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path, cwd: Path | None = None
+        cls, cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path, cwd: Path | None = None,
+        stdin_pipe: bool = False,
     ) -> WorkerProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
-                list(cmd), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                list(cmd), env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
                 start_new_session=True, preexec_fn=_die_with_parent,
             )
         return cls(popen)
+
+    def tell(self, data: bytes) -> bool:
+        """Write ``data`` to the worker's stdin (a spare's go message); False if it is gone."""
+        if self.popen.stdin is None:
+            return False
+        try:
+            self.popen.stdin.write(data)
+            self.popen.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return False
+        return True
 
     def wait(self, timeout: float, wake_fds: Sequence[int] = ()) -> bool:
         """Wait up to ``timeout`` s for the worker to exit (or a wake fd); True once it has exited."""
@@ -72,6 +85,11 @@ class WorkerProcess:
         self.popen.returncode = self.returncode  # keep Popen from reaping again
         self.usage = Usage(peak_rss_mb=ru.ru_maxrss / 1024.0, cpu_s=ru.ru_utime + ru.ru_stime)
         os.close(self.pidfd)
+        if self.popen.stdin is not None:
+            try:
+                self.popen.stdin.close()
+            except OSError:
+                pass
 
     def send(self, sig: int) -> None:
         """Signal the worker's whole process group (and any descendant that left it)."""

@@ -8,6 +8,7 @@ Chaos, if any, decides *what* to do to the worker; this module does it.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -27,7 +28,7 @@ from .lock import RunLock
 from .policy import AttemptResult, RetryPolicy, WorkerFailed, build_retrying, give_up_reason, unproductive_restarts
 from .process import WorkerProcess
 from .view import PlainView, View, describe_exit
-from .worker import ENV_ATTEMPT, ENV_CHAOS_ARM, EVENTS, HEARTBEAT, LOSSES, read_heartbeat
+from .worker import ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY, EVENTS, HEARTBEAT, LOSSES, read_heartbeat
 
 __all__ = ["WorkerSpec", "Supervisor", "SendSignal", "FileEffect", "Observation", "Chaos", "Outcome"]
 
@@ -42,6 +43,7 @@ class WorkerSpec:
     hang_timeout: float = 300.0
     grace: float = 30.0
     policy: RetryPolicy = RetryPolicy()
+    standby: bool = True  # keep a warm spare worker ready to take over
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,9 @@ class Supervisor:
         self.events = _Tail(self.run_dir / EVENTS)
         self.high_water = -1
         self.next_attempt = 1
+        self.spare: WorkerProcess | None = None
+        self.spare_log = self.run_dir / "logs" / "standby.log"
+        self._spares = 0
 
     # -- effects at the edge -------------------------------------------------------------------------
 
@@ -158,6 +163,7 @@ class Supervisor:
             try:
                 code, message = self._retry_loop()
             finally:
+                self._discard_spare()
                 for s, h in old.items():
                     signal.signal(s, h)
                 signal.set_wakeup_fd(old_wakeup)
@@ -181,6 +187,9 @@ class Supervisor:
         retrying = build_retrying(self.spec.policy, sleep=self._sleep, before_sleep=self._before_sleep)
         try:
             for attempt in retrying:
+                if self._stop_signal is not None:
+                    # Stopped while backing off: end here, not start a worker only to stop it at once.
+                    return self._stopped(self.history[-1].exit_class.value if self.history else None)
                 with attempt:
                     result = self._run_attempt()
                     self.history.append(result)
@@ -194,12 +203,17 @@ class Supervisor:
         self.view.note(msg)
         return ExitCode.OK, msg
 
+    def _stopped(self, exit_class: str | None) -> tuple[ExitCode, str]:
+        by = signal_name(-(self._stop_signal or signal.SIGTERM))
+        msg = f"stopped by {by}; rerun the same command to continue"
+        self.log_event("stopped", reason=msg, exit_class=exit_class)
+        self.view.note(msg)
+        return ExitCode.INTERRUPTED, msg
+
     def _failure(self, r: AttemptResult) -> tuple[ExitCode, str]:
         if r.exit_class is ExitClass.USER_STOPPED:
-            by = signal_name(-(self._stop_signal or signal.SIGTERM))
-            msg = f"stopped by {by}; rerun the same command to continue"
-            code = ExitCode.INTERRUPTED
-        elif r.exit_class is ExitClass.BAD_INPUT:
+            return self._stopped(r.exit_class.value)
+        if r.exit_class is ExitClass.BAD_INPUT:
             said = (r.error or "no message").removeprefix("error: ")
             msg = f"the worker rejected its input (exit {r.returncode}), not retrying: {said}"
             code = ExitCode(r.returncode) if r.returncode in ExitCode._value2member_map_ else ExitCode.BAD_CONFIG
@@ -219,19 +233,58 @@ class Supervisor:
                        made_progress=r.made_progress, unproductive_restarts=unproductive_restarts(self.history))
         self.view.note(f"restarting in {delay:.2f} s after {describe_exit(r)}")
 
+    # -- the warm spare ------------------------------------------------------------------------------
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.spec.env)
+        for k in (ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY):
+            env.pop(k, None)
+        return env
+
+    def _spawn_spare(self) -> None:
+        env = self._base_env()
+        env[ENV_STANDBY] = "1"
+        self._spares += 1
+        log = self.run_dir / "logs" / f"standby-{self._spares:03d}.log"
+        self.spare = WorkerProcess.start(self.spec.cmd, env=env, log_path=log, stdin_pipe=True)
+        self.spare_log = log
+        self.log_event("standby-spawned", pid=self.spare.pid)
+
+    def _take_spare(self, attempt: int, extra_env: Mapping[str, str], log: Path) -> WorkerProcess | None:
+        """Hand the run to the warm spare, if there is a live one; it becomes attempt ``attempt``."""
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return None
+        if spare.wait(0):
+            self.log_event("standby-lost", pid=spare.pid, returncode=spare.returncode)
+            return None
+        os.replace(self.spare_log, log)  # the spare keeps writing to the same file, now the attempt's log
+        go = json.dumps({"attempt": attempt, "env": dict(extra_env)}) + "\n"
+        if not spare.tell(go.encode()):
+            spare.kill()
+            return None
+        return spare
+
+    def _discard_spare(self) -> None:
+        if self.spare is not None:
+            self.spare.kill()
+            self.spare = None
+
     def _run_attempt(self) -> AttemptResult:
         n = self.next_attempt
         self.next_attempt += 1
-        env = dict(os.environ)
-        env.update(self.spec.env)
-        env[ENV_ATTEMPT] = str(n)
-        env.pop(ENV_CHAOS_ARM, None)
-        if self.chaos is not None:
-            env.update(self.chaos.env_for(n))
+        extra = dict(self.chaos.env_for(n)) if self.chaos is not None else {}
         log = self.run_dir / "logs" / f"attempt-{n:03d}.log"
         started = time.time()
-        proc = WorkerProcess.start(self.spec.cmd, env=env, log_path=log)
-        self.log_event("attempt-spawned", attempt=n, pid=proc.pid, log=str(log.relative_to(self.run_dir)))
+        proc = self._take_spare(n, extra, log)
+        warm = proc is not None
+        if proc is None:
+            env = self._base_env()
+            env[ENV_ATTEMPT] = str(n)
+            env.update(extra)
+            proc = WorkerProcess.start(self.spec.cmd, env=env, log_path=log)
+        self.log_event("attempt-spawned", attempt=n, pid=proc.pid, warm=warm, log=str(log.relative_to(self.run_dir)))
         self.view.attempt_started(n, proc.pid)
 
         high_water_before = self.high_water
@@ -280,6 +333,8 @@ class Supervisor:
                 self.view.note(f"no heartbeat for {now - last_alive:.1f} s: killing the worker")
                 proc.kill()
                 break
+            if self.spec.standby and self.spare is None and last_step is not None:
+                self._spawn_spare()  # after the first step, so it does not slow the worker's start-up
             if kill_at is not None and now >= kill_at:
                 proc.kill()
                 break

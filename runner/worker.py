@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "SimulatedDeviceError",
     "ENV_ATTEMPT",
     "ENV_CHAOS_ARM",
+    "ENV_STANDBY",
     "LOSSES",
     "EVENTS",
     "HEARTBEAT",
@@ -56,6 +58,7 @@ __all__ = [
 
 ENV_ATTEMPT = "RUNNER_ATTEMPT"
 ENV_CHAOS_ARM = "RUNNER_CHAOS_ARM"
+ENV_STANDBY = "RUNNER_STANDBY"
 LOSSES = "losses.jsonl"
 EVENTS = "events.jsonl"
 HEARTBEAT = "heartbeat"
@@ -93,9 +96,30 @@ class Worker:
 
     def __init__(self, run_dir: Path | str, *, keep_checkpoints: int = 3, handle_signals: bool = True) -> None:
         self.run_dir = Path(run_dir)
+        self.pid = os.getpid()
+        self._preempt_signal: int | None = None
+        self._last_report = time.monotonic()
+        self._saving_step = 0
+        self._handle_signals = handle_signals
+        self.store = CheckpointStore(
+            LocalStorage(self.run_dir), keep=keep_checkpoints, between_files=self._between_files
+        )
+        # A standby spare warms up (imports, data, model) touching nothing shared, then waits in
+        # restore() for the supervisor's word that the previous worker is gone.
+        self.standby = os.environ.get(ENV_STANDBY) == "1"
+        self.active = False
+        if self.standby:
+            if not self.run_dir.is_dir():
+                raise UserError(f"run directory {self.run_dir} does not exist", ExitCode.BAD_CONFIG)
+            self.attempt = 0
+            return
+        self._activate(os.environ)
+
+    def _activate(self, env: Mapping[str, str]) -> None:
+        """Take the run directory: the worker lock, the heartbeat, the journal and the signals."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(self.run_dir / WORKER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock_fd = os.open(self.run_dir / WORKER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise UserError(
                 f"run directory {self.run_dir} is not writable: {exc.strerror}", ExitCode.UNWRITABLE
@@ -107,20 +131,25 @@ class Worker:
             raise UserError(
                 f"run directory {self.run_dir} is in use by another worker", ExitCode.LOCKED
             ) from None
-        self.attempt = self._attempt_number()
-        self.pid = os.getpid()
-        self._preempt_signal: int | None = None
-        self._arm = self._read_arm()
-        self._hb_fd = os.open(self.run_dir / HEARTBEAT, os.O_WRONLY | os.O_CREAT, 0o644)
+        self.attempt = self._attempt_number(env)
+        raw_arm = env.get(ENV_CHAOS_ARM)
+        self._arm = json.loads(raw_arm) if raw_arm else None
+        self._hb_fd = os.open(self.run_dir / HEARTBEAT, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._losses = JsonlWriter(self.run_dir / LOSSES)
-        self._last_report = time.monotonic()
-        self._saving_step = 0
-        self.store = CheckpointStore(
-            LocalStorage(self.run_dir), keep=keep_checkpoints, between_files=self._between_files
-        )
-        self._handle_signals = handle_signals
+        self.active = True
         self._take_signals()
         self.heartbeat("starting")
+
+    def _wait_for_go(self) -> None:
+        """Standby: block until the supervisor sends ``{"attempt": N, "env": {...}}`` on stdin."""
+        line = sys.stdin.buffer.readline()
+        if not line.strip():
+            raise SystemExit(0)  # the supervisor no longer needs this spare
+        go = json.loads(line)
+        env = dict(os.environ)
+        env.update({k: str(v) for k, v in go.get("env", {}).items()})
+        env[ENV_ATTEMPT] = str(go["attempt"])
+        self._activate(env)
 
     # -- context -------------------------------------------------------------------------------------
 
@@ -133,24 +162,20 @@ class Worker:
         self.close()
 
     def close(self) -> None:
-        self._losses.close()
-        os.close(self._hb_fd)
-        os.close(self._lock_fd)
+        if self.active:
+            self._losses.close()
+            os.close(self._hb_fd)
+            os.close(self._lock_fd)
+            self.active = False
 
     # -- plumbing ------------------------------------------------------------------------------------
 
-    def _attempt_number(self) -> int:
-        env = os.environ.get(ENV_ATTEMPT)
-        if env:
-            return int(env)
+    def _attempt_number(self, env: Mapping[str, str]) -> int:
+        if env.get(ENV_ATTEMPT):
+            return int(env[ENV_ATTEMPT])
         # Run by hand: one more than the highest attempt the journal has seen.
         seen = [int(r.get("attempt", 0)) for r in read_records(self.run_dir / LOSSES)[-1:]]
         return (max(seen) + 1) if seen else 1
-
-    @staticmethod
-    def _read_arm() -> dict[str, Any] | None:
-        raw = os.environ.get(ENV_CHAOS_ARM)
-        return json.loads(raw) if raw else None
 
     def _take_signals(self) -> None:
         if self._handle_signals:
@@ -181,6 +206,8 @@ class Worker:
         return self._preempt_signal is not None
 
     def heartbeat(self, phase: str = "train", step: int | None = None) -> None:
+        if not self.active:
+            return  # a spare on standby is not the run's worker yet
         rec = {"pid": self.pid, "attempt": self.attempt, "phase": phase, "step": step, "time": time.time()}
         data = json.dumps(rec).encode()
         os.pwrite(self._hb_fd, data, 0)
@@ -222,7 +249,10 @@ class Worker:
     def restore(self, total_steps: int | None = None) -> Checkpoint | None:
         """The newest verified checkpoint, falling back past torn or corrupt ones with a warning.
 
-        ``total_steps``, if the job knows it, lets the supervisor show progress against it."""
+        ``total_steps``, if the job knows it, lets the supervisor show progress against it.
+        A standby spare waits here until the supervisor hands it the run."""
+        if not self.active:
+            self._wait_for_go()
         self.heartbeat("restoring")
         # ``import paddle`` installs its own C-level SIGTERM handler, which aborts the process; the job
         # imports its framework after creating the Worker, so take the signals back before training.
