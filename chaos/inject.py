@@ -18,7 +18,7 @@ from typing import Any
 
 from runner.policy import AttemptResult
 from runner.supervisor import FileEffect, Observation, SendSignal
-from runner.worker import ENV_CHAOS_ARM, PAUSED_PHASE
+from runner.worker import ENV_CHAOS_ARM, PAUSED_EVENT, PAUSED_PHASE
 
 from .faults import ARMED_KINDS, Fault, FaultKind
 from .schedule import Schedule
@@ -91,7 +91,8 @@ class Injector:
             return [SendSignal(signal.SIGTERM, kill_after=self.grace, fault=self._fire(obs))]
         if f.kind is FaultKind.HANG and reached:
             return [SendSignal(signal.SIGSTOP, fault=self._fire(obs))]
-        if f.kind is FaultKind.CHECKPOINT_WRITE and obs.phase == PAUSED_PHASE:
+        paused = obs.phase == PAUSED_PHASE or any(e.get("event") == PAUSED_EVENT for e in obs.new_events)
+        if f.kind is FaultKind.CHECKPOINT_WRITE and paused:
             return [SendSignal(signal.SIGKILL, fault=self._fire(obs))]
         if f.kind is FaultKind.CORRUPT_CHECKPOINT:
             for e in obs.new_events:

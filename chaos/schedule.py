@@ -21,7 +21,7 @@ __all__ = ["Schedule", "draw_schedule", "checkpoint_steps", "ScheduleError", "MI
 
 MIN_GAP = 4
 SCHEDULE_FILE = "chaos-schedule.json"
-CORRUPT_FILES = ("model.safetensors", "optimizer.safetensors", "data.safetensors")
+CORRUPT_FILES = ("model.safetensors", "train.safetensors", "MANIFEST.json")
 
 
 class ScheduleError(ValueError):

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import paddle
 
-from .state import TrainState
+from .state import RngState, TrainState
 
 __all__ = [
     "model_arrays",
     "optimizer_arrays",
     "load_model",
     "load_optimizer",
-    "rng_states",
+    "rng_snapshot",
     "set_rng_states",
     "export_paddle",
 ]
@@ -26,6 +26,8 @@ _SCHEDULER_KEY = "LR_Scheduler"
 
 
 def model_arrays(model: paddle.nn.Layer) -> dict[str, np.ndarray]:
+    # Tensor.numpy() copies on the CPU, so these arrays stay as they are while training goes on;
+    # asynchronous checkpoints rely on that (tests/test_paddle_state.py checks it).
     return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
@@ -67,30 +69,42 @@ def load_optimizer(
         lr.set_state_dict(dict(scheduler))  # type: ignore[arg-type]
 
 
-def rng_states() -> dict[str, Any]:
-    """Paddle's, NumPy's global and Python's RNG states as JSON-ready values."""
+def rng_snapshot() -> Callable[[], RngState]:
+    """Take Paddle's, NumPy's global and Python's RNG states now (cheap copies); the returned callable
+    encodes them later, off the training thread: the big parts as arrays, the rest as JSON."""
+    paddle_states = paddle.get_rng_state()
     name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     version, internal, gauss = random.getstate()
-    return {
-        "paddle": [list(s.__getstate__()) for s in paddle.get_rng_state()],
-        "numpy": [name, np.asarray(keys).tolist(), pos, has_gauss, cached],
-        "python": [version, list(internal), gauss],
-    }
+
+    def encode() -> RngState:
+        arrays: dict[str, np.ndarray] = {
+            "numpy/keys": np.asarray(keys, dtype=np.uint32),
+            "python/internal": np.asarray(internal, dtype=np.uint32),
+        }
+        meta: dict[str, Any] = {"paddle": [], "numpy": [name, pos, has_gauss, cached], "python": [version, gauss]}
+        for i, s in enumerate(paddle_states):
+            # pybind11's pickle state: (device, seed, offset, the engine's state as character codes)
+            device, seed, offset, chars = s.__getstate__()
+            arrays[f"paddle/{i}"] = np.asarray(chars, dtype=np.int64)
+            meta["paddle"].append([device, seed, offset])
+        return arrays, meta
+
+    return encode
 
 
-def set_rng_states(states: Mapping[str, Any]) -> None:
-    current = paddle.get_rng_state()
+def set_rng_states(state: RngState) -> None:
+    arrays, meta = state
     restored = []
-    for s, saved in zip(current, states["paddle"]):
+    for i, (s, (device, seed, offset)) in enumerate(zip(paddle.get_rng_state(), meta["paddle"])):
         cls = type(s)
         obj = cls.__new__(cls)
-        obj.__setstate__(tuple(saved))  # pybind11's pickle protocol, fed from JSON
+        obj.__setstate__((device, seed, offset, arrays[f"paddle/{i}"].tolist()))
         restored.append(obj)
     paddle.set_rng_state(restored)
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.asarray(arrays["numpy/keys"], dtype=np.uint32), pos, has_gauss, cached))
+    version, gauss = meta["python"]
+    random.setstate((version, tuple(int(x) for x in arrays["python/internal"]), gauss))
 
 
 def export_paddle(state: TrainState, prefix: Path) -> tuple[Path, Path]:

@@ -1,13 +1,15 @@
 """What one training checkpoint holds, as plain NumPy arrays and JSON, with no framework in sight.
 
-Tensors go to safetensors files (no pickle anywhere); everything else - the position in the data,
-the RNG states, the LR scheduler - goes to the manifest's metadata as JSON.
+Two tensor files, both safetensors (no pickle anywhere): ``model.safetensors`` holds the weights
+alone, so users can take them out as they are; ``train.safetensors`` holds the optimizer state, the
+epoch's sample order and the large RNG states. Small values - the position in the data, the LR
+scheduler, the rest of the RNG states - go to the manifest's metadata as JSON.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +19,13 @@ from safetensors.numpy import save as st_save
 
 from .store import Checkpoint
 
-__all__ = ["TrainState", "params_digest"]
+__all__ = ["MODEL_FILE", "TRAIN_FILE", "RngState", "TrainState", "params_digest"]
 
 MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
-DATA_FILE = "data.safetensors"
+TRAIN_FILE = "train.safetensors"
+
+#: RNG states: large parts as arrays, small ones as JSON.
+RngState = tuple[Mapping[str, np.ndarray], Mapping[str, Any]]
 
 
 def params_digest(arrays: Mapping[str, np.ndarray]) -> str:
@@ -38,12 +42,17 @@ def _pack(arrays: Mapping[str, np.ndarray]) -> bytes:
     return st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
 
 
+def _section(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
 @dataclass(frozen=True)
 class TrainState:
     """Everything the next step needs to be bit-identical to an uninterrupted run.
 
     ``step`` counts completed steps; ``epoch`` and ``batch`` say where the next step reads, in the
-    epoch's sample ``order``.
+    epoch's sample ``order``. ``rng`` may be a callable that encodes the RNG states when the files
+    are made, so that an asynchronous checkpoint does that work off the training thread.
     """
 
     step: int
@@ -52,22 +61,25 @@ class TrainState:
     model: Mapping[str, np.ndarray]
     optimizer: Mapping[str, np.ndarray]
     lr_scheduler: Mapping[str, Any]
-    rng: Mapping[str, Any]
+    rng: RngState | Callable[[], RngState]
     order: np.ndarray
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def rng_state(self) -> RngState:
+        return self.rng() if callable(self.rng) else self.rng
+
     def to_files(self) -> tuple[dict[str, bytes], dict[str, Any]]:
-        files = {
-            MODEL_FILE: _pack(self.model),
-            OPTIMIZER_FILE: _pack(self.optimizer),
-            DATA_FILE: _pack({"order": self.order.astype(np.int64)}),
-        }
+        rng_arrays, rng_meta = self.rng_state()
+        train = {f"optimizer/{k}": v for k, v in self.optimizer.items()}
+        train.update({f"rng/{k}": v for k, v in rng_arrays.items()})
+        train["order"] = self.order.astype(np.int64)
+        files = {MODEL_FILE: _pack(self.model), TRAIN_FILE: _pack(train)}
         meta = {
             "step": self.step,
             "epoch": self.epoch,
             "batch": self.batch,
             "lr_scheduler": dict(self.lr_scheduler),
-            "rng": dict(self.rng),
+            "rng": dict(rng_meta),
             "params_sha256": params_digest(self.model),
             "extra": dict(self.extra),
         }
@@ -76,14 +88,15 @@ class TrainState:
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint) -> TrainState:
         meta = ckpt.meta
+        train = st_load(ckpt.files[TRAIN_FILE])
         return cls(
             step=int(meta["step"]),
             epoch=int(meta["epoch"]),
             batch=int(meta["batch"]),
             model=st_load(ckpt.files[MODEL_FILE]),
-            optimizer=st_load(ckpt.files[OPTIMIZER_FILE]),
+            optimizer=_section(train, "optimizer/"),
             lr_scheduler=meta["lr_scheduler"],
-            rng=meta["rng"],
-            order=st_load(ckpt.files[DATA_FILE])["order"],
+            rng=(_section(train, "rng/"), meta["rng"]),
+            order=train["order"],
             extra=meta.get("extra", {}),
         )

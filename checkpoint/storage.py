@@ -17,8 +17,9 @@ __all__ = ["Storage", "LocalStorage"]
 
 
 class Storage(Protocol):
-    def put(self, key: str, data: bytes) -> None:
-        """Write ``data`` under ``key`` so that readers see either nothing or all of it."""
+    def put(self, key: str, data: bytes, *, commit: bool = True) -> None:
+        """Write ``data`` under ``key`` so that readers see either nothing or all of it. ``commit``:
+        also make the name itself durable (and every name written before it under the same prefix)."""
 
     def get(self, key: str) -> bytes: ...
 
@@ -51,7 +52,7 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, commit: bool = True) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -65,7 +66,8 @@ class LocalStorage:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if commit:
+            _fsync_dir(path.parent)
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()

@@ -92,7 +92,8 @@ class CheckpointStore:
         for fname, data in files.items():
             if fname == MANIFEST or "/" in fname:
                 raise ValueError(f"bad checkpoint file name {fname!r}")
-            self.storage.put(self._key(name, fname), data)
+            # The data is fsynced now; its directory entry becomes durable with the manifest's.
+            self.storage.put(self._key(name, fname), data, commit=False)
             entries[fname] = {"sha256": _sha256(data), "size": len(data)}
             if self.between_files is not None:
                 self.between_files(fname)

@@ -10,10 +10,10 @@ import argparse
 import sys
 import warnings
 
-from runner.argparsing import OneLineParser, non_negative, positive
+from runner.argparsing import OneLineParser, non_negative, positive, seconds
 from runner.exitcodes import ExitCode, UserError
 
-from .config import BREAK_RESUME_KINDS, JOB_NAME, TrainConfig
+from .config import AUTO, BREAK_RESUME_KINDS, JOB_NAME, TrainConfig
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,16 +22,30 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=non_negative, default=0, help="seed for init and shuffling (default 0)")
     p.add_argument("--data", default=None,
                    help="a .json.gz file or an IDX directory (default: scikit-learn's bundled digits)")
-    p.add_argument("--checkpoint-every-steps", type=non_negative, default=0, metavar="K",
-                   help="also checkpoint every K steps (default 0: at epoch ends only)")
+    p.add_argument("--checkpoint-every-steps", "--checkpoint-every", type=every_steps, default=0, metavar="K|auto",
+                   dest="checkpoint_every_steps",
+                   help="also checkpoint every K steps, or 'auto': Young's interval sqrt(2*cost*MTBF) from the "
+                        "measured checkpoint cost (default 0: at epoch ends only)")
+    p.add_argument("--mtbf", type=seconds, default=None, metavar="S",
+                   help="with 'auto': the expected seconds between failures (default: estimated from the run)")
+    p.add_argument("--sync-checkpoints", action="store_true",
+                   help="write checkpoints on the training thread instead of in the background")
     p.add_argument("--break-resume", choices=BREAK_RESUME_KINDS, default=None,
                    help="deliberately resume wrongly (to test the verifier); never for real runs")
 
 
+def every_steps(text: str) -> int:
+    return AUTO if text == "auto" else non_negative(text)
+
+
 def job_argv(ns: argparse.Namespace) -> list[str]:
     """The job options in ``ns`` as command-line arguments for ``python -m model``."""
-    argv = ["--epochs", str(ns.epochs), "--seed", str(ns.seed),
-            "--checkpoint-every-steps", str(ns.checkpoint_every_steps)]
+    every = "auto" if ns.checkpoint_every_steps == AUTO else str(ns.checkpoint_every_steps)
+    argv = ["--epochs", str(ns.epochs), "--seed", str(ns.seed), "--checkpoint-every-steps", every]
+    if ns.mtbf is not None:
+        argv += ["--mtbf", str(ns.mtbf)]
+    if ns.sync_checkpoints:
+        argv += ["--sync-checkpoints"]
     if ns.data is not None:
         argv += ["--data", ns.data]
     if ns.break_resume is not None:
@@ -41,7 +55,7 @@ def job_argv(ns: argparse.Namespace) -> list[str]:
 
 def job_config(ns: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=ns.epochs, seed=ns.seed, checkpoint_every_steps=ns.checkpoint_every_steps,
-                       break_resume=ns.break_resume)
+                       break_resume=ns.break_resume, sync_checkpoints=ns.sync_checkpoints, mtbf_s=ns.mtbf)
 
 
 def job_identity(ns: argparse.Namespace) -> dict[str, object]:

@@ -6,9 +6,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["TrainConfig", "steps_per_epoch", "BREAK_RESUME_KINDS", "JOB_NAME"]
+__all__ = ["AUTO", "BREAK_RESUME_KINDS", "JOB_NAME", "TrainConfig", "steps_per_epoch"]
 
 JOB_NAME = "mnist-cnn"
+AUTO = -1  # checkpoint_every_steps for "auto": Young's formula
 #: Ways to resume wrongly on purpose, to prove the verifier catches each of them.
 BREAK_RESUME_KINDS = ("optimizer", "lr-scheduler", "rng", "data-position")
 
@@ -20,14 +21,16 @@ class TrainConfig:
     batch_size: int = 100
     lr: float = 0.01
     end_lr: float = 0.001
-    checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
+    checkpoint_every_steps: int = 0  # 0: only at the end of each epoch; AUTO: Young's interval
     break_resume: str | None = None
+    sync_checkpoints: bool = False  # write checkpoints on the training thread (slower; for comparison)
+    mtbf_s: float | None = None  # for AUTO: the expected time between failures, if known
 
     def identity(self) -> dict[str, Any]:
         """The fields that change the loss trace (checkpoint cadence does not)."""
         d = asdict(self)
-        d.pop("checkpoint_every_steps")
-        d.pop("break_resume")
+        for k in ("checkpoint_every_steps", "break_resume", "sync_checkpoints", "mtbf_s"):
+            d.pop(k)
         return d
 
 

@@ -8,17 +8,18 @@ beta powers, the LR scheduler, every RNG state, the epoch's sample order and the
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
 from checkpoint import paddle_state as ps
-from checkpoint.state import TrainState, params_digest
+from checkpoint.state import RngState, TrainState, params_digest
 from runner.exitcodes import ExitCode
 from runner.worker import Worker
 
-from .config import TrainConfig, steps_per_epoch
+from .config import AUTO, TrainConfig, steps_per_epoch
 from .data import Dataset
 from .net import MnistCNN
 
@@ -39,8 +40,13 @@ def build(cfg: TrainConfig, side: int, total_steps: int) -> tuple[MnistCNN, padd
 def _capture(model: MnistCNN, opt: paddle.optimizer.Adam, step: int, epoch: int, batch: int,
              order: np.ndarray, data_rng: np.random.Generator) -> TrainState:
     opt_arrays, sched = ps.optimizer_arrays(opt)
-    rng = ps.rng_states()
-    rng["data"] = data_rng.bit_generator.state
+    rng_later = ps.rng_snapshot()
+    data_state = data_rng.bit_generator.state
+
+    def rng() -> RngState:
+        arrays, meta = rng_later()
+        return arrays, {**meta, "data": data_state}
+
     return TrainState(step=step, epoch=epoch, batch=batch, model=ps.model_arrays(model), optimizer=opt_arrays,
                       lr_scheduler=sched, rng=rng, order=order)
 
@@ -53,6 +59,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
     sched = opt._learning_rate
     data_rng = np.random.default_rng(cfg.seed)
 
+    worker.set_cadence("auto" if cfg.checkpoint_every_steps == AUTO else cfg.checkpoint_every_steps, cfg.mtbf_s)
     ckpt = worker.restore(total_steps=total)
     if ckpt is None:
         step, epoch, batch = 0, 0, 0
@@ -67,8 +74,9 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
         if brk == "rng":
             order = data_rng.permutation(n)  # a fresh generator, as if its state was never saved
         else:
-            ps.set_rng_states(st.rng)
-            data_rng.bit_generator.state = st.rng["data"]
+            rng = st.rng_state()
+            ps.set_rng_states(rng)
+            data_rng.bit_generator.state = rng[1]["data"]
         if brk == "data-position":
             batch += 1  # reads one batch ahead of where it stopped
 
@@ -92,11 +100,11 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
             epoch, batch = epoch + 1, 0
             if epoch < cfg.epochs:
                 order = data_rng.permutation(n)
-        every = cfg.checkpoint_every_steps
-        if epoch_end or (every and step % every == 0) or worker.preemption_requested:
-            files, meta = _capture(model, opt, step, epoch, batch, order, data_rng).to_files()
-            worker.save_checkpoint(step, files, meta)
-        if worker.preemption_requested and epoch < cfg.epochs:
+        last = epoch >= cfg.epochs
+        if epoch_end or worker.checkpoint_due(step) or worker.preemption_requested:
+            capture = partial(_capture, model, opt, step, epoch, batch, order, data_rng)
+            worker.checkpoint(step, capture, wait=cfg.sync_checkpoints or last or worker.preemption_requested)
+        if worker.preemption_requested and not last:
             worker.event("preempted", step=step)
             return ExitCode.PREEMPTED
 

@@ -184,7 +184,7 @@ def campaign_main(argv: Sequence[str]) -> int:
         raise UserError(f"campaign directory {out} is not empty; choose a new --out", ExitCode.BAD_CONFIG)
     ref = ensure_reference(ns, ns.reference_cache.resolve(), console)
     per, total = job_total_steps(ref, ns.epochs)
-    ckpts = checkpoint_steps(total, per, ns.checkpoint_every_steps)
+    ckpts = checkpoint_steps(total, per, max(0, ns.checkpoint_every_steps))
     seeds = trial_seeds(ns.chaos_seed, ns.trials)
     hands = deal_kinds(ns.chaos_seed, ns.trials, ns.faults_per_trial, _kinds(ns))
     try:

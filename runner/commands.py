@@ -256,7 +256,7 @@ def simulate_main(argv: Sequence[str]) -> int:
                                     f"this one has {total}")
         else:
             schedule = draw_schedule(ns.chaos_seed, ns.faults, _kinds(ns), total,
-                                     checkpoint_steps(total, per, ns.checkpoint_every_steps))
+                                     checkpoint_steps(total, per, max(0, ns.checkpoint_every_steps)))
     except ScheduleError as exc:
         raise UserError(str(exc), ExitCode.BAD_CONFIG) from None
     console.print(f"chaos run in {run_dir}: {len(schedule.faults)} faults over {total} steps", highlight=False)

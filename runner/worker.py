@@ -28,14 +28,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import queue
 import signal
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Protocol
 
+from checkpoint.cadence import Cadence, estimate_mtbf
 from checkpoint.storage import LocalStorage
 from checkpoint.store import Checkpoint, CheckpointStore
 
@@ -45,6 +48,7 @@ from .journal import JsonlWriter, append_record, read_records
 __all__ = [
     "Worker",
     "SimulatedDeviceError",
+    "Snapshot",
     "ENV_ATTEMPT",
     "ENV_CHAOS_ARM",
     "ENV_STANDBY",
@@ -67,6 +71,13 @@ JOB = "job.json"
 WORKER_LOCK = "worker.lock"
 
 PAUSED_PHASE = "checkpoint-write-paused"
+PAUSED_EVENT = "chaos-paused-in-checkpoint-write"
+
+
+class Snapshot(Protocol):
+    """A copy of the training state taken at a step boundary, serialised later (maybe on a thread)."""
+
+    def to_files(self) -> tuple[Mapping[str, bytes], Mapping[str, Any]]: ...
 
 
 class SimulatedDeviceError(RuntimeError):
@@ -90,6 +101,42 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+class _Persister:
+    """One background thread that writes checkpoints, one at a time. A daemon: if the process
+    exits mid-write, that checkpoint is torn, never committed."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], object]) -> None:
+        self.wait()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
+            self._thread.start()
+        self._idle.clear()
+        self._jobs.put(job)
+
+    def wait(self) -> None:
+        self._idle.wait()
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc  # the training thread fails with the writer's error
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._idle.set()
+
+
 class Worker:
     """One attempt of a supervised job. Create it before importing the framework: it starts the
     heartbeat, takes the run directory's worker lock and turns SIGTERM/SIGINT into a request."""
@@ -100,6 +147,8 @@ class Worker:
         self._preempt_signal: int | None = None
         self._last_report = time.monotonic()
         self._saving_step = 0
+        self._persister = _Persister()
+        self.cadence = Cadence()
         self._handle_signals = handle_signals
         self.store = CheckpointStore(
             LocalStorage(self.run_dir), keep=keep_checkpoints, between_files=self._between_files
@@ -194,7 +243,7 @@ class Worker:
         if self._armed("checkpoint-write", step):
             # Chaos: stop with a torn checkpoint on disk and wait for the supervisor's SIGKILL.
             self.heartbeat(PAUSED_PHASE, step=step)
-            self.event("chaos-paused-in-checkpoint-write", step=step, after_file=fname)
+            self.event(PAUSED_EVENT, step=step, after_file=fname)
             while True:
                 time.sleep(3600)
 
@@ -277,29 +326,94 @@ class Worker:
             self._arm = None
             raise SimulatedDeviceError(f"simulated device error in step {step} (chaos fault 'crash')")
         now = time.monotonic()
+        rec_dt = now - self._last_report
         loss = float(loss)
         self._losses.write(
             {
                 "step": step, "epoch": epoch, "batch": batch, "loss": loss, "loss_hex": loss.hex(),
                 "acc": None if acc is None else float(acc), "lr": None if lr is None else float(lr),
-                "attempt": self.attempt, "time": time.time(), "dt": now - self._last_report,
+                "attempt": self.attempt, "time": time.time(), "dt": rec_dt,
             }
         )
         self._last_report = now
+        self.cadence.record_step(rec_dt)
         self.heartbeat("train", step=step)
 
     def save_checkpoint(self, step: int, files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
-        """Durably save a checkpoint taken after ``step`` completed steps."""
-        self.heartbeat("checkpoint", step=step)
-        self._saving_step = step
+        """Durably save a checkpoint taken after ``step`` completed steps, before returning."""
         t0 = time.monotonic()
-        name = self.store.save(step, files, meta)
-        self.event("checkpoint-saved", step=step, name=name, seconds=round(time.monotonic() - t0, 6))
+        self.flush_checkpoints()
+        self.heartbeat("checkpoint", step=step)
+        name = self._persist(step, lambda: (files, meta), t0, asynchronous=False)
         self.heartbeat("train", step=step)
-        self._last_report += time.monotonic() - t0  # a step's dt excludes checkpoint time
         return name
+
+    def checkpoint(self, step: int, capture: Callable[[], Snapshot], *, wait: bool = False) -> None:
+        """Checkpoint after ``step`` completed steps: ``capture()`` copies the state now, on this thread;
+        serialising and writing it happen on a background thread unless ``wait``.
+
+        A checkpoint never starts while the previous one is unfinished. If the process is killed
+        before the manifest is written, the unfinished checkpoint simply does not exist."""
+        t0 = time.monotonic()
+        self.flush_checkpoints()
+        snap = capture()
+        if wait:
+            self.heartbeat("checkpoint", step=step)
+            self._persist(step, snap.to_files, t0, asynchronous=False)
+            self.heartbeat("train", step=step)
+            return
+        stall = time.monotonic() - t0
+        self._last_report += stall
+        self.cadence.record_checkpoint(step, stall)
+        self._persister.submit(
+            lambda: self._persist(step, snap.to_files, time.monotonic(), asynchronous=True, stall=stall)
+        )
+
+    def flush_checkpoints(self) -> None:
+        """Wait for the checkpoint being written in the background, if any; raise its error."""
+        self._persister.wait()
+
+    def _persist(self, step: int, build: Callable[[], tuple[Mapping[str, bytes], Mapping[str, Any]]],
+                 t0: float, *, asynchronous: bool, stall: float | None = None) -> str:
+        self._saving_step = step
+        files, meta = build()
+        name = self.store.save(step, files, meta)
+        took = time.monotonic() - t0
+        if stall is None:
+            stall = took
+            self._last_report += took  # a step's dt excludes checkpoint time
+            self.cadence.record_checkpoint(step, stall, took)
+        else:
+            self.cadence.record_checkpoint(step, stall, took)
+        self.event("checkpoint-saved", step=step, name=name, seconds=round(took, 6), stall_s=round(stall, 6),
+                   asynchronous=asynchronous)
+        return name
+
+    def checkpoint_due(self, steps_done: int) -> bool:
+        """Whether the cadence (every K steps, or Young's interval with ``"auto"``) asks for one now."""
+        return self.cadence.due(steps_done)
+
+    def set_cadence(self, every: int | str, mtbf_s: float | None = None) -> None:
+        """Checkpoint every ``every`` steps (0: never), or ``"auto"``: Young's interval from the
+        measured checkpoint cost and the MTBF, given or estimated from this run's failures."""
+        elapsed, failures = self._failure_history()
+        self.cadence = Cadence(every=every, mtbf_s=estimate_mtbf(elapsed, failures, mtbf_s))
+
+    def _failure_history(self) -> tuple[float, int]:
+        """(seconds since the run's first attempt, failed attempts so far), from events.jsonl."""
+        first: float | None = None
+        failures = 0
+        for e in read_records(self.run_dir / EVENTS):
+            if e.get("source") != "supervisor":
+                continue
+            if e.get("event") == "attempt-spawned" and first is None:
+                first = float(e["time"])
+            elif e.get("event") == "attempt-exited" and e.get("exit_class") not in ("completed", "user-stopped"):
+                failures += 1
+        return (time.time() - first if first is not None else 0.0), failures
 
     def complete(self, **summary: Any) -> None:
         """Mark the job done; a rerun sees :meth:`finished` and exits at once."""
+        self.flush_checkpoints()
         _write_json_atomic(self.run_dir / FINAL, dict(summary, attempt=self.attempt, time=time.time()))
         self.event("job-completed", **summary)

@@ -1,0 +1,75 @@
+"""How often to checkpoint: every K steps, or chosen by Young's formula from measured costs.
+
+Young (1974): the interval that minimises lost work plus checkpoint overhead is
+``T = sqrt(2 * C * MTBF)``, with ``C`` the time a checkpoint costs the job and ``MTBF`` the mean time
+between failures. ``C`` is measured as the run goes (the stall an asynchronous checkpoint causes on
+the training thread); the MTBF is given, or estimated from the run's own history of failures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["young_interval_s", "interval_steps", "estimate_mtbf", "Cadence", "DEFAULT_MTBF_S", "MIN_COST_S"]
+
+DEFAULT_MTBF_S = 3600.0  # no failures seen yet and none given: assume one an hour
+MIN_COST_S = 1e-3  # a floor, so that a free-looking checkpoint does not mean "every step" blindly
+
+
+def young_interval_s(cost_s: float, mtbf_s: float) -> float:
+    return math.sqrt(2.0 * max(cost_s, 0.0) * max(mtbf_s, 0.0))
+
+
+def interval_steps(cost_s: float, mtbf_s: float, step_s: float, persist_s: float = 0.0) -> int:
+    """Young's interval in steps; never shorter than a background persist, so they never queue."""
+    if step_s <= 0:
+        return 1
+    t = young_interval_s(max(cost_s, MIN_COST_S), mtbf_s)
+    return max(1, round(t / step_s), math.ceil(persist_s / step_s))
+
+
+def estimate_mtbf(elapsed_s: float, failures: int, given: float | None = None) -> float:
+    """The MTBF to plan with: the one given, else the run's own so far, else ``DEFAULT_MTBF_S``."""
+    if given is not None:
+        return given
+    if failures > 0 and elapsed_s > 0:
+        return elapsed_s / failures
+    return DEFAULT_MTBF_S
+
+
+@dataclass
+class Cadence:
+    """Decides, step by step, whether a checkpoint is due. ``every``: a fixed K, 0 for never (the
+    job's own epoch-end checkpoints still happen), or ``"auto"``."""
+
+    every: int | str = 0
+    mtbf_s: float = DEFAULT_MTBF_S
+    step_s: float = 0.0  # moving average of step time
+    cost_s: float = 0.0  # moving average of the checkpoint stall
+    persist_s: float = 0.0  # moving average of the time to persist one checkpoint
+    last: int = 0  # steps done at the last checkpoint
+
+    def record_step(self, dt: float) -> None:
+        self.step_s = dt if self.step_s == 0 else 0.9 * self.step_s + 0.1 * dt
+
+    def record_checkpoint(self, steps_done: int, stall_s: float, persist_s: float | None = None) -> None:
+        self.last = steps_done
+        self.cost_s = stall_s if self.cost_s == 0 else 0.7 * self.cost_s + 0.3 * stall_s
+        if persist_s is not None:
+            self.persist_s = persist_s if self.persist_s == 0 else 0.7 * self.persist_s + 0.3 * persist_s
+
+    def interval(self) -> int | None:
+        if self.every == "auto":
+            if self.step_s == 0:
+                return None
+            return interval_steps(self.cost_s, self.mtbf_s, self.step_s, self.persist_s)
+        return int(self.every) or None
+
+    def due(self, steps_done: int) -> bool:
+        k = self.interval()
+        if k is None:
+            return False
+        if self.every == "auto":
+            return steps_done - self.last >= k
+        return steps_done % k == 0
