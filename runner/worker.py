@@ -191,6 +191,8 @@ class Worker:
 
     def _wait_for_go(self) -> None:
         """Standby: block until the supervisor sends ``{"attempt": N, "env": {...}}`` on stdin."""
+        append_record(self.run_dir / EVENTS, {"time": time.time(), "source": "standby", "event": "standby-ready",
+                                              "pid": self.pid})
         line = sys.stdin.buffer.readline()
         if not line.strip():
             raise SystemExit(0)  # the supervisor no longer needs this spare
