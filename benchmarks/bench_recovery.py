@@ -1,0 +1,185 @@
+"""Recovery: restart latency and goodput under periodic SIGKILLs, ours vs torchrun, side by side.
+
+(a) restart latency, from SIGKILL of the worker to the first step its replacement completes, median
+    of --kills kills: ours with the warm spare, ours without it, and torchrun (--monitor-interval 0.1)
+    running the seed's CNN in PyTorch with a checkpoint every step;
+(d) goodput under one SIGKILL every 10 s (and every 60 s with --long): the uninterrupted wall time of
+    a fixed job divided by its wall time under the kills, for both.
+
+torch runs from its own virtual environment (benchmarks/torch_baseline/setup_venv.sh); the runner
+never imports it. Prints a table and writes JSON (default benchmarks/results/recovery.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runner.journal import read_records  # noqa: E402
+
+PY = sys.executable
+
+
+def _wait(cond: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.005)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _prepared(tmp: Path) -> Path:
+    seed = tmp / "seed"
+    subprocess.run([PY, "-m", "model", "--run-dir", str(seed), "--epochs", "1"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    return seed / "data.npz"
+
+
+def _fresh(tmp: Path, name: str, data: Path) -> Path:
+    d = tmp / name
+    d.mkdir()
+    (d / "data.npz").write_bytes(data.read_bytes())
+    return d
+
+
+def _supervise(run_dir: Path, epochs: int, standby: bool) -> subprocess.Popen[bytes]:
+    cmd = [PY, "-m", "runner", "--run-dir", str(run_dir), "--epochs", str(epochs), "--checkpoint-every", "1",
+           "--max-restarts", "1000", "--grace", "5", "--standby" if standby else "--no-standby"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _stop(p: subprocess.Popen[bytes]) -> None:
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def ours_restart_latency(tmp: Path, data: Path, kills: int, standby: bool) -> list[float]:
+    run_dir = _fresh(tmp, f"latency-{'warm' if standby else 'cold'}", data)
+    p = _supervise(run_dir, epochs=100000, standby=standby)
+    losses, events = run_dir / "losses.jsonl", run_dir / "events.jsonl"
+    out = []
+    try:
+        for k in range(kills):
+            attempt = k + 1
+
+            def ready(attempt: int = attempt) -> bool:
+                steps = sum(1 for r in read_records(losses) if r.get("attempt") == attempt)
+                spares = sum(1 for e in read_records(events) if e.get("event") == "standby-ready")
+                return steps >= 10 and (not standby or spares >= attempt)
+
+            _wait(ready, 120, f"attempt {attempt} to train with a warm spare")
+            pid = json.loads((run_dir / "heartbeat").read_text())["pid"]
+            t_kill = time.time()
+            os.kill(pid, signal.SIGKILL)
+            first = _wait(lambda a=attempt: next((r for r in read_records(losses) if r.get("attempt") == a + 1), None),
+                          120, f"attempt {attempt + 1}'s first step")
+            out.append(float(first["time"]) - t_kill)
+    finally:
+        _stop(p)
+    return out
+
+
+def ours_goodput(tmp: Path, data: Path, epochs: int, kill_every: float, tag: str) -> dict[str, float]:
+    """Wall time of a fixed supervised job with and without a SIGKILL every ``kill_every`` seconds."""
+    clean = _fresh(tmp, f"goodput-clean-{tag}", data)
+    t0 = time.monotonic()
+    p = _supervise(clean, epochs, standby=True)
+    p.wait()
+    uninterrupted = time.monotonic() - t0
+    killed = _fresh(tmp, f"goodput-killed-{tag}", data)
+    t0 = time.monotonic()
+    p = _supervise(killed, epochs, standby=True)
+    kills = 0
+    next_kill = t0 + kill_every
+    while p.poll() is None:
+        if time.monotonic() >= next_kill:
+            try:
+                os.kill(json.loads((killed / "heartbeat").read_text())["pid"], signal.SIGKILL)
+                kills += 1
+            except (OSError, ValueError, KeyError):
+                pass
+            next_kill += kill_every
+        time.sleep(0.01)
+    wall = time.monotonic() - t0
+    return {"uninterrupted_s": uninterrupted, "wall_s": wall, "kills": kills, "goodput": uninterrupted / wall,
+            "returncode": p.returncode}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--goodput-epochs", type=int, default=150, help="job length for (d); 150 epochs is ~40 s")
+    ap.add_argument("--long", action="store_true", help="also measure one kill every 60 s (a job of ~6 min)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the torchrun side")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "recovery.json")
+    ns = ap.parse_args()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine}
+    intervals = [10.0, 60.0] if ns.long else [10.0]
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        data = _prepared(tmp)
+        res["ours_warm_latency_s"] = ours_restart_latency(tmp, data, ns.kills, standby=True)
+        res["ours_cold_latency_s"] = ours_restart_latency(tmp, data, max(3, ns.kills // 3), standby=False)
+        for iv in intervals:
+            epochs = ns.goodput_epochs if iv < 60 else ns.goodput_epochs * 9
+            res[f"ours_goodput_{int(iv)}s"] = ours_goodput(tmp, data, epochs, iv, f"{int(iv)}")
+        if not ns.no_torch:
+            from benchmarks.torch_baseline import harness
+
+            res["torch_latency_s"] = harness.restart_latency(tmp / "torch-latency", kills=ns.kills, data=data)
+            for iv in intervals:
+                duration = 40.0 if iv < 60 else 360.0
+                res[f"torch_goodput_{int(iv)}s"] = harness.goodput(tmp / f"torch-goodput-{int(iv)}", kill_every_s=iv,
+                                                                   duration_s=duration, data=data)
+    med = statistics.median
+    rows = [("restart latency, ours (warm spare), median", f"{med(res['ours_warm_latency_s']):.3f} s"),
+            ("restart latency, ours (cold start), median", f"{med(res['ours_cold_latency_s']):.3f} s")]
+    if "torch_latency_s" in res:
+        rows.append(("restart latency, torchrun, median", f"{med(res['torch_latency_s']):.3f} s"))
+        rows.append(("torchrun / ours (warm)", f"{med(res['torch_latency_s']) / med(res['ours_warm_latency_s']):.1f}x"))
+    for iv in intervals:
+        g = res[f"ours_goodput_{int(iv)}s"]
+        rows.append((f"goodput, one SIGKILL every {int(iv)} s, ours", f"{g['goodput']:.3f} ({g['kills']} kills)"))
+        if f"torch_goodput_{int(iv)}s" in res:
+            tg = res[f"torch_goodput_{int(iv)}s"]
+            rows.append((f"goodput, one SIGKILL every {int(iv)} s, torchrun",
+                         f"{tg['goodput']:.3f} ({tg.get('kills', '?')} kills)"))
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"recovery, {res['machine']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for r in rows:
+        table.add_row(*r)
+    Console(width=120).print(table)
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    ns.out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {ns.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
