@@ -34,9 +34,10 @@ def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
                    help="kill and restart a worker silent for S seconds (default 300)")
     g.add_argument("--grace", type=seconds, default=30.0, metavar="S",
                    help="on SIGINT/SIGTERM, give the worker S seconds to checkpoint before SIGKILL (default 30)")
-    g.add_argument("--standby", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--standby", action=argparse.BooleanOptionalAction, default=None,
                    help="keep a warm spare worker (Paddle imported, data loaded, model built) ready to take "
-                        "over on a restart (default: on)")
+                        "over on a restart; it waits in Worker.restore() (default: on for the built-in job, "
+                        "off for a command after '--')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +78,8 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None) -> int:
     cmd = tuple(command) if command else default_worker_cmd(run_dir, job_argv(ns))
     env = {"RUNNER_RUN_DIR": str(run_dir), "PYTHONPATH": _pythonpath()}
     spec = WorkerSpec(cmd=cmd, run_dir=run_dir, env=env, hang_timeout=ns.hang_timeout, grace=ns.grace,
-                      policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop), standby=ns.standby)
+                      policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop),
+                      standby=ns.standby if ns.standby is not None else command is None)
     outcome = Supervisor(spec, view=make_view()).run()
     if outcome.code is not ExitCode.OK:
         print(f"error: {outcome.message}", file=sys.stderr, flush=True)

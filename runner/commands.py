@@ -166,7 +166,7 @@ def run_trial(ns: argparse.Namespace, schedule: Any, run_dir: Path, ref: Path, *
     spec = WorkerSpec(
         cmd=default_worker_cmd(run_dir, job_argv(ns)), run_dir=run_dir,
         env={"PYTHONPATH": _pythonpath()}, hang_timeout=ns.hang_timeout, grace=ns.grace,
-        policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop), standby=ns.standby,
+        policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop), standby=ns.standby is not False,
     )
     injector = Injector(schedule, run_dir, grace=ns.grace)
     outcome = Supervisor(spec, view=view, chaos=injector).run()

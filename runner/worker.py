@@ -189,6 +189,10 @@ class Worker:
         self._take_signals()
         self.heartbeat("starting")
 
+    def _require_active(self) -> None:
+        if not self.active:
+            raise RuntimeError("call Worker.restore() before training: a standby spare takes over the run there")
+
     def _wait_for_go(self) -> None:
         """Standby: block until the supervisor sends ``{"attempt": N, "env": {...}}`` on stdin."""
         append_record(self.run_dir / EVENTS, {"time": time.time(), "source": "standby", "event": "standby-ready",
@@ -324,6 +328,7 @@ class Worker:
         lr: float | None = None,
     ) -> None:
         """Journal one completed step (global, 0-based) and beat the heart."""
+        self._require_active()
         if self._armed("crash", step):
             self._arm = None
             raise SimulatedDeviceError(f"simulated device error in step {step} (chaos fault 'crash')")
@@ -343,6 +348,7 @@ class Worker:
 
     def save_checkpoint(self, step: int, files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
         """Durably save a checkpoint taken after ``step`` completed steps, before returning."""
+        self._require_active()
         t0 = time.monotonic()
         self.flush_checkpoints()
         self.heartbeat("checkpoint", step=step)
@@ -356,6 +362,7 @@ class Worker:
 
         A checkpoint never starts while the previous one is unfinished. If the process is killed
         before the manifest is written, the unfinished checkpoint simply does not exist."""
+        self._require_active()
         t0 = time.monotonic()
         self.flush_checkpoints()
         snap = capture()
