@@ -74,7 +74,8 @@ def _stop(p: subprocess.Popen[bytes]) -> None:
             p.wait()
 
 
-def ours_restart_latency(tmp: Path, data: Path, kills: int, standby: bool) -> list[float]:
+def ours_restart_latency(tmp: Path, data: Path, kills: int, standby: bool) -> tuple[list[float], float]:
+    """Latencies of ``kills`` restarts, and the median step time seen on the way."""
     run_dir = _fresh(tmp, f"latency-{'warm' if standby else 'cold'}", data)
     p = _supervise(run_dir, epochs=100000, standby=standby)
     losses, events = run_dir / "losses.jsonl", run_dir / "events.jsonl"
@@ -97,7 +98,15 @@ def ours_restart_latency(tmp: Path, data: Path, kills: int, standby: bool) -> li
             out.append(float(first["time"]) - t_kill)
     finally:
         _stop(p)
-    return out
+    step_s = statistics.median(float(r["dt"]) for r in read_records(losses))
+    return out, step_s
+
+
+def run_dir_steps(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "heartbeat").read_text()).get("step") or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def ours_goodput(tmp: Path, data: Path, epochs: int, kill_every: float, tag: str) -> dict[str, float]:
@@ -112,8 +121,10 @@ def ours_goodput(tmp: Path, data: Path, epochs: int, kill_every: float, tag: str
     p = _supervise(killed, epochs, standby=True)
     kills = 0
     next_kill = t0 + kill_every
+    total = epochs * 15
     while p.poll() is None:
-        if time.monotonic() >= next_kill:
+        done = run_dir_steps(killed)
+        if time.monotonic() >= next_kill and done < total - 1:  # no kill once the job is finishing
             try:
                 os.kill(json.loads((killed / "heartbeat").read_text())["pid"], signal.SIGKILL)
                 kills += 1
@@ -129,8 +140,9 @@ def ours_goodput(tmp: Path, data: Path, epochs: int, kill_every: float, tag: str
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=10)
-    ap.add_argument("--goodput-epochs", type=int, default=150, help="job length for (d); 150 epochs is ~40 s")
-    ap.add_argument("--long", action="store_true", help="also measure one kill every 60 s (a job of ~6 min)")
+    ap.add_argument("--duration", type=float, default=60.0,
+                    help="uninterrupted length of the goodput jobs, both sides (default 60 s)")
+    ap.add_argument("--long", action="store_true", help="also measure one kill every 60 s (jobs of 6 x --duration)")
     ap.add_argument("--no-torch", action="store_true", help="skip the torchrun side")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "recovery.json")
     ns = ap.parse_args()
@@ -140,17 +152,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         data = _prepared(tmp)
-        res["ours_warm_latency_s"] = ours_restart_latency(tmp, data, ns.kills, standby=True)
-        res["ours_cold_latency_s"] = ours_restart_latency(tmp, data, max(3, ns.kills // 3), standby=False)
+        res["ours_warm_latency_s"], step_s = ours_restart_latency(tmp, data, ns.kills, standby=True)
+        res["ours_cold_latency_s"], _ = ours_restart_latency(tmp, data, max(3, ns.kills // 3), standby=False)
+        res["ours_step_s"] = step_s
         for iv in intervals:
-            epochs = ns.goodput_epochs if iv < 60 else ns.goodput_epochs * 9
+            duration = ns.duration if iv < 60 else 6 * ns.duration
+            epochs = max(1, round(duration / (15 * step_s)))
             res[f"ours_goodput_{int(iv)}s"] = ours_goodput(tmp, data, epochs, iv, f"{int(iv)}")
         if not ns.no_torch:
             from benchmarks.torch_baseline import harness
 
             res["torch_latency_s"] = harness.restart_latency(tmp / "torch-latency", kills=ns.kills, data=data)
             for iv in intervals:
-                duration = 40.0 if iv < 60 else 360.0
+                duration = ns.duration if iv < 60 else 6 * ns.duration
                 res[f"torch_goodput_{int(iv)}s"] = harness.goodput(tmp / f"torch-goodput-{int(iv)}", kill_every_s=iv,
                                                                    duration_s=duration, data=data)
     med = statistics.median
