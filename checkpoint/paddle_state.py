@@ -27,7 +27,7 @@ _SCHEDULER_KEY = "LR_Scheduler"
 
 def model_arrays(model: paddle.nn.Layer) -> dict[str, np.ndarray]:
     # Tensor.numpy() copies on the CPU, so these arrays stay as they are while training goes on;
-    # asynchronous checkpoints rely on that (tests/test_paddle_state.py checks it).
+    # asynchronous checkpoints rely on that (tests/test_worker_async.py checks it).
     return {k: v.numpy() for k, v in model.state_dict().items()}
 
 

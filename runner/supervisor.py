@@ -246,7 +246,7 @@ class Supervisor:
         env = self._base_env()
         env[ENV_STANDBY] = "1"
         self._spares += 1
-        log = self.run_dir / "logs" / f"standby-{self._spares:03d}.log"
+        log = self.run_dir / "logs" / f"standby-{os.getpid()}-{self._spares:03d}.log"
         self.spare = WorkerProcess.start(self.spec.cmd, env=env, log_path=log, stdin_pipe=True)
         self.spare_log = log
         self.log_event("standby-spawned", pid=self.spare.pid)
@@ -263,6 +263,7 @@ class Supervisor:
         go = json.dumps({"attempt": attempt, "env": dict(extra_env)}) + "\n"
         if not spare.tell(go.encode()):
             spare.kill()
+            self.log_event("standby-lost", pid=spare.pid, returncode=spare.returncode)
             return None
         return spare
 

@@ -149,6 +149,7 @@ class Worker:
         self._saving_step = 0
         self._persister = _Persister()
         self.cadence = Cadence()
+        self._cadence_args: tuple[int | str, float | None] | None = None
         self._handle_signals = handle_signals
         self.store = CheckpointStore(
             LocalStorage(self.run_dir), keep=keep_checkpoints, between_files=self._between_files
@@ -308,6 +309,9 @@ class Worker:
         A standby spare waits here until the supervisor hands it the run."""
         if not self.active:
             self._wait_for_go()
+            if self._cadence_args is not None:
+                # Set while warming up, before the failure this spare replaces: estimate the MTBF again.
+                self.set_cadence(*self._cadence_args)
         self.heartbeat("restoring")
         # ``import paddle`` installs its own C-level SIGTERM handler, which aborts the process; the job
         # imports its framework after creating the Worker, so take the signals back before training.
@@ -405,6 +409,7 @@ class Worker:
     def set_cadence(self, every: int | str, mtbf_s: float | None = None) -> None:
         """Checkpoint every ``every`` steps (0: never), or ``"auto"``: Young's interval from the
         measured checkpoint cost and the MTBF, given or estimated from this run's failures."""
+        self._cadence_args = (every, mtbf_s)
         elapsed, failures = self._failure_history()
         self.cadence = Cadence(every=every, mtbf_s=estimate_mtbf(elapsed, failures, mtbf_s))
 

@@ -28,7 +28,7 @@ pytestmark = [
 def test_fashion_mnist_loads_with_its_real_shapes(tmp_path: Path) -> None:
     ds = prepare(str(FASHION), tmp_path)
     assert ds.train_x.shape == (60000, 1, 28, 28) and ds.eval_x.shape == (10000, 1, 28, 28)
-    assert ds.train_x.dtype == np.float32 and 0.0 <= ds.train_x.min() and ds.train_x.max() <= 1.0
+    assert ds.train_x.dtype == np.float32 and ds.train_x.min() >= 0.0 and ds.train_x.max() <= 1.0
     assert sorted(np.unique(ds.train_y)) == list(range(10))
     assert (tmp_path / "data.npz").exists()
 

@@ -1,0 +1,344 @@
+"""How often to checkpoint: Young's interval, the MTBF estimate, the step-by-step decision, the worker's
+reading of its own failure history, and the ``--checkpoint-every K|auto`` / ``--mtbf`` options.
+
+Pure tables, no Paddle. The end-to-end check of ``--checkpoint-every auto`` is in
+``tests/e2e/test_standby.py``."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from checkpoint.cadence import DEFAULT_MTBF_S, MIN_COST_S, Cadence, estimate_mtbf, interval_steps, young_interval_s
+from model.config import AUTO
+from runner.worker import ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY, EVENTS, Worker
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- Young's formula -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cost_s", "mtbf_s", "want"),
+    [
+        (0.5, 100.0, 10.0),  # sqrt(2 * 0.5 * 100)
+        (2.0, 9.0, 6.0),
+        (1e-3, 5.0, 0.1),
+        (0.02, 3600.0, 12.0),
+        (0.0, 100.0, 0.0),  # a free checkpoint: as often as you like
+        (1.0, 0.0, 0.0),
+        (-1.0, 100.0, 0.0),  # nonsense is clamped, not a math domain error
+        (1.0, -5.0, 0.0),
+    ],
+)
+def test_young_interval_is_sqrt_2_c_m(cost_s: float, mtbf_s: float, want: float) -> None:
+    assert young_interval_s(cost_s, mtbf_s) == pytest.approx(want)
+    if cost_s > 0 and mtbf_s > 0:
+        assert young_interval_s(cost_s, mtbf_s) == pytest.approx(math.sqrt(2 * cost_s * mtbf_s))
+
+
+@pytest.mark.parametrize(
+    ("cost_s", "mtbf_s", "step_s", "persist_s", "want"),
+    [
+        # T = 10 s in steps, rounded to the nearest step.
+        (0.5, 100.0, 1.0, 0.0, 10),
+        (0.5, 100.0, 0.3, 0.0, 33),  # 33.3
+        (0.5, 100.0, 0.6, 0.0, 17),  # 16.7 rounds up
+        (0.5, 100.0, 3.0, 0.0, 3),  # 3.3
+        (0.5, 100.0, 7.0, 0.0, 1),  # 1.4
+        # Never less than one step, however slow a step is.
+        (0.5, 100.0, 30.0, 0.0, 1),  # 0.33 rounds to 0
+        (0.5, 100.0, 1000.0, 0.0, 1),
+        # Never shorter than one background persist (so they never queue up behind each other).
+        (0.5, 100.0, 1.0, 25.0, 25),
+        (0.5, 100.0, 1.0, 10.5, 11),  # ceil, not round
+        (0.5, 100.0, 1.0, 9.5, 10),  # Young's 10 is already longer
+        (0.5, 100.0, 30.0, 45.0, 2),  # ceil(1.5) beats the floor of 1
+        # A checkpoint measured as (nearly) free costs at least MIN_COST_S: sqrt(2 * 1e-3 * 5) = 0.1 s.
+        (0.0, 5.0, 0.01, 0.0, 10),
+        (1e-6, 5.0, 0.01, 0.0, 10),
+        (MIN_COST_S, 5.0, 0.01, 0.0, 10),
+        (0.004, 5.0, 0.01, 0.0, 20),  # above the floor the measured cost counts: sqrt(0.04) = 0.2 s
+        # No step time yet (or nonsense): one step.
+        (0.5, 100.0, 0.0, 0.0, 1),
+        (0.5, 100.0, -1.0, 50.0, 1),
+    ],
+)
+def test_interval_steps(cost_s: float, mtbf_s: float, step_s: float, persist_s: float, want: int) -> None:
+    got = interval_steps(cost_s, mtbf_s, step_s, persist_s)
+    assert got == want and isinstance(got, int)
+
+
+def test_interval_steps_persist_defaults_to_zero() -> None:
+    assert interval_steps(0.5, 100.0, 1.0) == interval_steps(0.5, 100.0, 1.0, 0.0) == 10
+
+
+# -- the MTBF to plan with --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("elapsed_s", "failures", "given", "want"),
+    [
+        (100.0, 4, 7.5, 7.5),  # the one given wins over the run's own history
+        (0.0, 0, 7.5, 7.5),
+        (100.0, 4, None, 25.0),  # elapsed / failures
+        (90.0, 1, None, 90.0),
+        (100.0, 0, None, DEFAULT_MTBF_S),  # no failure yet: the default
+        (0.0, 3, None, DEFAULT_MTBF_S),  # no time yet: the default, not a division by zero
+        (-5.0, 3, None, DEFAULT_MTBF_S),
+    ],
+)
+def test_estimate_mtbf(elapsed_s: float, failures: int, given: float | None, want: float) -> None:
+    assert estimate_mtbf(elapsed_s, failures, given) == pytest.approx(want)
+
+
+def test_default_mtbf_is_an_hour() -> None:
+    assert DEFAULT_MTBF_S == 3600.0
+    assert estimate_mtbf(0.0, 0) == DEFAULT_MTBF_S
+
+
+# -- Cadence.due -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("every", [4, 5, 15])
+def test_fixed_cadence_is_every_k_steps(every: int) -> None:
+    c = Cadence(every=every)
+    due = [s for s in range(1, 46) if c.due(s)]
+    assert due == list(range(every, 46, every))
+
+
+def test_fixed_cadence_counts_from_zero_not_from_the_last_checkpoint() -> None:
+    # Epoch-end checkpoints in between do not shift a fixed K: every multiple of K stays due.
+    c = Cadence(every=4)
+    c.record_step(0.01)
+    c.record_checkpoint(15, 0.001, 0.002)
+    assert [s for s in range(15, 30) if c.due(s)] == [16, 20, 24, 28]
+
+
+def test_cadence_zero_is_never_due() -> None:
+    c = Cadence(every=0)
+    c.record_step(0.01)
+    c.record_checkpoint(3, 0.001, 0.001)
+    assert c.interval() is None
+    assert not any(c.due(s) for s in range(0, 200))
+    assert Cadence().every == 0 and not Cadence().due(7)  # the default
+
+
+def test_auto_cadence_waits_for_a_step_time() -> None:
+    c = Cadence(every="auto", mtbf_s=5.0)
+    assert c.interval() is None
+    assert not any(c.due(s) for s in range(0, 100))
+
+
+def test_auto_cadence_uses_young_in_steps_since_the_last_checkpoint() -> None:
+    c = Cadence(every="auto", mtbf_s=5.0)
+    c.record_step(0.01)  # no checkpoint measured yet: cost is the floor, T = 0.1 s = 10 steps
+    assert c.interval() == 10
+    assert [s for s in range(1, 12) if c.due(s)] == [10, 11]
+
+    c.record_checkpoint(10, 0.0005)  # a cheap one: still the floor
+    assert c.last == 10 and c.interval() == 10
+    assert [s for s in range(10, 25) if c.due(s)] == [20, 21, 22, 23, 24]
+
+    # Relative to the last checkpoint, not multiples of the interval: an off-grid one moves the grid.
+    c.record_checkpoint(13, 0.0005)
+    assert [s for s in range(13, 25) if c.due(s)] == [23, 24]
+
+
+def test_auto_cadence_follows_the_measured_cost_and_mtbf() -> None:
+    c = Cadence(every="auto", mtbf_s=50.0)
+    c.record_step(0.01)
+    c.record_checkpoint(0, 0.004)  # T = sqrt(2 * 0.004 * 50) = 0.632 s = 63 steps
+    assert c.cost_s == pytest.approx(0.004)
+    assert c.interval() == interval_steps(0.004, 50.0, 0.01) == 63
+    assert not c.due(62) and c.due(63)
+
+
+def test_auto_cadence_is_never_shorter_than_a_persist() -> None:
+    c = Cadence(every="auto", mtbf_s=5.0)
+    c.record_step(0.01)
+    c.record_checkpoint(0, 0.001, persist_s=0.5)  # Young says 10 steps; the writer needs 50
+    assert c.persist_s == pytest.approx(0.5)
+    assert c.interval() == 50
+    assert not c.due(49) and c.due(50)
+
+
+def test_cadence_moving_averages() -> None:
+    c = Cadence(every="auto")
+    c.record_step(0.01)
+    assert c.step_s == pytest.approx(0.01)  # the first sample is taken as it is
+    c.record_step(0.02)
+    assert c.step_s == pytest.approx(0.011)  # then 0.9 old + 0.1 new
+
+    c.record_checkpoint(5, 0.01)
+    assert c.cost_s == pytest.approx(0.01) and c.persist_s == 0.0  # no persist time given: unchanged
+    c.record_checkpoint(10, 0.02, persist_s=0.1)
+    assert c.cost_s == pytest.approx(0.013)  # 0.7 old + 0.3 new
+    assert c.persist_s == pytest.approx(0.1)
+    c.record_checkpoint(15, 0.02, persist_s=0.2)
+    assert c.persist_s == pytest.approx(0.13)
+    assert c.last == 15
+
+
+# -- the worker's failure history --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in (ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY):
+        monkeypatch.delenv(k, raising=False)
+
+
+def write_events(run_dir: Path, records: list[dict], torn_tail: bytes = b"") -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    body = b"".join(json.dumps(r).encode() + b"\n" for r in records)
+    (run_dir / EVENTS).write_bytes(body + torn_tail)
+
+
+def test_failure_history_counts_failed_attempts_from_the_supervisors_events(tmp_path: Path, clean_env: None) -> None:
+    run_dir = tmp_path / "run"
+    now = time.time()
+
+    def sup(event: str, t: float, **kw: object) -> dict:
+        return {"time": t, "source": "supervisor", "event": event, **kw}
+
+    write_events(run_dir, [
+        {"time": now - 500, "source": "worker", "event": "attempt-started", "attempt": 0},  # not the supervisor's
+        sup("attempt-spawned", now - 100, attempt=1, pid=11, warm=False),  # the run's start
+        sup("attempt-exited", now - 90, attempt=1, exit_class="killed"),
+        sup("attempt-spawned", now - 89, attempt=2, pid=12, warm=True),
+        sup("attempt-exited", now - 80, attempt=2, exit_class="crashed"),
+        sup("attempt-spawned", now - 79, attempt=3, pid=13, warm=True),
+        sup("attempt-exited", now - 70, attempt=3, exit_class="hung"),
+        sup("attempt-spawned", now - 69, attempt=4, pid=14, warm=True),
+        sup("attempt-exited", now - 60, attempt=4, exit_class="preempted"),
+        sup("attempt-spawned", now - 59, attempt=5, pid=15, warm=True),
+        sup("attempt-exited", now - 50, attempt=5, exit_class="user-stopped"),  # not a failure
+        sup("attempt-spawned", now - 40, attempt=6, pid=16, warm=False),
+        sup("attempt-exited", now - 30, attempt=6, exit_class="completed"),  # not a failure
+        {"time": now, "source": "worker", "event": "attempt-exited", "exit_class": "killed"},  # not the supervisor's
+        {"time": now, "source": "standby", "event": "standby-ready", "pid": 17},
+    ], torn_tail=b'{"time": 1, "source": "supervisor", "event": "attempt-exi')  # a torn last line is skipped
+
+    with Worker(run_dir, handle_signals=False) as w:
+        elapsed, failures = w._failure_history()
+        assert failures == 4
+        assert elapsed == pytest.approx(100.0, abs=30.0)  # since the first attempt-spawned, now-ish
+
+        w.set_cadence("auto")  # no MTBF given: the run's own, elapsed / failures
+        assert w.cadence.every == "auto"
+        assert w.cadence.mtbf_s == pytest.approx(elapsed / 4, rel=0.3)
+        w.set_cadence("auto", 7.0)  # given: it wins
+        assert w.cadence.mtbf_s == 7.0
+        w.set_cadence(5)
+        assert w.cadence.every == 5 and w.checkpoint_due(10) and not w.checkpoint_due(11)
+
+
+def test_failure_history_of_a_new_run_is_empty(tmp_path: Path, clean_env: None) -> None:
+    with Worker(tmp_path / "run", handle_signals=False) as w:
+        assert w._failure_history() == (0.0, 0)
+        w.set_cadence("auto")
+        assert w.cadence.mtbf_s == DEFAULT_MTBF_S
+
+
+def test_failure_history_without_failures_falls_back_to_the_default(tmp_path: Path, clean_env: None) -> None:
+    run_dir = tmp_path / "run"
+    write_events(run_dir, [
+        {"time": time.time() - 20, "source": "supervisor", "event": "attempt-spawned", "attempt": 1},
+    ])
+    with Worker(run_dir, handle_signals=False) as w:
+        elapsed, failures = w._failure_history()
+        assert failures == 0 and elapsed > 0
+        w.set_cadence("auto")
+        assert w.cadence.mtbf_s == DEFAULT_MTBF_S
+
+
+# -- the command line --------------------------------------------------------------------------------------
+
+
+def parse_model(*args: str):
+    from model.__main__ import OneLineParser, add_job_arguments
+
+    p = OneLineParser(prog="python -m model")
+    p.add_argument("--run-dir", required=True)
+    add_job_arguments(p)
+    return p.parse_args(["--run-dir", "d", *args])
+
+
+def parse_runner(*args: str):
+    from runner.cli import build_parser
+
+    return build_parser().parse_args(["--run-dir", "d", *args])
+
+
+@pytest.mark.parametrize("parse", [parse_model, parse_runner], ids=["model", "runner"])
+def test_checkpoint_every_is_an_alias_and_takes_auto(parse) -> None:
+    assert parse().checkpoint_every_steps == 0  # default: epoch ends only
+    assert parse("--checkpoint-every", "7").checkpoint_every_steps == 7
+    assert parse("--checkpoint-every-steps", "7").checkpoint_every_steps == 7
+    assert parse("--checkpoint-every", "0").checkpoint_every_steps == 0
+    assert parse("--checkpoint-every", "auto").checkpoint_every_steps == AUTO
+    assert parse("--checkpoint-every-steps", "auto").checkpoint_every_steps == AUTO
+    ns = parse("--checkpoint-every", "auto", "--mtbf", "5")
+    assert ns.mtbf == 5.0 and not ns.sync_checkpoints
+    assert parse("--sync-checkpoints").sync_checkpoints
+
+
+def test_runner_passes_the_cadence_on_to_the_job() -> None:
+    from model.__main__ import job_argv, job_config
+
+    ns = parse_runner("--epochs", "3", "--checkpoint-every", "auto", "--mtbf", "5", "--sync-checkpoints")
+    argv = job_argv(ns)
+    i = argv.index("--checkpoint-every-steps")
+    assert argv[i + 1] == "auto"
+    assert argv[argv.index("--mtbf") + 1] == "5.0"
+    assert "--sync-checkpoints" in argv
+    # What the runner passes on parses back to the same job.
+    again = parse_model(*argv)
+    assert (again.checkpoint_every_steps, again.mtbf, again.sync_checkpoints, again.epochs) == (AUTO, 5.0, True, 3)
+    cfg = job_config(again)
+    assert (cfg.checkpoint_every_steps, cfg.mtbf_s, cfg.sync_checkpoints) == (AUTO, 5.0, True)
+    # The cadence does not change the trace, so it is not part of the job's identity.
+    assert job_config(parse_runner("--epochs", "3")).identity() == cfg.identity()
+
+    assert "--mtbf" not in job_argv(parse_runner())
+    assert job_argv(parse_runner("--checkpoint-every", "4"))[-1] == "4"
+
+
+def test_standby_flag() -> None:
+    assert parse_runner().standby is None  # decided by whether a command follows '--'
+    assert parse_runner("--standby").standby is True
+    assert parse_runner("--no-standby").standby is False
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "says"),
+    [
+        ("model", ["--checkpoint-every", "-1"], "must be 0 or more, got -1"),
+        ("model", ["--checkpoint-every", "x"], "not an integer: 'x'"),
+        ("model", ["--checkpoint-every-steps", "AUTO"], "not an integer: 'AUTO'"),
+        ("model", ["--checkpoint-every", "2.5"], "not an integer: '2.5'"),
+        ("model", ["--checkpoint-every", "auto", "--mtbf", "0"], "must be more than 0"),
+        ("model", ["--mtbf", "soon"], "not a number of seconds: 'soon'"),
+        ("runner", ["--checkpoint-every", "-1"], "must be 0 or more, got -1"),
+        ("runner", ["--checkpoint-every", "x"], "not an integer: 'x'"),
+    ],
+)
+def test_bad_cadence_values_exit_2_with_one_line(tmp_path: Path, module: str, args: list[str], says: str) -> None:
+    run_dir = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", module, "--run-dir", str(run_dir), *args], cwd=REPO,
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("error: argument --checkpoint-every") or lines[0].startswith("error: argument --mtbf")
+    assert says in lines[0]
+    assert p.stdout == ""
+    assert not run_dir.exists()  # refused before touching anything

@@ -1,0 +1,169 @@
+"""A standby spare, in this process: with ``RUNNER_STANDBY=1`` a ``Worker`` touches nothing in the run
+directory until ``restore()`` reads the supervisor's go line from stdin; then it takes the worker lock
+(refusing to train next to a live worker), the journal and the heartbeat, as that attempt.
+
+The end-to-end behaviour (real processes, the supervisor handing over) is in tests/e2e/test_standby.py."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from checkpoint.cadence import DEFAULT_MTBF_S
+from runner.exitcodes import ExitCode, UserError
+from runner.journal import append_record
+from runner.worker import (
+    ENV_ATTEMPT,
+    ENV_CHAOS_ARM,
+    ENV_STANDBY,
+    EVENTS,
+    HEARTBEAT,
+    LOSSES,
+    WORKER_LOCK,
+    SimulatedDeviceError,
+    Worker,
+    read_heartbeat,
+)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for k in (ENV_ATTEMPT, ENV_CHAOS_ARM):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv(ENV_STANDBY, "1")
+    d = tmp_path / "run"
+    d.mkdir()
+    return d
+
+
+def stdin_with(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+
+def go(attempt: int, **env: str) -> bytes:
+    return (json.dumps({"attempt": attempt, "env": env}) + "\n").encode()
+
+
+def events(run_dir: Path) -> list[dict]:
+    path = run_dir / EVENTS
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def held_lock(run_dir: Path) -> Iterator[int]:
+    fd = os.open(run_dir / WORKER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    yield fd
+    os.close(fd)
+
+
+def test_a_spare_touches_nothing_until_restore(run_dir: Path) -> None:
+    w = Worker(run_dir, handle_signals=False)
+    assert w.standby and not w.active and w.attempt == 0
+    w.heartbeat("loading-data")  # the job beats while it warms up: a no-op on standby
+    w.close()
+    assert list(run_dir.iterdir()) == []
+
+
+def test_a_spare_needs_an_existing_run_directory(tmp_path: Path, run_dir: Path) -> None:
+    with pytest.raises(UserError) as exc:
+        Worker(tmp_path / "missing", handle_signals=False)
+    assert exc.value.code == ExitCode.BAD_CONFIG
+    assert not (tmp_path / "missing").exists()
+
+
+def test_the_go_line_makes_the_spare_that_attempt(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stdin_with(monkeypatch, go(4, EXTRA="x"))
+    with Worker(run_dir, handle_signals=False) as w:
+        assert w.restore(total_steps=10) is None
+        assert w.active and w.attempt == 4
+        assert os.environ.get(ENV_ATTEMPT) is None  # the go line's env is the worker's, not the process's
+        w.report_step(0, loss=0.5)
+        # It holds the worker lock now.
+        fd = os.open(run_dir / WORKER_LOCK, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        hb = read_heartbeat(run_dir)
+        assert hb is not None and (hb["attempt"], hb["step"], hb["pid"]) == (4, 0, os.getpid())
+    evs = events(run_dir)
+    assert [(e["source"], e["event"]) for e in evs] == [("standby", "standby-ready"), ("worker", "attempt-started")]
+    assert evs[0]["pid"] == os.getpid()
+    assert (evs[1]["attempt"], evs[1]["resumed_from_step"], evs[1]["total_steps"]) == (4, 0, 10)
+    (rec,) = [json.loads(x) for x in (run_dir / LOSSES).read_text().splitlines()]
+    assert (rec["step"], rec["attempt"]) == (0, 4)
+
+
+def test_the_go_line_carries_the_chaos_arm(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stdin_with(monkeypatch, go(2, **{ENV_CHAOS_ARM: json.dumps({"kind": "crash", "step": 1})}))
+    with Worker(run_dir, handle_signals=False) as w:
+        w.restore()
+        w.report_step(0, loss=1.0)
+        with pytest.raises(SimulatedDeviceError, match="step 1"):
+            w.report_step(1, loss=1.0)
+
+
+def test_eof_on_stdin_exits_0_having_written_only_the_ready_event(run_dir: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    stdin_with(monkeypatch, b"")
+    w = Worker(run_dir, handle_signals=False)
+    with pytest.raises(SystemExit) as exc:
+        w.restore()
+    assert exc.value.code == 0
+    assert not w.active
+    assert sorted(p.name for p in run_dir.iterdir()) == [EVENTS]
+    assert [e["event"] for e in events(run_dir)] == ["standby-ready"]
+
+
+def test_the_spare_refuses_to_train_next_to_a_live_worker(run_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          held_lock: int) -> None:
+    stdin_with(monkeypatch, go(3))
+    w = Worker(run_dir, handle_signals=False)
+    with pytest.raises(UserError) as exc:
+        w.restore()
+    assert exc.value.code == ExitCode.LOCKED == 69
+    assert "in use by another worker" in str(exc.value)
+    assert not w.active
+    assert not (run_dir / HEARTBEAT).exists() and not (run_dir / LOSSES).exists()
+    assert [e["event"] for e in events(run_dir)] == ["standby-ready"]
+    with pytest.raises(RuntimeError):
+        w.report_step(0, loss=1.0)
+
+
+def test_without_standby_the_worker_is_active_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in (ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY):
+        monkeypatch.delenv(k, raising=False)
+    stdin_with(monkeypatch, b"this is never read\n")
+    with Worker(tmp_path / "run", handle_signals=False) as w:
+        assert w.active and not w.standby and w.attempt == 1
+        w.restore()
+        w.report_step(0, loss=1.0)
+    assert "standby-ready" not in [e["event"] for e in events(tmp_path / "run")]
+
+
+def test_a_spare_plans_its_cadence_with_the_failure_it_replaces(run_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job sets its cadence while the spare warms up, before the failure that the spare will
+    replace has happened; ``--checkpoint-every auto`` without ``--mtbf`` must still count that failure."""
+    t0 = time.time() - 100
+    append_record(run_dir / EVENTS, {"time": t0, "source": "supervisor", "event": "attempt-spawned", "attempt": 1})
+    w = Worker(run_dir, handle_signals=False)
+    w.set_cadence("auto")  # warming up: no failure yet
+    assert w.cadence.mtbf_s == DEFAULT_MTBF_S
+    # Attempt 1 dies; the supervisor records it, then hands the run to this spare.
+    append_record(run_dir / EVENTS, {"time": time.time(), "source": "supervisor", "event": "attempt-exited",
+                                     "attempt": 1, "exit_class": "killed"})
+    stdin_with(monkeypatch, go(2))
+    with w:
+        w.restore()
+        assert w.cadence.every == "auto"
+        assert w.cadence.mtbf_s == pytest.approx(time.time() - t0, abs=30)  # one failure in ~100 s
