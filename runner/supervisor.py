@@ -272,6 +272,23 @@ class Supervisor:
             self.spare.kill()
             self.spare = None
 
+    def _carry_out(self, actions: Sequence[SendSignal | FileEffect], proc: WorkerProcess, attempt: int,
+                   last_step: int | None, now: float) -> float | None:
+        """Do what chaos decided; returns when to SIGKILL the worker if an action asked for that."""
+        kill_at = None
+        for action in actions:
+            if isinstance(action, SendSignal):
+                self.log_event("chaos-fault", attempt=attempt, pid=proc.pid, signal=signal.Signals(action.sig).name,
+                               last_step=last_step, **(action.fault or {}))
+                proc.send(action.sig)
+                if action.kill_after is not None:
+                    kill_at = now + action.kill_after
+            else:
+                what = action.apply()
+                self.log_event("chaos-fault", attempt=attempt, effect=what, last_step=last_step,
+                               **(action.fault or {}))
+        return kill_at
+
     def _run_attempt(self) -> AttemptResult:
         n = self.next_attempt
         self.next_attempt += 1
@@ -340,17 +357,8 @@ class Supervisor:
                 proc.kill()
                 break
             if self.chaos is not None:
-                for action in self.chaos.on_tick(Observation(n, proc.pid, steps, events, last_step, phase)):
-                    if isinstance(action, SendSignal):
-                        self.log_event("chaos-fault", attempt=n, pid=proc.pid, signal=signal.Signals(action.sig).name,
-                                       last_step=last_step, **(action.fault or {}))
-                        proc.send(action.sig)
-                        if action.kill_after is not None:
-                            kill_at = now + action.kill_after
-                    else:
-                        what = action.apply()
-                        self.log_event("chaos-fault", attempt=n, effect=what, last_step=last_step,
-                                       **(action.fault or {}))
+                actions = self.chaos.on_tick(Observation(n, proc.pid, steps, events, last_step, phase))
+                kill_at = self._carry_out(actions, proc, n, last_step, now) or kill_at
         proc.kill_leftovers()
         drain()
         assert proc.returncode is not None
