@@ -11,15 +11,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from runner.journal import read_records
-from runner.worker import ENV_ATTEMPT, ENV_CHAOS_ARM, EVENTS, FINAL, HEARTBEAT, LOSSES
+from runner.worker import ENV_ATTEMPT, ENV_CHAOS_ARM, EVENTS, FINAL, LOSSES
+from runner.worker import read_heartbeat as heartbeat  # noqa: F401  (re-exported for the tests)
+from tests.helpers import wait_for  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT = 120.0  # one supervised run of a few seconds; generous for a loaded CI machine
@@ -82,22 +83,6 @@ def explain(p: subprocess.CompletedProcess[str], run_dir: Path | None = None) ->
     return describe(p.returncode, p.stdout, p.stderr, run_dir)
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str,
-             proc: subprocess.Popen[str] | None = None, interval: float = 0.002) -> Any:
-    """Poll until ``predicate()`` is truthy and return it; fail if ``proc`` exits first or time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"exited before {what}: " + describe(proc.returncode, out, err))
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 # -- reading a run directory ---------------------------------------------------------------------------
 
 
@@ -112,14 +97,6 @@ def events(run_dir: Path, kind: str | None = None, source: str | None = None) ->
 
 def final(run_dir: Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / FINAL).read_text())
-
-
-def heartbeat(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((Path(run_dir) / HEARTBEAT).read_bytes())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def stitched(run_dir: Path) -> dict[int, str]:
