@@ -1,8 +1,9 @@
 """Overheads of supervision and checkpointing, measured side by side in one run.
 
 (a) per-step time of the worker vs bare Paddle forward/backward/step on the same batches;
-(b) the stall one checkpoint causes (capture + serialise + fsync + commit), per checkpoint;
-(c) wall time of a fault-free supervised run vs the bare ``python -m model`` run of the same job.
+(b) the stall one checkpoint causes on the training thread, asynchronous (the default) vs
+    synchronous (--sync-checkpoints), and the wall time of every-step checkpoints vs none;
+(c) wall time of a fault-free supervised run (warm spare on) vs the bare ``python -m model`` run.
 
 Prints a table and writes JSON (default benchmarks/results/overhead.json).
 """
@@ -67,7 +68,7 @@ def run(cmd: list[str], cwd: Path) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overhead.json")
     ns = p.parse_args()
@@ -88,36 +89,46 @@ def main() -> int:
             (d / "data.npz").write_bytes(data)
             return d
 
-        bare, sup, every = [], [], []
-        for i in range(ns.repeats):  # interleaved, so drift hits both sides alike
+        bare, sup, every, every_sync = [], [], [], []
+        for i in range(ns.repeats):  # interleaved, so drift hits every side alike
             bare.append(run([py, "-m", "model", "--run-dir", str(fresh(f"bare{i}")), "--epochs", str(ns.epochs)], ROOT))
             sup.append(run([py, "-m", "runner", "--run-dir", str(fresh(f"sup{i}")), "--epochs", str(ns.epochs)], ROOT))
             every.append(run([py, "-m", "model", "--run-dir", str(fresh(f"every{i}")), "--epochs", str(ns.epochs),
-                              "--checkpoint-every-steps", "1"], ROOT))
+                              "--checkpoint-every", "1"], ROOT))
+            every_sync.append(run([py, "-m", "model", "--run-dir", str(fresh(f"sync{i}")), "--epochs", str(ns.epochs),
+                                   "--checkpoint-every", "1", "--sync-checkpoints"], ROOT))
         # Worker step time and checkpoint stall, from the bare runs' own journals.
         from runner.journal import read_records
 
         worker_dt = [r["dt"] for i in range(ns.repeats) for r in read_records(tmpd / f"bare{i}" / "losses.jsonl")]
-        stalls = [e["seconds"] for i in range(ns.repeats) for e in read_records(tmpd / f"every{i}" / "events.jsonl")
-                  if e.get("event") == "checkpoint-saved"]
+        def stalls_of(name: str) -> list[float]:
+            return [e["stall_s"] for i in range(ns.repeats) for e in read_records(tmpd / f"{name}{i}" / "events.jsonl")
+                    if e.get("event") == "checkpoint-saved"]
+
+        stalls, sync_stalls = stalls_of("every"), stalls_of("sync")
     bare_dt = bare_step_times(15, ns.epochs)
     med = statistics.median
     rows = [
         ("worker step (median)", f"{med(worker_dt) * 1e3:.2f} ms"),
         ("bare Paddle step (median)", f"{med(bare_dt) * 1e3:.2f} ms"),
         ("worker / bare step", f"{med(worker_dt) / med(bare_dt):.3f}x"),
-        ("checkpoint stall (median)", f"{med(stalls) * 1e3:.2f} ms"),
-        ("checkpoint stall / step", f"{100 * med(stalls) / med(worker_dt):.1f} %"),
+        ("checkpoint stall, async (median)", f"{med(stalls) * 1e3:.2f} ms"),
+        ("checkpoint stall, async / step", f"{100 * med(stalls) / med(worker_dt):.1f} %"),
+        ("checkpoint stall, sync (median)", f"{med(sync_stalls) * 1e3:.2f} ms"),
+        ("checkpoint stall, sync / step", f"{100 * med(sync_stalls) / med(worker_dt):.1f} %"),
         ("bare run wall (median)", f"{med(bare):.2f} s"),
         ("supervised run wall (median)", f"{med(sup):.2f} s"),
         ("supervised / bare wall", f"{med(sup) / med(bare):.3f}x"),
-        ("every-step checkpoints, run wall (median)", f"{med(every):.2f} s"),
-        ("every-step / epoch-end checkpoints wall", f"{med(every) / med(bare):.3f}x"),
+        ("every-step async checkpoints, run wall (median)", f"{med(every):.2f} s"),
+        ("every-step async / epoch-end checkpoints wall", f"{med(every) / med(bare):.3f}x"),
+        ("every-step sync checkpoints, run wall (median)", f"{med(every_sync):.2f} s"),
+        ("every-step sync / epoch-end checkpoints wall", f"{med(every_sync) / med(bare):.3f}x"),
     ]
     results.update({
         "worker_step_ms": med(worker_dt) * 1e3, "bare_step_ms": med(bare_dt) * 1e3,
         "worker_over_bare_step": med(worker_dt) / med(bare_dt),
-        "checkpoint_stall_ms": med(stalls) * 1e3,
+        "checkpoint_stall_ms": med(stalls) * 1e3, "checkpoint_stall_sync_ms": med(sync_stalls) * 1e3,
+        "every_step_sync_ckpt_wall_s": every_sync, "every_step_sync_over_epoch_end": med(every_sync) / med(bare),
         "checkpoint_stall_ms_p90": sorted(stalls)[int(0.9 * len(stalls))] * 1e3,
         "bare_wall_s": bare, "supervised_wall_s": sup, "every_step_ckpt_wall_s": every,
         "supervised_over_bare": med(sup) / med(bare), "every_step_over_epoch_end": med(every) / med(bare),
