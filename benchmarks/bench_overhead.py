@@ -11,7 +11,6 @@ Prints a table and writes JSON (default benchmarks/results/overhead.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -133,18 +132,10 @@ def main() -> int:
         "bare_wall_s": bare, "supervised_wall_s": sup, "every_step_ckpt_wall_s": every,
         "supervised_over_bare": med(sup) / med(bare), "every_step_over_epoch_end": med(every) / med(bare),
     })
-    from rich.console import Console
-    from rich.table import Table
+    from benchmarks._output import publish
 
-    t = Table(title=f"overhead, {results['machine']}, {ns.epochs} epochs of digits ({ns.epochs * 15} steps)")
-    t.add_column("measure")
-    t.add_column("value", justify="right")
-    for r in rows:
-        t.add_row(*r)
-    Console(width=120).print(t)
-    ns.out.parent.mkdir(parents=True, exist_ok=True)
-    ns.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {ns.out}")
+    publish(f"overhead, {results['machine']}, {ns.epochs} epochs of digits ({ns.epochs * 15} steps)", rows,
+            results, ns.out)
     return 0
 
 

@@ -181,18 +181,9 @@ def main() -> int:
             tg = res[f"torch_goodput_{int(iv)}s"]
             rows.append((f"goodput, one SIGKILL every {int(iv)} s, torchrun",
                          f"{tg['goodput']:.3f} ({tg.get('kills', '?')} kills)"))
-    from rich.console import Console
-    from rich.table import Table
+    from benchmarks._output import publish
 
-    table = Table(title=f"recovery, {res['machine']}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for r in rows:
-        table.add_row(*r)
-    Console(width=120).print(table)
-    ns.out.parent.mkdir(parents=True, exist_ok=True)
-    ns.out.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"wrote {ns.out}")
+    publish(f"recovery, {res['machine']}", rows, res, ns.out)
     return 0
 
 
