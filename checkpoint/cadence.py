@@ -57,7 +57,11 @@ class Cadence:
         self.last = steps_done
         self.cost_s = stall_s if self.cost_s == 0 else 0.7 * self.cost_s + 0.3 * stall_s
         if persist_s is not None:
-            self.persist_s = persist_s if self.persist_s == 0 else 0.7 * self.persist_s + 0.3 * persist_s
+            self.record_persist(persist_s)
+
+    def record_persist(self, persist_s: float) -> None:
+        """How long the writer took to persist one checkpoint (from the snapshot to the commit)."""
+        self.persist_s = persist_s if self.persist_s == 0 else 0.7 * self.persist_s + 0.3 * persist_s
 
     def interval(self) -> int | None:
         if self.every == "auto":

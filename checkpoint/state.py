@@ -19,7 +19,7 @@ from safetensors.numpy import save as st_save
 
 from .store import Checkpoint
 
-__all__ = ["MODEL_FILE", "TRAIN_FILE", "RngState", "TrainState", "params_digest"]
+__all__ = ["MODEL_FILE", "TRAIN_FILE", "RngState", "StateArrays", "TrainState", "pack", "params_digest"]
 
 MODEL_FILE = "model.safetensors"
 TRAIN_FILE = "train.safetensors"
@@ -40,6 +40,41 @@ def params_digest(arrays: Mapping[str, np.ndarray]) -> str:
 
 def _pack(arrays: Mapping[str, np.ndarray]) -> bytes:
     return st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+
+
+@dataclass(frozen=True)
+class StateArrays:
+    """A checkpoint before serialisation: the arrays of each file, the manifest's metadata, and
+    ``digests``: metadata keys to fill with the :func:`params_digest` of one file's arrays.
+
+    The arrays may be live views of training tensors: whoever takes them must copy or pack them
+    before training goes on (the worker does, before ``checkpoint()`` returns). ``late``, if set,
+    gives more arrays and metadata from values already copied; it may run later, on another thread."""
+
+    files: Mapping[str, Mapping[str, np.ndarray]]
+    meta: Mapping[str, Any]
+    digests: Mapping[str, str] = field(default_factory=dict)
+    late: Callable[[], StateArrays] | None = None
+
+    def merged(self, other: StateArrays) -> StateArrays:
+        files = {f: dict(a) for f, a in self.files.items()}
+        for f, arrays in other.files.items():
+            files.setdefault(f, {}).update(arrays)
+        return StateArrays(files, {**self.meta, **other.meta}, {**self.digests, **other.digests}, other.late)
+
+    def complete(self) -> StateArrays:
+        """This with its ``late`` part filled in."""
+        return self if self.late is None else self.merged(self.late()).complete()
+
+
+def pack(state: StateArrays) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The checkpoint's files as safetensors bytes, and its metadata with the digests filled in."""
+    state = state.complete()
+    files = {name: _pack(arrays) for name, arrays in state.files.items()}
+    meta = dict(state.meta)
+    for key, fname in state.digests.items():
+        meta[key] = params_digest(state.files[fname])
+    return files, meta
 
 
 def _section(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -68,22 +103,26 @@ class TrainState:
     def rng_state(self) -> RngState:
         return self.rng() if callable(self.rng) else self.rng
 
-    def to_files(self) -> tuple[dict[str, bytes], dict[str, Any]]:
-        rng_arrays, rng_meta = self.rng_state()
+    def arrays(self) -> StateArrays:
+        """The model and optimizer arrays now; the RNG states (already copied) encoded ``late``."""
         train = {f"optimizer/{k}": v for k, v in self.optimizer.items()}
-        train.update({f"rng/{k}": v for k, v in rng_arrays.items()})
-        train["order"] = self.order.astype(np.int64)
-        files = {MODEL_FILE: _pack(self.model), TRAIN_FILE: _pack(train)}
+        train["order"] = self.order if self.order.dtype == np.int64 else self.order.astype(np.int64)
         meta = {
             "step": self.step,
             "epoch": self.epoch,
             "batch": self.batch,
             "lr_scheduler": dict(self.lr_scheduler),
-            "rng": dict(rng_meta),
-            "params_sha256": params_digest(self.model),
             "extra": dict(self.extra),
         }
-        return files, meta
+        return StateArrays({MODEL_FILE: self.model, TRAIN_FILE: train}, meta, {"params_sha256": MODEL_FILE},
+                           late=self._rng_arrays)
+
+    def _rng_arrays(self) -> StateArrays:
+        arrays, meta = self.rng_state()
+        return StateArrays({TRAIN_FILE: {f"rng/{k}": v for k, v in arrays.items()}}, {"rng": dict(meta)})
+
+    def to_files(self) -> tuple[dict[str, bytes], dict[str, Any]]:
+        return pack(self.arrays())
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint) -> TrainState:

@@ -37,17 +37,17 @@ def build(cfg: TrainConfig, side: int, total_steps: int) -> tuple[MnistCNN, padd
     return model, opt
 
 
-def _capture(model: MnistCNN, opt: paddle.optimizer.Adam, step: int, epoch: int, batch: int,
+def _capture(live: ps.LiveArrays, rngs: ps.RngSnapshots, step: int, epoch: int, batch: int,
              order: np.ndarray, data_rng: np.random.Generator) -> TrainState:
-    opt_arrays, sched = ps.optimizer_arrays(opt)
-    rng_later = ps.rng_snapshot()
+    opt_arrays, sched = live.optimizer_arrays()
+    rng_later = rngs.snapshot()
     data_state = data_rng.bit_generator.state
 
     def rng() -> RngState:
         arrays, meta = rng_later()
         return arrays, {**meta, "data": data_state}
 
-    return TrainState(step=step, epoch=epoch, batch=batch, model=ps.model_arrays(model), optimizer=opt_arrays,
+    return TrainState(step=step, epoch=epoch, batch=batch, model=live.model_arrays(), optimizer=opt_arrays,
                       lr_scheduler=sched, rng=rng, order=order)
 
 
@@ -58,6 +58,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
     model, opt = build(cfg, data.side, total)
     sched = opt._learning_rate
     data_rng = np.random.default_rng(cfg.seed)
+    live, rngs = ps.LiveArrays(model, opt), ps.RngSnapshots()
 
     worker.set_cadence("auto" if cfg.checkpoint_every_steps == AUTO else cfg.checkpoint_every_steps, cfg.mtbf_s)
     ckpt = worker.restore(total_steps=total)
@@ -102,7 +103,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
                 order = data_rng.permutation(n)
         last = epoch >= cfg.epochs
         if epoch_end or worker.checkpoint_due(step) or worker.preemption_requested:
-            capture = partial(_capture, model, opt, step, epoch, batch, order, data_rng)
+            capture = partial(_capture, live, rngs, step, epoch, batch, order, data_rng)
             worker.checkpoint(step, capture, wait=cfg.sync_checkpoints or last or worker.preemption_requested)
         if worker.preemption_requested and not last:
             worker.event("preempted", step=step)

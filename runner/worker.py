@@ -28,10 +28,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import queue
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,8 +37,10 @@ from types import FrameType, TracebackType
 from typing import Any, Protocol
 
 from checkpoint.cadence import Cadence, estimate_mtbf
+from checkpoint.state import StateArrays, pack
 from checkpoint.storage import LocalStorage
 from checkpoint.store import Checkpoint, CheckpointStore
+from checkpoint.writer import CheckpointWriter, Saved
 
 from .exitcodes import ExitCode, UserError
 from .journal import JsonlWriter, append_record, read_records
@@ -75,9 +75,10 @@ PAUSED_EVENT = "chaos-paused-in-checkpoint-write"
 
 
 class Snapshot(Protocol):
-    """A copy of the training state taken at a step boundary, serialised later (maybe on a thread)."""
+    """The training state at a step boundary. Its arrays may be live views of the training tensors:
+    the worker copies them before ``checkpoint()`` returns."""
 
-    def to_files(self) -> tuple[Mapping[str, bytes], Mapping[str, Any]]: ...
+    def arrays(self) -> StateArrays: ...
 
 
 class SimulatedDeviceError(RuntimeError):
@@ -101,42 +102,6 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-class _Persister:
-    """One background thread that writes checkpoints, one at a time. A daemon: if the process
-    exits mid-write, that checkpoint is torn, never committed."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-
-    def submit(self, job: Callable[[], object]) -> None:
-        self.wait()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
-            self._thread.start()
-        self._idle.clear()
-        self._jobs.put(job)
-
-    def wait(self) -> None:
-        self._idle.wait()
-        if self._error is not None:
-            exc, self._error = self._error, None
-            raise exc  # the training thread fails with the writer's error
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                job()
-            except BaseException as exc:
-                self._error = exc
-            finally:
-                self._idle.set()
-
-
 class Worker:
     """One attempt of a supervised job. Create it before importing the framework: it starts the
     heartbeat, takes the run directory's worker lock and turns SIGTERM/SIGINT into a request."""
@@ -147,7 +112,8 @@ class Worker:
         self._preempt_signal: int | None = None
         self._last_report = time.monotonic()
         self._saving_step = 0
-        self._persister = _Persister()
+        self._keep = keep_checkpoints
+        self._writer: CheckpointWriter | None = None
         self.cadence = Cadence()
         self._cadence_args: tuple[int | str, float | None] | None = None
         self._handle_signals = handle_signals
@@ -161,6 +127,7 @@ class Worker:
         if self.standby:
             if not self.run_dir.is_dir():
                 raise UserError(f"run directory {self.run_dir} does not exist", ExitCode.BAD_CONFIG)
+            self._start_writer()  # a spare's waits with it
             self.attempt = 0
             return
         self._activate(os.environ)
@@ -181,6 +148,9 @@ class Worker:
             raise UserError(
                 f"run directory {self.run_dir} is in use by another worker", ExitCode.LOCKED
             ) from None
+        # The checkpoint writer starts now, while the job imports its framework, so that it is ready
+        # for the first checkpoint.
+        self._start_writer()
         self.attempt = self._attempt_number(env)
         raw_arm = env.get(ENV_CHAOS_ARM)
         self._arm = json.loads(raw_arm) if raw_arm else None
@@ -218,6 +188,9 @@ class Worker:
         self.close()
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()  # it finishes the checkpoint it has, if any
+            self._writer = None
         if self.active:
             self._losses.close()
             os.close(self._hb_fd)
@@ -247,7 +220,7 @@ class Worker:
 
     def _between_files(self, fname: str) -> None:
         step = self._saving_step
-        if self._armed("checkpoint-write", step):
+        if self._armed("checkpoint-write", step):  # a synchronous checkpoint; see checkpoint() for the rest
             # Chaos: stop with a torn checkpoint on disk and wait for the supervisor's SIGKILL.
             self.heartbeat(PAUSED_PHASE, step=step)
             self.event(PAUSED_EVENT, step=step, after_file=fname)
@@ -356,50 +329,68 @@ class Worker:
         t0 = time.monotonic()
         self.flush_checkpoints()
         self.heartbeat("checkpoint", step=step)
-        name = self._persist(step, lambda: (files, meta), t0, asynchronous=False)
+        self._saving_step = step
+        name = self._save(step, files, meta, t0)
         self.heartbeat("train", step=step)
         return name
 
     def checkpoint(self, step: int, capture: Callable[[], Snapshot], *, wait: bool = False) -> None:
-        """Checkpoint after ``step`` completed steps: ``capture()`` copies the state now, on this thread;
-        serialising and writing it happen on a background thread unless ``wait``.
+        """Checkpoint after ``step`` completed steps. ``capture()`` runs now, on this thread, and its
+        arrays are copied into shared memory before this returns; a writer process packs, writes and
+        commits them while training goes on. ``wait``: persist here and now, durably, before returning.
 
         A checkpoint never starts while the previous one is unfinished. If the process is killed
         before the manifest is written, the unfinished checkpoint simply does not exist."""
         self._require_active()
         t0 = time.monotonic()
         self.flush_checkpoints()
-        snap = capture()
+        state = capture().arrays()
         if wait:
             self.heartbeat("checkpoint", step=step)
-            self._persist(step, snap.to_files, t0, asynchronous=False)
+            self._persist(step, state, t0)
             self.heartbeat("train", step=step)
             return
-        stall = time.monotonic() - t0
+        event = {"source": "worker", "attempt": self.attempt, "pid": self.pid, "asynchronous": True}
+        pause = None
+        if self._armed("checkpoint-write", step):
+            # Chaos: the writer stops for good with a torn checkpoint on disk; the supervisor kills us.
+            pause = {"source": "worker", "event": PAUSED_EVENT, "attempt": self.attempt, "pid": self.pid,
+                     "step": step}
+        stall = self._start_writer().submit(step, state, event=event, started=t0, pause=pause)
         self._last_report += stall
         self.cadence.record_checkpoint(step, stall)
-        self._persister.submit(
-            lambda: self._persist(step, snap.to_files, time.monotonic(), asynchronous=True, stall=stall)
-        )
+        if pause is not None:
+            self.flush_checkpoints()  # returns once the writer has stopped, a torn checkpoint on disk
+            self.heartbeat(PAUSED_PHASE, step=step)
+            while True:
+                time.sleep(3600)
+
+    def _start_writer(self) -> CheckpointWriter:
+        if self._writer is None:
+            self._writer = CheckpointWriter(self.run_dir, keep=self._keep, events=self.run_dir / EVENTS)
+        return self._writer
 
     def flush_checkpoints(self) -> None:
         """Wait for the checkpoint being written in the background, if any; raise its error."""
-        self._persister.wait()
+        if self._writer is not None:
+            self._record(self._writer.wait())
 
-    def _persist(self, step: int, build: Callable[[], tuple[Mapping[str, bytes], Mapping[str, Any]]],
-                 t0: float, *, asynchronous: bool, stall: float | None = None) -> str:
+    def _record(self, saved: Saved | None) -> None:
+        if saved is not None:
+            self.cadence.record_persist(saved.seconds)
+
+    def _persist(self, step: int, state: StateArrays, t0: float) -> str:
         self._saving_step = step
-        files, meta = build()
+        files, meta = pack(state)
+        return self._save(step, files, meta, t0)
+
+    def _save(self, step: int, files: Mapping[str, bytes], meta: Mapping[str, Any], t0: float) -> str:
         name = self.store.save(step, files, meta)
         took = time.monotonic() - t0
-        if stall is None:
-            stall = took
-            self._last_report += took  # a step's dt excludes checkpoint time
-            self.cadence.record_checkpoint(step, stall, took)
-        else:
-            self.cadence.record_checkpoint(step, stall, took)
-        self.event("checkpoint-saved", step=step, name=name, seconds=round(took, 6), stall_s=round(stall, 6),
-                   asynchronous=asynchronous)
+        self._last_report += took  # a step's dt excludes checkpoint time
+        self.cadence.record_checkpoint(step, took, took)
+        self.event("checkpoint-saved", step=step, name=name, persist_s=round(took, 6), stall_s=round(took, 6),
+                   asynchronous=False)
         return name
 
     def checkpoint_due(self, steps_done: int) -> bool:

@@ -1,0 +1,328 @@
+"""Checkpoints persisted by a process of their own, so that training never waits for them.
+
+At a step boundary the training process copies its arrays into a shared-memory buffer (one memcpy
+per array) and sends this process a short message; the writer packs the files (safetensors),
+hashes, writes, fsyncs and commits them through :class:`CheckpointStore` - the same crash-safe
+format as a synchronous save - appends the ``checkpoint-saved`` event and acknowledges. None of that
+Python runs on the training process's interpreter, so it never holds the training thread's GIL.
+
+Safety:
+
+- The buffer is written only while no persist is in flight: :meth:`CheckpointWriter.submit` refuses
+  to start while the previous one is unacknowledged, so one checkpoint never starts before the last
+  one finished.
+- The writer dies with the training process (``PR_SET_PDEATHSIG``). A SIGKILLed worker leaves at
+  most a torn checkpoint: no manifest, so not a checkpoint. When the worker exits normally it waits
+  for the writer to finish first.
+
+The protocol, over a ``SOCK_SEQPACKET`` socket pair, one JSON object per message:
+
+- training process -> writer: ``{"step", "layout", "meta", "digests", "event", "pause"}``, with a
+  memfd attached when the buffer is new. ``layout`` (``[[file, name, dtype, shape, offset], ...]``)
+  is sent when it changes and omitted (``null``) otherwise.
+- writer -> training process: ``{"ok": true, "step", "name", "seconds"}`` or ``{"ok": false,
+  "error"}``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import pickle
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner.journal import append_record
+
+from .state import StateArrays, pack
+from .storage import LocalStorage
+from .store import CheckpointStore
+
+__all__ = ["CheckpointWriter", "Saved", "WriterError"]
+
+_ALIGN = 64
+_MAX_MESSAGE = 1 << 20
+_PR_SET_PDEATHSIG = 1
+
+
+class WriterError(RuntimeError):
+    """The writer process failed a checkpoint, or is gone; the message says why."""
+
+
+@dataclass(frozen=True)
+class Saved:
+    step: int
+    name: str
+    seconds: float  # from the message's arrival to the commit, in the writer
+    paused: bool = False  # the writer stopped between the files as asked, and stays stopped
+
+
+# -- the training process's side ---------------------------------------------------------------------
+
+
+_Key = tuple[tuple[str, str, np.dtype[Any], tuple[int, ...]], ...]
+
+
+def _nbytes(dtype: np.dtype[Any], shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+class CheckpointWriter:
+    """Starts the writer process and hands it one snapshot at a time through shared memory.
+
+    :meth:`submit` copies the arrays into the buffer on the caller's thread and returns; a sender
+    thread then encodes the snapshot's ``late`` part (RNG states), sends the message and waits for
+    the writer's answer, which :meth:`wait` hands back."""
+
+    def __init__(self, root: Path, *, keep: int, events: Path) -> None:
+        self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        src = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
+        with child:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "checkpoint.writer", str(child.fileno()), str(os.getpid()), str(root),
+                 str(keep), str(events)],
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env,
+            )
+        self._mm: mmap.mmap | None = None
+        self._fd_unsent: int | None = None  # a new buffer the writer has not been given yet
+        self._key: _Key = ()
+        self._layout: list[list[Any]] = []  # of the arrays copied by submit(), from offset 0
+        self._dsts: list[np.ndarray] = []
+        self._in_flight: int | None = None
+        self._jobs: queue.SimpleQueue[Callable[[], Saved]] = queue.SimpleQueue()
+        self._done = threading.Event()
+        self._result: Saved | BaseException | None = None
+        self._thread = threading.Thread(target=self._send_loop, name="checkpoint-sender", daemon=True)
+        self._thread.start()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight is not None
+
+    def _buffer(self, size: int, keep: int = 0) -> None:
+        """Make the buffer at least ``size`` bytes, keeping its first ``keep`` bytes."""
+        if self._mm is not None and len(self._mm) >= size:
+            return
+        size = max(size + size // 2, mmap.PAGESIZE)
+        fd = os.memfd_create("checkpoint-snapshot", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        mm = mmap.mmap(fd, size)
+        if self._mm is not None:
+            mm[:keep] = self._mm[:keep]
+        self._release()
+        self._mm = mm
+        if self._fd_unsent is not None:
+            os.close(self._fd_unsent)
+        self._fd_unsent = fd
+
+    def _place(self, key: _Key, start: int) -> tuple[list[list[Any]], int]:
+        layout, offset = [], start
+        for fname, name, dtype, shape in key:
+            layout.append([fname, name, dtype.str, list(shape), offset])
+            offset += _aligned(_nbytes(dtype, shape))
+        return layout, offset
+
+    def _views(self, layout: list[list[Any]]) -> list[np.ndarray]:
+        assert self._mm is not None
+        buf = np.frombuffer(self._mm, dtype=np.uint8)
+        return [buf[off : off + _nbytes(np.dtype(dt), tuple(shape))].view(dt).reshape(shape)
+                for _, _, dt, shape, off in layout]
+
+    def submit(self, step: int, state: StateArrays, *, event: Mapping[str, Any], started: float,
+               pause: Mapping[str, Any] | None = None) -> float:
+        """Copy ``state``'s arrays into the buffer and have it persisted; returns at once, with the
+        stall: seconds since ``started`` (``time.monotonic()``), the copy included.
+
+        ``event``: the fields of the ``checkpoint-saved`` record the writer appends. ``pause``: an event
+        to append before stopping between the files for good (chaos testing's torn checkpoint)."""
+        if self._in_flight is not None:
+            raise RuntimeError("a checkpoint is still being written; call wait() first")
+        arrays = [a for items in state.files.values() for a in items.values()]
+        key = tuple((f, n, a.dtype, a.shape) for f, items in state.files.items() for n, a in items.items())
+        if key != self._key or self._mm is None:
+            layout, end = self._place(key, 0)
+            self._buffer(end)
+            self._layout, self._dsts, self._key = layout, self._views(layout), key
+        for dst, src in zip(self._dsts, arrays):
+            np.copyto(dst, src, casting="no")
+        stall = time.monotonic() - started
+        self._in_flight = step
+        self._done.clear()
+        self._jobs.put(lambda: self._send(step, state, dict(event, stall_s=round(stall, 6)), pause))
+        return stall
+
+    def _send(self, step: int, state: StateArrays, event: Mapping[str, Any],
+              pause: Mapping[str, Any] | None) -> Saved:
+        """On the sender thread: add the late part after the copied arrays, send, await the answer."""
+        layout, meta, digests = list(self._layout), dict(state.meta), dict(state.digests)
+        if state.late is not None:
+            late = state.late().complete()
+            meta.update(late.meta)
+            digests.update(late.digests)
+            arrays = [a for items in late.files.values() for a in items.values()]
+            key = tuple((f, n, a.dtype, a.shape) for f, items in late.files.items() for n, a in items.items())
+            start = layout[-1][4] + _aligned(_nbytes(np.dtype(layout[-1][2]), tuple(layout[-1][3]))) if layout else 0
+            extra, end = self._place(key, start)
+            if self._mm is None or len(self._mm) < end:
+                self._buffer(end, keep=start)
+                self._key = ()  # the next submit() makes its views on the new buffer
+            for dst, src in zip(self._views(extra), arrays):
+                np.copyto(dst, src, casting="no")
+            layout += extra
+        msg = pickle.dumps({"step": step, "layout": layout, "meta": meta, "digests": digests, "event": event,
+                            "pause": pause}, protocol=pickle.HIGHEST_PROTOCOL)
+        fd, self._fd_unsent = self._fd_unsent, None
+        try:
+            if fd is not None:
+                socket.send_fds(self._sock, [msg], [fd])
+            else:
+                self._sock.send(msg)
+            data = self._sock.recv(_MAX_MESSAGE)
+        except OSError as exc:
+            raise WriterError(f"checkpoint writer (pid {self.pid}) is gone: {exc.strerror}") from None
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if not data:
+            code = self._proc.wait()
+            raise WriterError(f"checkpoint writer (pid {self.pid}) exited with {code} before finishing")
+        reply = json.loads(data)
+        if not reply["ok"]:
+            raise WriterError(reply["error"])
+        return Saved(int(reply["step"]), str(reply["name"]), float(reply["seconds"]), bool(reply.get("paused")))
+
+    def _send_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                self._result = job()
+            except BaseException as exc:
+                self._result = exc
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> Saved | None:
+        """Block until the checkpoint in flight, if any, is committed; raise its error. With a
+        ``timeout``, None also when it is still being written."""
+        if self._in_flight is None or not self._done.wait(timeout):
+            return None
+        result, self._result, self._in_flight = self._result, None, None
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Let the writer finish what it has, then stop it (killing it after ``timeout`` seconds)."""
+        if self._in_flight is not None:
+            self._done.wait(timeout)
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._sock.close()
+        self._release()
+
+    def _release(self) -> None:
+        self._dsts = []
+        self._key = ()
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+
+
+# -- the writer process -------------------------------------------------------------------------------
+
+
+def _die_with(parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(0)
+
+
+def _views(mm: mmap.mmap, layout: list[list[Any]]) -> dict[str, dict[str, np.ndarray]]:
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    files: dict[str, dict[str, np.ndarray]] = {}
+    for fname, name, dtype, shape, off in layout:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        files.setdefault(fname, {})[name] = buf[off : off + nbytes].view(dtype).reshape(shape)
+    return files
+
+
+def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
+    store = CheckpointStore(LocalStorage(root), keep=keep)
+    mm: mmap.mmap | None = None
+    while True:
+        msg, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 1)
+        if not msg:
+            return 0  # the training process is done with us
+        t0 = time.monotonic()
+        for fd in fds:
+            if mm is not None:
+                mm.close()
+            mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            os.close(fd)
+        req = pickle.loads(msg)  # from the process that started us, over a private socket pair
+        layout = req["layout"]
+        pause = req.get("pause")
+
+        def between_files(fname: str, pause: Mapping[str, Any] | None = pause, step: int = req["step"]) -> None:
+            if pause is not None:
+                append_record(events, dict(pause, time=time.time(), after_file=fname))
+                sock.send(json.dumps({"ok": True, "paused": True, "step": step, "name": "", "seconds": 0.0}).encode())
+                while True:
+                    time.sleep(3600)
+
+        store.between_files = between_files
+        try:
+            assert mm is not None, "a checkpoint arrived without a buffer"
+            files, meta = pack(StateArrays(_views(mm, layout), req["meta"], req["digests"]))
+            name = store.save(int(req["step"]), files, meta)
+        except Exception as exc:
+            sock.send(json.dumps({"ok": False, "error": f"checkpoint after step {req['step']}: {exc}"}).encode())
+            continue
+        took = time.monotonic() - t0
+        append_record(events, dict(req["event"], time=time.time(), event="checkpoint-saved", step=req["step"],
+                                   name=name, persist_s=round(took, 6), writer_pid=os.getpid()))
+        sock.send(json.dumps({"ok": True, "step": req["step"], "name": name, "seconds": took}).encode())
+
+
+def main(argv: list[str]) -> int:
+    fd, parent, root, keep, events = argv
+    _die_with(int(parent))
+    # SIGTERM and Ctrl-C reach the worker's whole process group: the worker decides what happens (it
+    # waits for this process, then checkpoints); this process ends with it either way.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(fd))
+    return serve(sock, Path(root), int(keep), Path(events))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
