@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.policy import AttemptResult
+from runner.rundir import ENV_CHAOS_ARM, PAUSED_EVENT, PAUSED_PHASE
 from runner.supervisor import FileEffect, Observation, SendSignal
-from runner.worker import ENV_CHAOS_ARM, PAUSED_EVENT, PAUSED_PHASE
 
 from .faults import ARMED_KINDS, Fault, FaultKind
 from .schedule import Schedule

@@ -79,7 +79,7 @@ class LiveArrays:
         if not ptr or not copy.flags.c_contiguous or copy.nbytes == 0:
             return copy
         raw = (ctypes.c_char * copy.nbytes).from_address(ptr)
-        view = np.frombuffer(raw, dtype=copy.dtype).reshape(copy.shape)
+        view = np.frombuffer(memoryview(raw), dtype=copy.dtype).reshape(copy.shape)
         if not np.array_equal(view, copy, equal_nan=copy.dtype.kind == "f"):
             return copy  # not a dense buffer we understand: copy it every time
         self._views[id(t)] = (t, ptr, view)
@@ -117,20 +117,22 @@ def load_optimizer(
 
 
 _MT_KEYS = 624
+_numpy_restores = 0  # set_rng_states() calls: one may put back a cached Gaussian without moving MT19937
 
 
-def _mt19937_raw() -> np.ndarray | None:
-    """A view of the global NumPy RandomState's MT19937 key and position, or None if its memory
-    does not read back as ``np.random.get_state()`` says (then every snapshot asks NumPy)."""
+def _mt19937_raw() -> tuple[Any, np.ndarray] | None:
+    """The global NumPy RandomState's bit generator and a view of its MT19937 key and position, or
+    None if that memory does not read back as ``np.random.get_state()`` says (then every snapshot
+    asks NumPy). The view does not keep the bit generator alive: hold it as long as the view."""
     try:
-        bitgen = np.random.get_bit_generator()
-        raw = np.frombuffer((ctypes.c_char * (_MT_KEYS * 4 + 4)).from_address(bitgen.ctypes.state_address),
-                            dtype=np.uint8)
+        bitgen = np.random.mtrand.get_bit_generator()
+        mem = (ctypes.c_char * (_MT_KEYS * 4 + 4)).from_address(bitgen.ctypes.state_address)
+        raw = np.frombuffer(memoryview(mem), dtype=np.uint8)
     except (AttributeError, TypeError, ValueError):
         return None
     _, keys, pos, _, _ = np.random.get_state(legacy=True)
     ok = np.array_equal(raw[: _MT_KEYS * 4].view(np.uint32), keys) and int(raw[_MT_KEYS * 4 :].view(np.int32)[0]) == pos
-    return raw if ok else None
+    return (bitgen, raw) if ok else None
 
 
 class RngSnapshots:
@@ -139,22 +141,24 @@ class RngSnapshots:
     ``snapshot()`` copies the states now and returns a callable that encodes them: the big parts as
     arrays, the rest as JSON. NumPy's global state costs ~70 us to read through its API; when its
     raw key and position have not moved since the last snapshot, and no cached Gaussian was pending
-    then (a pending one can be used up without moving them), the last reading is reused: exact."""
+    then (a pending one can be used up without moving them), the last reading is reused: exact, as
+    long as the bit generator is the same one and any state put back since went through
+    :func:`set_rng_states` (a direct ``np.random.set_state`` is not seen)."""
 
     def __init__(self) -> None:
-        self._np_raw = _mt19937_raw()
-        self._np_last: tuple[bytes, tuple[Any, ...]] | None = None
+        self._np = _mt19937_raw()
+        self._np_last: tuple[bytes, int, tuple[Any, ...]] | None = None
         self._py_last: tuple[tuple[int, ...], np.ndarray] | None = None
 
     def _numpy_state(self) -> tuple[Any, ...]:
-        if self._np_raw is None:
+        if self._np is None or np.random.mtrand.get_bit_generator() is not self._np[0]:
             return tuple(np.random.get_state(legacy=True))
-        raw = self._np_raw.tobytes()
+        raw = self._np[1].tobytes()
         last = self._np_last
-        if last is not None and last[0] == raw and not last[1][3]:
-            return last[1]
+        if last is not None and last[0] == raw and last[1] == _numpy_restores and not last[2][3]:
+            return last[2]
         state = tuple(np.random.get_state(legacy=True))
-        self._np_last = (raw, state)
+        self._np_last = (raw, _numpy_restores, state)
         return state
 
     def _python_internal(self, internal: tuple[int, ...]) -> np.ndarray:
@@ -194,6 +198,7 @@ def rng_snapshot() -> Callable[[], RngState]:
 
 
 def set_rng_states(state: RngState) -> None:
+    global _numpy_restores
     arrays, meta = state
     restored = []
     for i, (s, (device, seed, offset)) in enumerate(zip(paddle.get_rng_state(), meta["paddle"])):
@@ -204,6 +209,7 @@ def set_rng_states(state: RngState) -> None:
     paddle.set_rng_state(restored)
     name, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, np.asarray(arrays["numpy/keys"], dtype=np.uint32), pos, has_gauss, cached))
+    _numpy_restores += 1
     version, gauss = meta["python"]
     random.setstate((version, tuple(int(x) for x in arrays["python/internal"]), gauss))
 

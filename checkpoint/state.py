@@ -39,7 +39,8 @@ def params_digest(arrays: Mapping[str, np.ndarray]) -> str:
 
 
 def _pack(arrays: Mapping[str, np.ndarray]) -> bytes:
-    return st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    # ascontiguousarray() makes a 0-d array 1-d: give it its shape back.
+    return st_save({k: np.ascontiguousarray(v).reshape(v.shape) for k, v in arrays.items()})
 
 
 @dataclass(frozen=True)

@@ -249,11 +249,11 @@ class CheckpointWriter:
         self._release()
 
     def _release(self) -> None:
+        # Dropped, not closed: the mapping goes with the last view of it, and a view may outlive the
+        # buffer (in the traceback of a WriterError the caller holds), where close() would raise.
         self._dsts = []
         self._key = ()
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
+        self._mm = None
 
 
 # -- the writer process -------------------------------------------------------------------------------

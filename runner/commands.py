@@ -20,8 +20,8 @@ from rich.console import Console
 from .argparsing import OneLineParser
 from .exitcodes import ExitCode, UserError
 from .journal import read_records
+from .rundir import EVENTS, FINAL, LOSSES
 from .trace import Comparison, compare, load_trace
-from .worker import EVENTS, FINAL, LOSSES
 
 __all__ = ["verify_main", "simulate_main", "ensure_reference", "run_trial", "TrialResult", "job_total_steps"]
 

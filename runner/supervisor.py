@@ -27,8 +27,8 @@ from .journal import append_record, iter_records
 from .lock import RunLock
 from .policy import AttemptResult, RetryPolicy, WorkerFailed, build_retrying, give_up_reason, unproductive_restarts
 from .process import WorkerProcess
+from .rundir import ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY, EVENTS, HEARTBEAT, LOSSES, read_heartbeat
 from .view import PlainView, View, describe_exit
-from .worker import ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY, EVENTS, HEARTBEAT, LOSSES, read_heartbeat
 
 __all__ = ["WorkerSpec", "Supervisor", "SendSignal", "FileEffect", "Observation", "Chaos", "Outcome"]
 

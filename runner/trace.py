@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .journal import read_records
-from .worker import FINAL, LOSSES
+from .rundir import FINAL, LOSSES
 
 __all__ = ["Trace", "Comparison", "stitch", "load_trace", "compare"]
 

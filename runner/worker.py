@@ -44,6 +44,20 @@ from checkpoint.writer import CheckpointWriter, Saved
 
 from .exitcodes import ExitCode, UserError
 from .journal import JsonlWriter, append_record, read_records
+from .rundir import (
+    ENV_ATTEMPT,
+    ENV_CHAOS_ARM,
+    ENV_STANDBY,
+    EVENTS,
+    FINAL,
+    HEARTBEAT,
+    JOB,
+    LOSSES,
+    PAUSED_EVENT,
+    PAUSED_PHASE,
+    WORKER_LOCK,
+    read_heartbeat,
+)
 
 __all__ = [
     "Worker",
@@ -60,20 +74,6 @@ __all__ = [
     "read_heartbeat",
 ]
 
-ENV_ATTEMPT = "RUNNER_ATTEMPT"
-ENV_CHAOS_ARM = "RUNNER_CHAOS_ARM"
-ENV_STANDBY = "RUNNER_STANDBY"
-LOSSES = "losses.jsonl"
-EVENTS = "events.jsonl"
-HEARTBEAT = "heartbeat"
-FINAL = "final.json"
-JOB = "job.json"
-WORKER_LOCK = "worker.lock"
-
-PAUSED_PHASE = "checkpoint-write-paused"
-PAUSED_EVENT = "chaos-paused-in-checkpoint-write"
-
-
 class Snapshot(Protocol):
     """The training state at a step boundary. Its arrays may be live views of the training tensors:
     the worker copies them before ``checkpoint()`` returns."""
@@ -83,14 +83,6 @@ class Snapshot(Protocol):
 
 class SimulatedDeviceError(RuntimeError):
     """Raised inside a training step by the ``crash`` chaos fault."""
-
-
-def read_heartbeat(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((Path(run_dir) / HEARTBEAT).read_bytes())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:

@@ -1,28 +1,52 @@
-"""Asynchronous checkpoints, in this process on real files: the training thread copies the state, a
-background writer persists it, one checkpoint at a time, and the writer's errors reach the training
-thread. Also that the copies really are copies: Paddle's ``Tensor.numpy()`` on the CPU, the RNG states
-taken now and encoded later, and a whole captured ``TrainState`` saved while training goes on.
+"""Asynchronous checkpoints through the worker, on real files and a real writer process: the training
+thread copies the state and goes on, the writer commits it, one checkpoint at a time, and the writer's
+errors reach the training thread. Also the Paddle side: live views of the tensors, RNG snapshots that
+are exact, and the real job's capture saved while training goes on.
 
-Every wait here is bounded; nothing is timed."""
+The writer is held with SIGSTOP where a test needs a checkpoint in flight. Every wait here is bounded;
+nothing is timed."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
+from safetensors.numpy import load as st_load
 
-from checkpoint.state import TrainState
-from checkpoint.store import MANIFEST, checkpoint_name
-from runner.worker import ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY, EVENTS, FINAL, Worker
+from checkpoint.state import StateArrays, TrainState, params_digest
+from checkpoint.storage import LocalStorage
+from checkpoint.store import MANIFEST, CheckpointStore, checkpoint_name
+from checkpoint.writer import WriterError
+from runner.worker import (
+    ENV_ATTEMPT,
+    ENV_CHAOS_ARM,
+    ENV_STANDBY,
+    EVENTS,
+    FINAL,
+    PAUSED_EVENT,
+    PAUSED_PHASE,
+    Worker,
+    read_heartbeat,
+)
+from tests.helpers import REPO, job_env, wait_for
 
 WAIT = 60.0  # seconds: a bound for things that should take milliseconds on an idle machine
+BRIEF = 0.3  # seconds: how long a test gives something that must not happen to happen anyway
+STATE_FILE = "state.safetensors"
+RNG_FILE = "rng.safetensors"
 
 
 def read_events(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
@@ -37,227 +61,264 @@ def manifest(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / checkpoint_name(step) / MANIFEST
 
 
-class Gated:
-    """A snapshot whose ``to_files`` (on the writer thread) waits for ``gate``; ``started`` says it began."""
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
-    def __init__(self, step: int, *, gate: threading.Event | None = None, error: BaseException | None = None) -> None:
+
+class Snap:
+    """The state after ``step`` steps: one small array, its digest, and a late part like the RNG states."""
+
+    def __init__(self, step: int) -> None:
         self.step = step
-        self.gate = gate
-        self.error = error
-        self.started = threading.Event()
-        self.thread: threading.Thread | None = None
 
-    def to_files(self) -> tuple[Mapping[str, bytes], Mapping[str, Any]]:
-        self.thread = threading.current_thread()
-        self.started.set()
-        if self.gate is not None and not self.gate.wait(WAIT):
-            raise TimeoutError("the test never opened the gate")
-        if self.error is not None:
-            raise self.error
-        return {"state.bin": b"state after %d steps" % self.step}, {"step": self.step}
+    def arrays(self) -> StateArrays:
+        step = self.step
+
+        def late() -> StateArrays:
+            return StateArrays({RNG_FILE: {"keys": np.arange(step, step + 5, dtype=np.uint32)}}, {"rng": step})
+
+        return StateArrays({STATE_FILE: {"x": np.full(4, step, dtype=np.float32)}}, {"step": step},
+                           {"x_sha256": STATE_FILE}, late=late)
 
 
 class Capture:
-    """A ``capture`` callable that records that (and on which thread) it ran."""
+    """A ``capture`` callable that records that, on which thread, and with which checkpoints committed it ran."""
 
-    def __init__(self, snap: Gated) -> None:
-        self.snap = snap
+    def __init__(self, step: int, run_dir: Path | None = None) -> None:
+        self.step = step
+        self.run_dir = run_dir
         self.called = threading.Event()
         self.thread: threading.Thread | None = None
+        self.committed_then: list[str] | None = None
 
-    def __call__(self) -> Gated:
+    def __call__(self) -> Snap:
         self.thread = threading.current_thread()
+        if self.run_dir is not None:
+            self.committed_then = CheckpointStore(LocalStorage(self.run_dir)).committed()
         self.called.set()
-        return self.snap
+        return Snap(self.step)
 
 
-@pytest.fixture
-def gates() -> Iterator[list[threading.Event]]:
-    """Gates a test creates; all opened at teardown so no writer thread is left waiting."""
-    made: list[threading.Event] = []
-    yield made
-    for g in made:
-        g.set()
+def assert_holds(worker: Worker, step: int) -> None:
+    """The checkpoint of ``step`` verifies and holds what ``Snap(step)`` gave, the late part included."""
+    ckpt = worker.store.verify(checkpoint_name(step))
+    x = st_load(ckpt.files[STATE_FILE])["x"]
+    assert np.array_equal(x, np.full(4, step, dtype=np.float32))
+    assert np.array_equal(st_load(ckpt.files[RNG_FILE])["keys"], np.arange(step, step + 5, dtype=np.uint32))
+    assert dict(ckpt.meta) == {"step": step, "rng": step, "x_sha256": params_digest({"x": x})}
+
+
+@contextmanager
+def writer_stopped(worker: Worker) -> Iterator[Callable[[], None]]:
+    """The worker's writer process held with SIGSTOP until ``release()``, or the block ends."""
+    writer = worker._writer
+    assert writer is not None, "the writer starts in restore()"
+    pid = writer.pid
+
+    def release() -> None:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield release
+    finally:
+        release()
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+    done, errors = threading.Event(), []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+        done.set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, done, errors
+
+
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in (ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY):
+        monkeypatch.delenv(k, raising=False)
 
 
 @pytest.fixture
 def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Worker]:
-    for k in (ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY):
-        monkeypatch.delenv(k, raising=False)
+    """A worker that has restored (nothing to restore): its writer process is running."""
+    clean_env(monkeypatch)
     w = Worker(tmp_path / "run", handle_signals=False)
+    assert w.restore() is None
     yield w
     w.close()
 
 
-def new_gate(gates: list[threading.Event]) -> threading.Event:
-    g = threading.Event()
-    gates.append(g)
-    return g
+# -- the writer process ------------------------------------------------------------------------------
 
 
-# -- the writer thread -------------------------------------------------------------------------------
-
-
-def test_checkpoint_returns_before_the_persist_and_the_next_one_waits_for_it(
-    worker: Worker, gates: list[threading.Event]
-) -> None:
+def test_checkpoint_returns_before_the_commit_and_the_next_one_waits_for_it(worker: Worker) -> None:
     run_dir = worker.run_dir
-    gate1 = new_gate(gates)
-    first = Gated(4, gate=gate1)
-    cap1 = Capture(first)
-    worker.checkpoint(4, cap1)  # returns although the write cannot finish until gate1 opens
-    assert cap1.called.is_set() and cap1.thread is threading.current_thread()  # the copy: on this thread
-    assert first.started.wait(WAIT), "the writer thread never started the persist"
-    assert first.thread is not threading.current_thread() and first.thread.daemon
-    assert not manifest(run_dir, 4).exists()  # not committed yet
-    assert worker.store.committed() == []
-    assert read_events(run_dir, "checkpoint-saved") == []
-    assert worker.cadence.last == 4  # the cadence counts it from the moment of the copy
+    with writer_stopped(worker) as release:
+        cap1 = Capture(4)
+        worker.checkpoint(4, cap1)  # returns although the writer cannot commit anything
+        assert cap1.called.is_set() and cap1.thread is threading.current_thread()  # the copy: on this thread
+        assert not manifest(run_dir, 4).exists()
+        assert worker.store.committed() == []
+        assert read_events(run_dir, "checkpoint-saved") == []
+        assert worker.cadence.last == 4  # the cadence counts it from the moment of the copy
 
-    # A second checkpoint waits for the first before it even copies the state.
-    second = Gated(8)
-    cap2 = Capture(second)
-    errors: list[BaseException] = []
-
-    def second_checkpoint() -> None:
-        try:
-            worker.checkpoint(8, cap2)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    t = threading.Thread(target=second_checkpoint, daemon=True)
-    t.start()
-    assert not cap2.called.wait(0.5), "the second checkpoint copied the state while the first was being written"
-    assert t.is_alive()
-    assert not manifest(run_dir, 4).exists()
-
-    gate1.set()
-    t.join(WAIT)
-    assert not t.is_alive(), "the second checkpoint() did not return after the first finished"
+        # A second checkpoint waits for the first before it even captures the state.
+        cap2 = Capture(8, run_dir)
+        t, done, errors = in_thread(lambda: worker.checkpoint(8, cap2))
+        assert not cap2.called.wait(BRIEF), "the second checkpoint captured while the first was in flight"
+        assert not done.is_set()
+        release()
+        t.join(WAIT)
+    assert done.is_set(), "the second checkpoint() did not return after the first was committed"
     assert not errors, errors
-    assert cap2.called.is_set()
-    assert manifest(run_dir, 4).exists()  # the first was committed before the second started
+    assert cap2.committed_then == [checkpoint_name(4)]  # the first was committed before the second began
 
     worker.flush_checkpoints()
     assert worker.store.committed() == [checkpoint_name(4), checkpoint_name(8)]
+    assert_holds(worker, 4)
+    assert_holds(worker, 8)
     latest = worker.store.load_latest()
     assert latest is not None and latest.step == 8
-    assert dict(latest.files) == {"state.bin": b"state after 8 steps"} and dict(latest.meta) == {"step": 8}
     assert [e["step"] for e in read_events(run_dir, "checkpoint-saved")] == [4, 8]
 
 
-def test_flush_waits_for_the_persist_and_makes_it_committed(worker: Worker, gates: list[threading.Event]) -> None:
-    gate = new_gate(gates)
-    snap = Gated(3, gate=gate)
-    worker.checkpoint(3, Capture(snap))
-    assert snap.started.wait(WAIT)
-
-    flushed = threading.Event()
-
-    def flush() -> None:
-        worker.flush_checkpoints()
-        flushed.set()
-
-    t = threading.Thread(target=flush, daemon=True)
-    t.start()
-    assert not flushed.wait(0.5), "flush_checkpoints() returned while the checkpoint was still being written"
-    gate.set()
-    t.join(WAIT)
-    assert flushed.is_set()
+def test_flush_waits_for_the_commit(worker: Worker) -> None:
+    with writer_stopped(worker) as release:
+        worker.checkpoint(3, Capture(3))
+        t, done, errors = in_thread(worker.flush_checkpoints)
+        assert not done.wait(BRIEF), "flush_checkpoints() returned while the writer was stopped"
+        assert not manifest(worker.run_dir, 3).exists()
+        release()
+        t.join(WAIT)
+    assert done.is_set() and not errors, errors
     assert manifest(worker.run_dir, 3).exists()
     assert worker.store.committed() == [checkpoint_name(3)]
+    assert_holds(worker, 3)
 
 
-def test_flush_with_nothing_pending_returns_at_once(worker: Worker) -> None:
-    worker.flush_checkpoints()
-    worker.flush_checkpoints()
-    assert worker.store.committed() == []
+def test_flush_with_nothing_pending_returns_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clean_env(monkeypatch)
+    with Worker(tmp_path / "run", handle_signals=False) as w:
+        w.flush_checkpoints()  # no writer yet
+        w.restore()
+        w.flush_checkpoints()  # a writer with nothing in flight
+        w.flush_checkpoints()
+        assert w.store.committed() == []
 
 
-def test_a_writer_error_surfaces_from_the_next_flush(worker: Worker) -> None:
-    snap = Gated(5, error=OSError(28, "No space left on device"))
-    worker.checkpoint(5, Capture(snap))  # the error happens later, on the writer thread
-    with pytest.raises(OSError, match="No space left on device"):
+def test_a_writer_error_surfaces_from_the_next_flush_once(worker: Worker) -> None:
+    blocker = worker.run_dir / "checkpoints"
+    blocker.write_bytes(b"")  # a file: the writer cannot make the checkpoints directory
+    worker.checkpoint(5, Capture(5))  # the error happens later, in the writer
+    with pytest.raises(WriterError, match="checkpoint after step 5"):
         worker.flush_checkpoints()
-    assert worker.store.committed() == []
     assert read_events(worker.run_dir, "checkpoint-saved") == []
     # Raised once: the writer goes on, and the next checkpoint works.
     worker.flush_checkpoints()
-    worker.checkpoint(6, Capture(Gated(6)))
+    blocker.unlink()
+    worker.checkpoint(6, Capture(6))
     worker.flush_checkpoints()
     assert worker.store.committed() == [checkpoint_name(6)]
+    assert_holds(worker, 6)
 
 
-def test_a_writer_error_surfaces_from_the_next_checkpoint_before_it_copies(worker: Worker) -> None:
-    worker.checkpoint(5, Capture(Gated(5, error=RuntimeError("serialiser broke"))))
-    cap = Capture(Gated(10))
-    with pytest.raises(RuntimeError, match="serialiser broke"):
+def test_a_writer_error_surfaces_from_the_next_checkpoint_before_it_captures(worker: Worker) -> None:
+    (worker.run_dir / "checkpoints").write_bytes(b"")
+    worker.checkpoint(5, Capture(5))
+    cap = Capture(10)
+    with pytest.raises(WriterError, match="checkpoint after step 5"):
         worker.checkpoint(10, cap)
     assert not cap.called.is_set()  # it failed before taking another copy
-    assert worker.store.committed() == []
+    assert read_events(worker.run_dir, "checkpoint-saved") == []
 
 
-def test_a_writer_error_keeps_the_job_from_completing(worker: Worker) -> None:
-    worker.checkpoint(5, Capture(Gated(5, error=RuntimeError("serialiser broke"))))
-    with pytest.raises(RuntimeError, match="serialiser broke"):
+def test_a_writer_error_keeps_the_job_from_completing_and_the_worker_still_closes(worker: Worker) -> None:
+    (worker.run_dir / "checkpoints").write_bytes(b"")
+    worker.checkpoint(5, Capture(5))
+    assert worker._writer is not None
+    writer_pid = worker._writer.pid
+    with pytest.raises(WriterError, match="checkpoint after step 5") as raised:
         worker.complete(steps=5)
     assert not (worker.run_dir / FINAL).exists()
     assert read_events(worker.run_dir, "job-completed") == []
+    worker.close()  # with the error (and its traceback) still held, as while it propagates out of `with`
+    assert raised.value is not None
+    assert not alive(writer_pid)
 
 
-def test_complete_waits_for_the_last_checkpoint(worker: Worker, gates: list[threading.Event]) -> None:
-    gate = new_gate(gates)
-    snap = Gated(9, gate=gate)
-    worker.checkpoint(9, Capture(snap))
-    assert snap.started.wait(WAIT)
-    done = threading.Event()
-
-    def complete() -> None:
-        worker.complete(steps=9)
-        done.set()
-
-    t = threading.Thread(target=complete, daemon=True)
-    t.start()
-    assert not done.wait(0.5)
-    assert not (worker.run_dir / FINAL).exists()
-    gate.set()
-    t.join(WAIT)
-    assert done.is_set()
+def test_complete_waits_for_the_last_checkpoint(worker: Worker) -> None:
+    with writer_stopped(worker) as release:
+        worker.checkpoint(9, Capture(9))
+        t, done, errors = in_thread(lambda: worker.complete(steps=9))
+        assert not done.wait(BRIEF)
+        assert not (worker.run_dir / FINAL).exists()
+        release()
+        t.join(WAIT)
+    assert done.is_set() and not errors, errors
     assert worker.store.committed() == [checkpoint_name(9)]
     kinds = [e["event"] for e in read_events(worker.run_dir)]
     assert kinds.index("checkpoint-saved") < kinds.index("job-completed")
 
 
-def test_wait_true_persists_on_the_training_thread(worker: Worker) -> None:
-    snap = Gated(7)
-    worker.checkpoint(7, Capture(snap), wait=True)
-    assert snap.thread is threading.current_thread()
-    assert manifest(worker.run_dir, 7).exists()  # durable when checkpoint() returns
+def test_wait_true_persists_in_this_process(worker: Worker) -> None:
+    with writer_stopped(worker):  # the writer could not do it
+        cap = Capture(7)
+        worker.checkpoint(7, cap, wait=True)
+        assert cap.thread is threading.current_thread()
+        assert manifest(worker.run_dir, 7).exists()  # durable when checkpoint() returns
+        assert_holds(worker, 7)
     (ev,) = read_events(worker.run_dir, "checkpoint-saved")
-    assert ev["asynchronous"] is False
+    assert ev["asynchronous"] is False and ev["pid"] == worker.pid and "writer_pid" not in ev
 
 
-def test_wait_true_after_an_async_one_writes_both_in_order(worker: Worker, gates: list[threading.Event]) -> None:
-    gate = new_gate(gates)
-    worker.checkpoint(3, Capture(Gated(3, gate=gate)))
-    opener = threading.Timer(0.2, gate.set)  # the durable one must wait for it, then write its own
-    opener.start()
-    try:
-        worker.checkpoint(4, Capture(Gated(4)), wait=True)
-    finally:
-        opener.cancel()
-        gate.set()
+def test_wait_true_after_an_async_one_writes_both_in_order(worker: Worker) -> None:
+    with writer_stopped(worker) as release:
+        worker.checkpoint(3, Capture(3))
+        cap4 = Capture(4, worker.run_dir)
+        t, done, errors = in_thread(lambda: worker.checkpoint(4, cap4, wait=True))
+        assert not cap4.called.wait(BRIEF), "the durable checkpoint did not wait for the one in flight"
+        release()
+        t.join(WAIT)
+    assert done.is_set() and not errors, errors
+    assert cap4.committed_then == [checkpoint_name(3)]
     assert worker.store.committed() == [checkpoint_name(3), checkpoint_name(4)]
-    assert [e["step"] for e in read_events(worker.run_dir, "checkpoint-saved")] == [3, 4]
+    assert [(e["step"], e["asynchronous"]) for e in read_events(worker.run_dir, "checkpoint-saved")] == [
+        (3, True), (4, False)]
+
+
+def test_close_lets_the_writer_commit_what_it_has_and_stops_it(worker: Worker) -> None:
+    assert worker._writer is not None
+    writer = psutil.Process(worker._writer.pid)
+    worker.checkpoint(5, Capture(5))
+    worker.close()
+    assert manifest(worker.run_dir, 5).exists()
+    assert_holds(worker, 5)
+    assert not writer.is_running()
 
 
 # -- what the events say ---------------------------------------------------------------------------------
 
 
-def test_checkpoint_saved_events_carry_stall_seconds_and_asynchronous(worker: Worker) -> None:
-    worker.checkpoint(2, Capture(Gated(2)))
+def test_checkpoint_saved_events_carry_stall_persist_asynchronous_and_writer_pid(worker: Worker) -> None:
+    assert worker._writer is not None
+    writer_pid = worker._writer.pid
+    worker.checkpoint(2, Capture(2))
     worker.flush_checkpoints()
-    worker.checkpoint(4, Capture(Gated(4)), wait=True)
+    assert worker.cadence.persist_s > 0  # the writer's answer reaches the cadence
+    worker.checkpoint(4, Capture(4), wait=True)
     worker.save_checkpoint(6, {"state.bin": b"six"}, {"step": 6})
 
     evs = read_events(worker.run_dir, "checkpoint-saved")
@@ -265,32 +326,93 @@ def test_checkpoint_saved_events_carry_stall_seconds_and_asynchronous(worker: Wo
         (2, checkpoint_name(2), True), (4, checkpoint_name(4), False), (6, checkpoint_name(6), False)]
     for e in evs:
         assert e["source"] == "worker" and e["attempt"] == worker.attempt and e["pid"] == worker.pid
-        assert isinstance(e["stall_s"], float) and isinstance(e["seconds"], float)
-        assert e["stall_s"] >= 0 and e["seconds"] >= 0
-    # Written on the training thread, a checkpoint's whole time is the stall.
+        assert isinstance(e["stall_s"], float) and isinstance(e["persist_s"], float)
+        assert e["stall_s"] >= 0 and e["persist_s"] > 0
+    # Committed by the writer process, which says so.
+    assert evs[0]["writer_pid"] == writer_pid != worker.pid
+    # Written in this process, a checkpoint's whole time is the stall.
     for e in evs[1:]:
-        assert e["stall_s"] == e["seconds"]
+        assert e["stall_s"] == e["persist_s"] and "writer_pid" not in e
     assert worker.store.committed() == [checkpoint_name(s) for s in (2, 4, 6)]
 
 
 def test_a_checkpoint_needs_an_active_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for k in (ENV_ATTEMPT, ENV_CHAOS_ARM):
-        monkeypatch.delenv(k, raising=False)
+    clean_env(monkeypatch)
     monkeypatch.setenv(ENV_STANDBY, "1")
     (tmp_path / "run").mkdir()
     w = Worker(tmp_path / "run", handle_signals=False)  # a spare on standby, not the run's worker yet
-    cap = Capture(Gated(1))
-    with pytest.raises(RuntimeError, match=r"Worker.restore\(\)"):
-        w.checkpoint(1, cap)
-    with pytest.raises(RuntimeError, match=r"Worker.restore\(\)"):
-        w.save_checkpoint(1, {"a": b"b"}, {})
-    with pytest.raises(RuntimeError, match=r"Worker.restore\(\)"):
-        w.report_step(0, loss=1.0)
-    assert not cap.called.is_set()
-    assert list((tmp_path / "run").iterdir()) == []
+    try:
+        cap = Capture(1)
+        with pytest.raises(RuntimeError, match=r"Worker.restore\(\)"):
+            w.checkpoint(1, cap)
+        with pytest.raises(RuntimeError, match=r"Worker.restore\(\)"):
+            w.save_checkpoint(1, {"a": b"b"}, {})
+        with pytest.raises(RuntimeError, match=r"Worker.restore\(\)"):
+            w.report_step(0, loss=1.0)
+        assert not cap.called.is_set()
+        assert list((tmp_path / "run").iterdir()) == []
+    finally:
+        w.close()
 
 
-# -- the copies are copies (Paddle) ---------------------------------------------------------------------
+# -- chaos: stopped in the middle of an asynchronous checkpoint -------------------------------------------
+
+PAUSING_JOB = """
+import sys
+import numpy as np
+from checkpoint.state import StateArrays
+from runner.worker import Worker
+
+class Snap:
+    def __init__(self, step):
+        self.step = step
+    def arrays(self):
+        return StateArrays({"a.safetensors": {"x": np.full(3, self.step)}, "b.safetensors": {"y": np.zeros(2)}},
+                           {"step": self.step})
+
+w = Worker(sys.argv[1], handle_signals=False)
+w.restore()
+w.checkpoint(2, lambda: Snap(2))
+w.flush_checkpoints()
+w.checkpoint(4, lambda: Snap(4))  # armed: does not return
+print("checkpoint() returned", flush=True)
+"""
+
+
+def test_an_async_checkpoint_armed_to_pause_stays_torn_and_the_writer_dies_with_the_worker(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", PAUSING_JOB, str(run_dir)], cwd=REPO, text=True,
+                            env=job_env(arm={"kind": "checkpoint-write", "step": 4}),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        hb = wait_for(lambda: (h := read_heartbeat(run_dir)) and h.get("phase") == PAUSED_PHASE and h,
+                      proc=proc, what="the paused checkpoint")
+        assert hb["step"] == 4 and hb["pid"] == proc.pid
+        (writer,) = psutil.Process(proc.pid).children()
+        torn = run_dir / "checkpoints" / checkpoint_name(4)
+        # The worker says it is paused only once the writer has stopped between the files.
+        assert (torn / "a.safetensors").is_file() and not (torn / "b.safetensors").exists()
+        (paused,) = read_events(run_dir, PAUSED_EVENT)
+        assert (paused["step"], paused["pid"], paused["after_file"]) == (4, proc.pid, "a.safetensors")
+        os.kill(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, err
+    assert "checkpoint() returned" not in out
+    wait_for(lambda: not alive(writer.pid), timeout=WAIT, what="the writer to die with the worker")
+    assert not (torn / MANIFEST).exists()
+    store = CheckpointStore(LocalStorage(run_dir))
+    assert store.committed() == [checkpoint_name(2)]
+    latest = store.load_latest()
+    assert latest is not None and latest.step == 2
+
+
+# -- the Paddle side ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -316,6 +438,23 @@ def train_steps(paddle, model, opt, sched, n: int, seed: int = 0) -> None:
         opt.step()
         opt.clear_grad()
         sched.step()
+
+
+def tensors(model, opt) -> dict[str, Any]:
+    """Every tensor a checkpoint reads, by the names the arrays get."""
+    out = dict(model.state_dict())
+    out.update({k: v for k, v in opt.state_dict().items() if k != "LR_Scheduler"})
+    return out
+
+
+def live_arrays(live) -> dict[str, np.ndarray]:
+    m = live.model_arrays()
+    o, _ = live.optimizer_arrays()
+    return {**m, **o}
+
+
+def address(a: np.ndarray) -> int:
+    return int(a.__array_interface__["data"][0])
 
 
 def test_model_and_optimizer_arrays_do_not_change_as_training_goes_on(paddle) -> None:
@@ -347,6 +486,177 @@ def test_model_and_optimizer_arrays_do_not_change_as_training_goes_on(paddle) ->
     assert not np.array_equal(ps.model_arrays(model)[k], m[k])
 
 
+def test_live_arrays_are_views_that_equal_the_tensors_after_every_step(paddle) -> None:
+    from checkpoint import paddle_state as ps
+
+    model, opt, sched = tiny(paddle)
+    live = ps.LiveArrays(model, opt)
+    assert live.optimizer_arrays()[0] == {}  # Adam makes its state in the first step
+    first: dict[str, np.ndarray] | None = None
+    for i in range(4):
+        train_steps(paddle, model, opt, sched, 1, seed=i)
+        views = live_arrays(live)
+        now = tensors(model, opt)
+        assert sorted(views) == sorted(now) and len(views) == 4 + 16
+        for k, t in now.items():
+            assert np.array_equal(views[k], t.numpy()), f"{k} after step {i}"
+            assert address(views[k]) == t.data_ptr(), f"{k} is a copy, not a view"
+        _, sched_state = live.optimizer_arrays()
+        assert sched_state["last_epoch"] == i + 1
+        if first is None:
+            first = views
+        else:  # nothing was replaced: the same views, not new ones
+            assert all(views[k] is first[k] for k in views)
+
+
+def test_a_live_view_follows_a_tensor_whose_value_buffer_or_object_is_replaced(paddle) -> None:
+    from checkpoint import paddle_state as ps
+
+    model, opt, sched = tiny(paddle)
+    train_steps(paddle, model, opt, sched, 1)
+    live = ps.LiveArrays(model, opt)
+    before = live_arrays(live)
+
+    # set_value writes into the tensor's own buffer.
+    w0 = model[0].weight
+    w0.set_value(np.full(w0.shape, 0.5, dtype="float32"))
+    assert np.array_equal(live.model_arrays()["0.weight"], np.full(w0.shape, 0.5, dtype="float32"))
+
+    # A new optimizer state put in: Adam copies it into its tensors.
+    state = {k: paddle.to_tensor(v.numpy() + ("moment" in k)) for k, v in opt.state_dict().items()
+             if k != "LR_Scheduler"}
+    opt.set_state_dict({**state, "LR_Scheduler": sched.state_dict()})
+    o, _ = live.optimizer_arrays()
+    for k, v in state.items():
+        assert np.array_equal(o[k], v.numpy()), k
+
+    # The same tensor object on another buffer.
+    b0 = model[0].bias
+    other = paddle.to_tensor(np.full(b0.shape, 3.0, dtype="float32"))
+    old_address = b0.data_ptr()
+    other._share_buffer_to(b0)
+    assert b0.data_ptr() != old_address
+    b_view = live.model_arrays()["0.bias"]
+    assert address(b_view) == b0.data_ptr() and np.array_equal(b_view, np.full(b0.shape, 3.0, dtype="float32"))
+
+    # Another tensor object in the model.
+    w2 = model[2].weight
+    init = paddle.nn.initializer.Assign(np.full(w2.shape, -2.0, "float32"))
+    new_w2 = paddle.create_parameter(w2.shape, "float32", default_initializer=init)
+    model[2].weight = new_w2
+    w2_view = live.model_arrays()["2.weight"]
+    assert address(w2_view) == new_w2.data_ptr() and np.array_equal(w2_view, new_w2.numpy())
+
+    # Training goes on with the new tensors, and the views still read them.
+    train_steps(paddle, model, opt, sched, 1, seed=5)
+    views = live_arrays(live)
+    for k, t in tensors(model, opt).items():
+        assert np.array_equal(views[k], t.numpy()), k
+    assert views["2.weight"] is not before["2.weight"]
+
+
+def np_draws(n: int = 6) -> list[float]:
+    """Gaussians then uniforms: the first Gaussian may come from NumPy's cache."""
+    return [float(np.random.standard_normal()) for _ in range(n)] + [float(x) for x in np.random.rand(3)]
+
+
+def test_rng_snapshots_are_exact_around_a_cached_gaussian(paddle) -> None:
+    from checkpoint import paddle_state as ps
+
+    np.random.seed(11)
+    snaps = ps.RngSnapshots()
+    taken: list[Callable[[], Any]] = [snaps.snapshot()]
+    drawn: list[float] = []
+    drawn.append(float(np.random.standard_normal()))  # two uniforms drawn, one Gaussian left in the cache
+    assert np.random.get_state()[3] == 1
+    taken.append(snaps.snapshot())
+    drawn.append(float(np.random.standard_normal()))  # the cache used up: the MT19937 state did not move
+    assert np.random.get_state()[3] == 0
+    taken.append(snaps.snapshot())
+    taken.append(snaps.snapshot())  # nothing drawn since the last one
+    tail = np_draws()
+    # Each snapshot, restored, draws what came after it: the tail, after the draws made since.
+    expected = [drawn + tail, drawn[1:] + tail, tail, tail]
+
+    for i, (later, want) in enumerate(zip(taken, expected)):
+        state = later()
+        json.dumps(state[1])
+        ps.set_rng_states(state)
+        got = [float(np.random.standard_normal()) for _ in range(len(want) - 3)] + [float(x) for x in np.random.rand(3)]
+        assert got == want, f"snapshot {i} restores another NumPy state"
+
+
+SAME_SEED = 5
+
+
+def _nothing(ps: Any, ctx: Any = None) -> None:
+    return None
+
+
+def _other_rngs(ps: Any, ctx: Any) -> None:
+    import paddle
+
+    random.random()
+    paddle.randn([2])
+
+
+def _pending_then_used(ps: Any) -> Any:
+    np.random.standard_normal()
+    pending = ps.rng_snapshot()  # a Gaussian in NumPy's cache
+    np.random.standard_normal()  # used up; the MT19937 state is where it was
+    return pending
+
+
+def _restore(ps: Any, pending: Any) -> None:
+    ps.set_rng_states(pending())
+
+
+def _another_bit_generator(ps: Any, ctx: Any) -> None:
+    np.random.set_bit_generator(np.random.MT19937(9))  # the test still holds the old one: it stays, unmoved
+    np.random.rand(2)
+
+
+def _gaussian(ps: Any, ctx: Any = None) -> None:
+    np.random.standard_normal()
+
+
+REUSE_CASES: dict[str, tuple[Callable[[Any], Any], Callable[[Any, Any], None], bool]] = {
+    # name: (before the first snapshot, between the two, whether the second may reuse the first's reading)
+    "nothing drawn": (_nothing, _nothing, True),
+    "only Python's and Paddle's RNGs drawn": (_nothing, _other_rngs, True),
+    "a uniform drawn": (_nothing, lambda ps, ctx: np.random.rand(), False),
+    "a Gaussian drawn, one left cached": (_nothing, _gaussian, False),
+    "the cached Gaussian used up": (_gaussian, _gaussian, False),
+    "a Gaussian pending at the first, nothing drawn": (_gaussian, _nothing, False),
+    "reseeded with the same seed": (_nothing, lambda ps, ctx: np.random.seed(SAME_SEED), True),
+    "a cached Gaussian restored by set_rng_states at the same position": (_pending_then_used, _restore, False),
+    "another bit generator set": (_nothing, _another_bit_generator, False),
+}
+
+
+@pytest.mark.parametrize("case", list(REUSE_CASES))
+def test_rng_snapshots_reuse_the_last_reading_only_when_it_is_safe(paddle, case: str) -> None:
+    """Reuse shows as the very same keys array in both encodings; either way, the second restores exactly."""
+    from checkpoint import paddle_state as ps
+
+    before, between, reuse = REUSE_CASES[case]
+    bit_generator = np.random.mtrand.get_bit_generator()
+    try:
+        np.random.seed(SAME_SEED)
+        ctx = before(ps)
+        snaps = ps.RngSnapshots()
+        first = snaps.snapshot()
+        between(ps, ctx)
+        second = snaps.snapshot()
+        want = np_draws()
+        state = second()
+        assert (state[0]["numpy/keys"] is first()[0]["numpy/keys"]) == reuse
+        ps.set_rng_states(state)
+        assert np_draws() == want, "the second snapshot restores another NumPy state"
+    finally:
+        np.random.set_bit_generator(bit_generator)
+
+
 def test_rng_snapshot_encodes_the_states_of_the_moment_it_was_taken(paddle) -> None:
     from checkpoint import paddle_state as ps
 
@@ -366,6 +676,7 @@ def test_rng_snapshot_encodes_the_states_of_the_moment_it_was_taken(paddle) -> N
         draw()  # the states move on before the snapshot is encoded
     state = later()
     json.dumps(state[1])  # the small part is plain JSON
+    assert state[0]["paddle/0"].dtype in (np.uint8, np.int64)
     ps.set_rng_states(state)
     got = draw()
     assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
@@ -374,17 +685,19 @@ def test_rng_snapshot_encodes_the_states_of_the_moment_it_was_taken(paddle) -> N
 def test_a_captured_train_state_saved_in_the_background_is_the_state_at_capture(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, paddle
 ) -> None:
-    """The real job's capture, handed to the background writer while training goes on, restores the
-    model, optimizer, scheduler, sample order and every RNG as they were at the capture."""
+    """The real job's capture - live views of the tensors - handed to the writer process, held there
+    while training goes on, restores the model, optimizer, scheduler, sample order and every RNG as they
+    were at the capture."""
     from checkpoint import paddle_state as ps
     from model.train import _capture
 
-    for k in (ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY):
-        monkeypatch.delenv(k, raising=False)
+    clean_env(monkeypatch)
     model, opt, sched = tiny(paddle)
+    live, rngs = ps.LiveArrays(model, opt), ps.RngSnapshots()
     train_steps(paddle, model, opt, sched, 2)
     np.random.seed(7)
     random.seed(7)
+    np.random.standard_normal()  # a Gaussian left in NumPy's cache
     data_rng = np.random.default_rng(7)
     order = data_rng.permutation(40)
 
@@ -394,40 +707,34 @@ def test_a_captured_train_state_saved_in_the_background_is_the_state_at_capture(
     want_order = order.copy()
 
     with Worker(tmp_path / "run", handle_signals=False) as w:
-        gate = threading.Event()
-        started = threading.Event()
-        state_box: list[TrainState] = []
+        w.restore()
+        captured: list[TrainState] = []
 
-        def capture() -> Any:
-            st = _capture(model, opt, 2, 0, 2, order, data_rng)
-            state_box.append(st)
+        def capture() -> TrainState:
+            captured.append(_capture(live, rngs, 2, 0, 2, order, data_rng))
+            return captured[-1]
 
-            class Slow:
-                def to_files(self) -> tuple[Mapping[str, bytes], Mapping[str, Any]]:
-                    started.set()
-                    gate.wait(WAIT)  # hold the writer until training has moved on
-                    return st.to_files()
-
-            return Slow()
-
-        try:
+        with writer_stopped(w):
             w.checkpoint(2, capture)
-            assert started.wait(WAIT)
-            expected_draws = (paddle.randn([4]).numpy(), np.random.rand(3), random.random(), data_rng.permutation(40))
+            assert address(captured[0].model["0.weight"]) == model[0].weight.data_ptr()  # views, not copies
+            expected_draws = (paddle.randn([4]).numpy(), np.random.standard_normal(3), random.random(),
+                              data_rng.permutation(40))
             train_steps(paddle, model, opt, sched, 3, seed=2)  # everything moves on meanwhile
-        finally:
-            gate.set()
+            assert not np.array_equal(captured[0].model["0.weight"], want_model["0.weight"])
+            assert not manifest(w.run_dir, 2).exists()
         w.flush_checkpoints()
         ckpt = w.store.load_latest()
 
     assert ckpt is not None and ckpt.step == 2
     st = TrainState.from_checkpoint(ckpt)
+    assert sorted(st.model) == sorted(want_model) and sorted(st.optimizer) == sorted(want_opt)
     for k in want_model:
         assert np.array_equal(st.model[k], want_model[k]), k
     for k in want_opt:
         assert np.array_equal(st.optimizer[k], want_opt[k]), k
     assert dict(st.lr_scheduler) == want_sched
     assert (st.step, st.epoch, st.batch) == (2, 0, 2)
+    assert ckpt.meta["params_sha256"] == params_digest(want_model)
 
     # Restoring it reproduces the draws made right after the capture, the data generator's included.
     rng = st.rng_state()
@@ -435,7 +742,7 @@ def test_a_captured_train_state_saved_in_the_background_is_the_state_at_capture(
     data_rng2 = np.random.default_rng()
     data_rng2.bit_generator.state = rng[1]["data"]
     assert rng[1]["data"] == want_data
-    got = (paddle.randn([4]).numpy(), np.random.rand(3), random.random(), data_rng2.permutation(40))
+    got = (paddle.randn([4]).numpy(), np.random.standard_normal(3), random.random(), data_rng2.permutation(40))
     assert all(np.array_equal(a, b) for a, b in zip(got, expected_draws))
     # The epoch's sample order (the job never writes it in place: each epoch gets a new permutation).
     assert np.array_equal(st.order, want_order)

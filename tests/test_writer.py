@@ -1,0 +1,348 @@
+"""The checkpoint writer process, driven directly: what it commits is exactly what was submitted (the
+late part and the digests included), whatever the layout; one checkpoint at a time; it lives and dies
+with the process that started it, ignores SIGTERM and SIGINT, and stops when closed.
+
+Real processes, signals, shared memory and files; every wait is bounded and nothing is timed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+from safetensors.numpy import load as st_load
+
+from checkpoint.state import StateArrays, pack, params_digest
+from checkpoint.storage import LocalStorage
+from checkpoint.store import MANIFEST, CheckpointStore, checkpoint_name
+from checkpoint.writer import CheckpointWriter, Saved, WriterError
+from tests.helpers import REPO, wait_for
+
+WAIT = 60.0  # seconds: a bound for things that take milliseconds on an idle machine
+MODEL = "model.safetensors"
+TRAIN = "train.safetensors"
+EVENT = {"source": "test", "asynchronous": True}
+
+
+def sample(step: int, *, n: int = 6, extra: int = 0, late_size: int = 624) -> StateArrays:
+    """A checkpoint's worth of small arrays of several dtypes and shapes, with a late part."""
+    rng = np.random.default_rng(step)
+    model = {
+        "w": rng.standard_normal((n, 3)).astype(np.float32),
+        "b": rng.standard_normal(3),
+        "t": rng.standard_normal((3, n)).astype(np.float32).T,  # not C-contiguous
+    }
+    train: dict[str, np.ndarray] = {
+        "order": rng.permutation(2 * n),
+        "count": np.array(step, dtype=np.int64),  # 0-d
+        "mask": rng.integers(0, 2, size=5).astype(bool),
+        "empty": np.zeros((0, 4), dtype=np.float16),
+    }
+    for i in range(extra):
+        train[f"extra/{i}"] = rng.integers(0, 255, size=(i + 1) * 100, dtype=np.uint8)
+    keys = rng.integers(0, 2**32, size=late_size, dtype=np.uint32)
+
+    def late() -> StateArrays:
+        return StateArrays({TRAIN: {"rng/keys": keys}}, {"rng": {"pos": step, "name": "MT19937"}})
+
+    meta = {"step": step, "lr_scheduler": {"last_epoch": step}}
+    return StateArrays({MODEL: model, TRAIN: train}, meta, {"params_sha256": MODEL}, late=late)
+
+
+def committed(root: Path, name: str) -> tuple[dict[str, bytes], dict[str, Any]]:
+    ckpt = CheckpointStore(LocalStorage(root)).verify(name)  # raises unless the manifest and files agree
+    return dict(ckpt.files), dict(ckpt.meta)
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[Callable[[], None]]:
+    """The process held with SIGSTOP until the ``release`` it yields is called, or the block ends."""
+
+    def release() -> None:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield release
+    finally:
+        release()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def writer(root: Path) -> Iterator[CheckpointWriter]:
+    root.mkdir()
+    w = CheckpointWriter(root, keep=10, events=root / "events.jsonl")
+    yield w
+    w.close()
+
+
+def save(w: CheckpointWriter, step: int, state: StateArrays) -> Saved:
+    w.submit(step, state, event=EVENT, started=0.0)
+    saved = w.wait(WAIT)
+    assert saved is not None, f"checkpoint {step} was not committed within {WAIT} s"
+    return saved
+
+
+# -- what it commits -------------------------------------------------------------------------------------
+
+
+def test_a_submitted_state_is_committed_exactly_with_its_late_part_and_digests(
+    writer: CheckpointWriter, root: Path
+) -> None:
+    state = sample(3)
+    want_files, want_meta = pack(state)
+    originals = {f: {k: v.copy() for k, v in a.items()} for f, a in state.complete().files.items()}
+
+    with stopped(writer.pid) as release:
+        stall = writer.submit(3, state, event=EVENT, started=time.monotonic())
+        # The arrays were copied before submit() returned: what happens to them now is not saved.
+        for arrays in state.files.values():
+            for a in arrays.values():
+                a[...] = 0
+        assert writer.busy
+        release()
+        saved = writer.wait(WAIT)
+
+    assert saved == Saved(3, checkpoint_name(3), saved.seconds) and saved.seconds > 0
+    files, meta = committed(root, checkpoint_name(3))
+    assert files == want_files and meta == want_meta
+    for fname, arrays in originals.items():
+        loaded = st_load(files[fname])
+        assert sorted(loaded) == sorted(arrays)
+        for k, a in arrays.items():
+            assert loaded[k].dtype == a.dtype and loaded[k].shape == a.shape, k
+            assert loaded[k].tobytes() == np.ascontiguousarray(a).tobytes(), k
+    assert "rng/keys" in st_load(files[TRAIN])  # the late part, encoded on the sender thread
+    assert meta["rng"] == {"pos": 3, "name": "MT19937"}
+    assert meta["params_sha256"] == params_digest(originals[MODEL])
+
+    (ev,) = read_events(root / "events.jsonl")
+    assert ev["event"] == "checkpoint-saved" and ev["source"] == "test" and ev["asynchronous"] is True
+    assert (ev["step"], ev["name"], ev["writer_pid"]) == (3, checkpoint_name(3), writer.pid)
+    assert ev["writer_pid"] != os.getpid()
+    assert ev["stall_s"] == round(stall, 6) and ev["persist_s"] == round(saved.seconds, 6)
+
+
+def test_layouts_that_change_between_submits_still_round_trip(writer: CheckpointWriter, root: Path) -> None:
+    states = [
+        sample(1, n=4),
+        sample(2, n=20_000),  # bigger arrays: a new, bigger buffer
+        sample(3, n=20_000, extra=6),  # more arrays
+        sample(4, n=4, extra=1),  # smaller again: fits the buffer it has
+        sample(5, n=4, late_size=400_000),  # a late part that outgrows the buffer on the sender thread
+        sample(6, n=4, late_size=400_000),  # the same layout, on the buffer made for the late part
+        sample(7, n=4),
+    ]
+    for step, state in enumerate(states, start=1):
+        want = pack(state)
+        saved = save(writer, step, state)
+        assert (saved.step, saved.name) == (step, checkpoint_name(step))
+        assert committed(root, saved.name) == want, f"checkpoint {step} differs from what was submitted"
+    assert [e["step"] for e in read_events(root / "events.jsonl")] == list(range(1, len(states) + 1))
+
+
+def test_a_state_without_a_late_part_round_trips(writer: CheckpointWriter, root: Path) -> None:
+    full = sample(2).complete()
+    state = StateArrays(full.files, full.meta, full.digests)
+    want = pack(state)
+    save(writer, 2, state)
+    assert committed(root, checkpoint_name(2)) == want
+
+
+# -- one at a time -----------------------------------------------------------------------------------------
+
+
+def test_submit_while_one_is_in_flight_raises_and_leaves_the_buffer_alone(
+    writer: CheckpointWriter, root: Path
+) -> None:
+    first, second = sample(1), sample(2)
+    want = pack(first)
+    with stopped(writer.pid) as release:
+        writer.submit(1, first, event=EVENT, started=0.0)
+        with pytest.raises(RuntimeError, match="still being written"):
+            writer.submit(2, second, event=EVENT, started=0.0)
+        assert writer.wait(timeout=0.05) is None  # still in flight: the writer is stopped
+        assert writer.busy
+        release()
+        saved = writer.wait(WAIT)
+    assert saved is not None and saved.step == 1
+    assert committed(root, checkpoint_name(1)) == want  # the refused submit copied nothing
+    assert not writer.busy
+    assert writer.wait() is None  # nothing in flight any more
+    save(writer, 2, second)
+    assert CheckpointStore(LocalStorage(root)).committed() == [checkpoint_name(1), checkpoint_name(2)]
+
+
+# -- failures ----------------------------------------------------------------------------------------------
+
+
+def test_a_failed_save_is_reported_and_the_writer_goes_on(writer: CheckpointWriter, root: Path) -> None:
+    (root / "checkpoints").write_bytes(b"")  # a file where the checkpoints directory should be
+    writer.submit(4, sample(4), event=EVENT, started=0.0)
+    with pytest.raises(WriterError, match="checkpoint after step 4"):
+        writer.wait(WAIT)
+    assert not writer.busy
+    assert read_events(root / "events.jsonl") == []
+    assert alive(writer.pid)
+
+    (root / "checkpoints").unlink()
+    state = sample(5)
+    want = pack(state)
+    save(writer, 5, state)
+    assert committed(root, checkpoint_name(5)) == want
+
+
+def test_a_writer_that_is_gone_is_reported_by_wait(writer: CheckpointWriter, root: Path) -> None:
+    save(writer, 1, sample(1))
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.submit(2, sample(2), event=EVENT, started=0.0)
+    with pytest.raises(WriterError, match=f"checkpoint writer \\(pid {writer.pid}\\)"):
+        writer.wait(WAIT)
+    assert CheckpointStore(LocalStorage(root)).committed() == [checkpoint_name(1)]
+
+
+def test_a_paused_checkpoint_stays_torn_after_the_writer_is_killed(writer: CheckpointWriter, root: Path) -> None:
+    save(writer, 1, sample(1))
+    pause = {"source": "test", "event": "paused", "step": 2}
+    writer.submit(2, sample(2), event=EVENT, started=0.0, pause=pause)
+    saved = writer.wait(WAIT)
+    assert saved is not None and saved.paused and saved.step == 2
+    torn = root / "checkpoints" / checkpoint_name(2)
+    assert (torn / MODEL).is_file() and not (torn / TRAIN).exists() and not (torn / MANIFEST).exists()
+    assert alive(writer.pid)  # stopped between the files for good
+
+    os.kill(writer.pid, signal.SIGKILL)
+    wait_for(lambda: not alive(writer.pid), timeout=WAIT, what="the writer to die")
+    store = CheckpointStore(LocalStorage(root))
+    assert store.committed() == [checkpoint_name(1)]
+    latest = store.load_latest()
+    assert latest is not None and latest.step == 1
+    (paused,) = [e for e in read_events(root / "events.jsonl") if e["event"] == "paused"]
+    assert paused["after_file"] == MODEL and paused["step"] == 2
+
+
+# -- the process -----------------------------------------------------------------------------------------
+
+PARENT = """
+import sys
+import numpy as np
+from pathlib import Path
+from checkpoint.state import StateArrays
+from checkpoint.writer import CheckpointWriter
+
+root, pause = Path(sys.argv[1]), sys.argv[2] == "pause"
+w = CheckpointWriter(root, keep=3, events=root / "events.jsonl")
+state = StateArrays({"a.safetensors": {"x": np.arange(10.0)}, "b.safetensors": {"y": np.arange(3)}}, {"n": 1})
+w.submit(1, state, event={}, started=0.0)
+assert w.wait(60) is not None
+if pause:
+    w.submit(2, state, event={}, started=0.0, pause={"event": "paused"})
+    assert w.wait(60).paused
+print(w.pid, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+@contextmanager
+def parent_of_a_writer(root: Path, mode: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A real process that starts a writer, has it commit checkpoint 1 (and pause in checkpoint 2)."""
+    root.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-c", PARENT, str(root), mode], cwd=REPO, env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip().isdigit(), f"the parent exited with {proc.wait(WAIT)} before printing the writer's pid"
+        writer_pid = int(line)
+        assert psutil.Process(writer_pid).ppid() == proc.pid
+        yield proc, writer_pid
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(WAIT)
+
+
+def test_the_writer_dies_when_its_parent_is_sigkilled(root: Path) -> None:
+    with parent_of_a_writer(root, "idle") as (proc, writer_pid):
+        assert alive(writer_pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(WAIT) == -signal.SIGKILL
+        wait_for(lambda: not alive(writer_pid), timeout=WAIT, what="the orphaned writer to die")
+    assert CheckpointStore(LocalStorage(root)).committed() == [checkpoint_name(1)]
+
+
+def test_a_writer_paused_mid_checkpoint_leaves_no_checkpoint_when_its_parent_is_sigkilled(root: Path) -> None:
+    with parent_of_a_writer(root, "pause") as (proc, writer_pid):
+        torn = root / "checkpoints" / checkpoint_name(2)
+        assert (torn / "a.safetensors").is_file() and not (torn / MANIFEST).exists()
+        os.kill(proc.pid, signal.SIGKILL)
+        wait_for(lambda: not alive(writer_pid), timeout=WAIT, what="the paused writer to die")
+    assert not (torn / MANIFEST).exists() and not (torn / "b.safetensors").exists()
+    store = CheckpointStore(LocalStorage(root))
+    assert store.committed() == [checkpoint_name(1)]
+    latest = store.load_latest()
+    assert latest is not None and latest.step == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_and_sigint_do_not_stop_the_writer(writer: CheckpointWriter, root: Path, sig: int) -> None:
+    save(writer, 1, sample(1))  # answered: it is up, its signal dispositions set
+    os.kill(writer.pid, sig)
+    state = sample(2)
+    want = pack(state)
+    save(writer, 2, state)  # a writer killed by the signal could not answer this one
+    assert alive(writer.pid)
+    assert committed(root, checkpoint_name(2)) == want
+
+
+def test_close_lets_the_checkpoint_in_flight_finish_then_the_writer_exits(writer: CheckpointWriter, root: Path) -> None:
+    proc = psutil.Process(writer.pid)
+    state = sample(8)
+    want = pack(state)
+    writer.submit(8, state, event=EVENT, started=0.0)
+    writer.close()
+    assert committed(root, checkpoint_name(8)) == want
+    assert not proc.is_running()
+
+
+def test_close_with_nothing_submitted_does_not_wait_for_its_timeout(root: Path) -> None:
+    root.mkdir()
+    w = CheckpointWriter(root, keep=1, events=root / "events.jsonl")
+    proc = psutil.Process(w.pid)
+    # Far longer than the bounded wait below: a close() that waits for a reply that is not coming fails.
+    t = threading.Thread(target=w.close, kwargs={"timeout": 10 * WAIT}, daemon=True)
+    t.start()
+    t.join(WAIT)
+    assert not t.is_alive(), "close() waited for a checkpoint that was never submitted"
+    assert not proc.is_running()
