@@ -106,6 +106,7 @@ class CheckpointWriter:
         self._key: _Key = ()
         self._layout: list[list[Any]] = []  # of the arrays copied by submit(), from offset 0
         self._dsts: list[np.ndarray] = []
+        self._copied: list[np.ndarray | None] = []  # read-only arrays already in the buffer, by slot
         self._in_flight: int | None = None
         self._jobs: queue.SimpleQueue[Callable[[], Saved]] = queue.SimpleQueue()
         self._done = threading.Event()
@@ -165,8 +166,12 @@ class CheckpointWriter:
             layout, end = self._place(key, 0)
             self._buffer(end)
             self._layout, self._dsts, self._key = layout, self._views(layout), key
-        for dst, src in zip(self._dsts, arrays):
-            np.copyto(dst, src, casting="no")
+            self._copied = [None] * len(arrays)
+        for i, (dst, src) in enumerate(zip(self._dsts, arrays)):
+            # A read-only array that owns its memory cannot have changed: the buffer holds it already.
+            if src is not self._copied[i] or src.flags.writeable or src.base is not None:
+                np.copyto(dst, src, casting="no")
+                self._copied[i] = src if not src.flags.writeable and src.base is None else None
         stall = time.monotonic() - started
         self._in_flight = step
         self._done.clear()

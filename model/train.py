@@ -51,6 +51,12 @@ def _capture(live: ps.LiveArrays, rngs: ps.RngSnapshots, step: int, epoch: int, 
                       lr_scheduler=sched, rng=rng, order=order)
 
 
+def _frozen(order: np.ndarray) -> np.ndarray:
+    """The epoch's order, read-only: a checkpoint writer copies it once per epoch, not every step."""
+    order.flags.writeable = False
+    return order
+
+
 def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
     n = len(data.train_x)
     per_epoch = steps_per_epoch(n, cfg.batch_size)
@@ -64,16 +70,16 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
     ckpt = worker.restore(total_steps=total)
     if ckpt is None:
         step, epoch, batch = 0, 0, 0
-        order = data_rng.permutation(n)
+        order = _frozen(data_rng.permutation(n))
     else:
         st = TrainState.from_checkpoint(ckpt)
         brk = cfg.break_resume
         ps.load_model(model, st.model)
         ps.load_optimizer(opt, None if brk == "optimizer" else st.optimizer,
                           None if brk == "lr-scheduler" else st.lr_scheduler)
-        step, epoch, batch, order = st.step, st.epoch, st.batch, st.order
+        step, epoch, batch, order = st.step, st.epoch, st.batch, _frozen(st.order.copy())
         if brk == "rng":
-            order = data_rng.permutation(n)  # a fresh generator, as if its state was never saved
+            order = _frozen(data_rng.permutation(n))  # a fresh generator, as if its state was never saved
         else:
             rng = st.rng_state()
             ps.set_rng_states(rng)
@@ -100,7 +106,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
         if epoch_end:
             epoch, batch = epoch + 1, 0
             if epoch < cfg.epochs:
-                order = data_rng.permutation(n)
+                order = _frozen(data_rng.permutation(n))
         last = epoch >= cfg.epochs
         if epoch_end or worker.checkpoint_due(step) or worker.preemption_requested:
             capture = partial(_capture, live, rngs, step, epoch, batch, order, data_rng)
