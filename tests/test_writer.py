@@ -179,6 +179,94 @@ def test_a_state_without_a_late_part_round_trips(writer: CheckpointWriter, root:
     assert committed(root, checkpoint_name(2)) == want
 
 
+# -- read-only arrays, copied once ---------------------------------------------------------------------
+# submit() may leave a slot's bytes in the buffer when the very same read-only array that owns its
+# memory is submitted to it again (the epoch's sample order). Whatever it skips, each checkpoint must
+# hold what was submitted.
+
+
+def frozen(a: np.ndarray) -> np.ndarray:
+    """``a`` read-only, owning its memory: what submit() may skip copying again."""
+    a.flags.writeable = False
+    assert a.base is None
+    return a
+
+
+def with_order(step: int, order: np.ndarray, *, n: int = 1000, late_size: int = 16) -> StateArrays:
+    """A state whose ``order`` slot holds ``order``, after model weights of ``n`` floats that differ by
+    step (so the bytes around ``order`` change), and with a late part of ``late_size`` keys."""
+    rng = np.random.default_rng(1000 + step)
+    model = {"w": rng.standard_normal(n).astype(np.float32)}
+    train = {"order": order, "count": np.array(step, dtype=np.int64)}
+    keys = rng.integers(0, 2**32, size=late_size, dtype=np.uint32)
+
+    def late() -> StateArrays:
+        return StateArrays({TRAIN: {"rng/keys": keys}}, {"rng": {"pos": step}})
+
+    return StateArrays({MODEL: model, TRAIN: train}, {"step": step}, {"params_sha256": MODEL}, late=late)
+
+
+def save_and_check(w: CheckpointWriter, root: Path, step: int, state: StateArrays, order: np.ndarray) -> None:
+    """Save ``state``; its checkpoint must hold exactly what it held at submit(), ``order`` as given."""
+    want_order = np.array(order, copy=True)
+    want = pack(state)
+    save(w, step, state)
+    files, meta = committed(root, checkpoint_name(step))
+    got = st_load(files[TRAIN])["order"]
+    assert got.dtype == want_order.dtype and np.array_equal(got, want_order), f"checkpoint {step}: stale order"
+    assert (files, meta) == want, f"checkpoint {step} differs from what was submitted"
+
+
+def test_the_same_read_only_array_is_committed_every_time_across_layouts_and_new_buffers(
+    writer: CheckpointWriter, root: Path
+) -> None:
+    order = frozen(np.arange(2000, dtype=np.int64) * 7 + 3)
+    plan = [
+        dict(n=4000),  # copied
+        dict(n=4000),  # the same layout: may stay in the buffer
+        dict(n=1000),  # smaller weights: the order moves down in the same buffer, onto old weights
+        dict(n=1000),
+        dict(n=40_000),  # bigger weights: a new buffer, zeroed
+        dict(n=40_000),
+        dict(n=40_000, late_size=400_000),  # a late part that outgrows the buffer on the sender thread
+        dict(n=40_000),  # the same layout again, on the buffer the sender thread made
+        dict(n=40_000),
+        dict(n=1000),
+    ]
+    for step, kw in enumerate(plan, start=1):
+        save_and_check(writer, root, step, with_order(step, order, **kw), order)
+    assert not order.flags.writeable  # the writer did not make it writable to copy it
+
+
+def test_a_writable_array_changed_in_place_is_committed_with_its_new_contents(
+    writer: CheckpointWriter, root: Path
+) -> None:
+    order = np.arange(500, dtype=np.int64)
+    for step in range(1, 5):
+        order[step::3] += 100 * step  # the same object, changed since the last submit
+        save_and_check(writer, root, step, with_order(step, order), order)
+
+
+def test_a_read_only_view_of_a_changing_array_is_committed_with_its_new_contents(
+    writer: CheckpointWriter, root: Path
+) -> None:
+    base = np.arange(500, dtype=np.int64)
+    order = base.view()
+    order.flags.writeable = False
+    assert order.base is base
+    for step in range(1, 5):
+        base[step::3] += 100 * step  # through the writable array the view is of
+        save_and_check(writer, root, step, with_order(step, order), order)
+
+
+def test_a_new_read_only_array_in_the_same_slot_is_committed_with_its_contents(
+    writer: CheckpointWriter, root: Path
+) -> None:
+    for step in range(1, 5):
+        order = frozen(np.random.default_rng(step).permutation(500))  # a new epoch's order, same shape
+        save_and_check(writer, root, step, with_order(step, order), order)
+
+
 # -- one at a time -----------------------------------------------------------------------------------------
 
 
