@@ -90,6 +90,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--idx", type=Path, default=Path("/usr/share/datasets/fashion-mnist"),
+                   help="28x28 IDX data for the same every-step measurement on the seed's job shape "
+                        "(skipped if absent; Debian's dataset-fashion-mnist installs it here)")
+    p.add_argument("--idx-epochs", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overhead.json")
     ns = p.parse_args()
     py = sys.executable
@@ -134,6 +138,13 @@ def main() -> int:
                     if e.get("event") == "checkpoint-saved"]
 
         stalls, sync_stalls = stalls_of("every"), stalls_of("sync")
+        idx_added: list[float] = []
+        idx_plain: list[float] = []
+        if ns.idx.is_dir() and ns.idx_epochs > 0:
+            idx_dir = tmpd / "ab-idx"
+            run([py, str(ROOT / "benchmarks" / "_ab_job.py"), "--run-dir", str(idx_dir), "--epochs",
+                 str(ns.idx_epochs), "--data", str(ns.idx)], ROOT)
+            idx_added, idx_plain = ab_pairs(idx_dir / "losses.jsonl", 60000 // 100)  # Fashion-MNIST
     bare_dt = bare_step_times(15, ns.epochs)
     med = statistics.median
     ab_cost = med(ab_added) / med(ab_plain)
@@ -152,6 +163,10 @@ def main() -> int:
         ("every-step async checkpoints: time added per step (median of pairs)",
          f"{med(ab_added) * 1e3:.3f} ms ({len(ab_added)} pairs, IQR {q[0] * 1e3:.2f} .. {q[2] * 1e3:.2f})"),
         ("every-step async checkpoints: cost / step time", f"{100 * ab_cost:.2f} %"),
+        *([("every-step async checkpoints, 28x28 job: time added per step",
+            f"{med(idx_added) * 1e3:.3f} ms ({len(idx_added)} pairs)"),
+           ("every-step async checkpoints, 28x28 job: cost / step time",
+            f"{100 * med(idx_added) / med(idx_plain):.2f} % of {med(idx_plain) * 1e3:.0f} ms")] if idx_added else []),
         ("every-step async checkpoints, run wall (median)", f"{med(every):.2f} s"),
         ("every-step async / epoch-end checkpoints wall", f"{med(every) / med(bare):.3f}x"),
         ("every-step sync checkpoints, run wall (median)", f"{med(every_sync):.2f} s"),
@@ -168,6 +183,9 @@ def main() -> int:
         "every_step_added_ms": [round(a * 1e3, 4) for a in ab_added],
         "every_step_plain_step_ms": [round(p * 1e3, 4) for p in ab_plain],
         "every_step_cost_fraction": ab_cost,
+        "idx_every_step_added_ms": [round(a * 1e3, 4) for a in idx_added],
+        "idx_plain_step_ms": [round(p * 1e3, 4) for p in idx_plain],
+        "idx_every_step_cost_fraction": med(idx_added) / med(idx_plain) if idx_added else None,
     })
     from benchmarks._output import publish
 
