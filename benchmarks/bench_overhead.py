@@ -90,6 +90,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--pairs", type=int, default=8, help="supervised and bare runs, back to back (default 8)")
     p.add_argument("--idx", type=Path, default=Path("/usr/share/datasets/fashion-mnist"),
                    help="28x28 IDX data for the same every-step measurement on the seed's job shape "
                         "(skipped if absent; Debian's dataset-fashion-mnist installs it here)")
@@ -123,16 +124,23 @@ def main() -> int:
             added, plain = ab_pairs(ab_dir / "losses.jsonl", per_epoch)
             ab_added += added
             ab_plain += plain
-            bare.append(run([py, "-m", "model", "--run-dir", str(fresh(f"bare{i}")), "--epochs", str(ns.epochs)], ROOT))
-            sup.append(run([py, "-m", "runner", "--run-dir", str(fresh(f"sup{i}")), "--epochs", str(ns.epochs)], ROOT))
             every.append(run([py, "-m", "model", "--run-dir", str(fresh(f"every{i}")), "--epochs", str(ns.epochs),
                               "--checkpoint-every", "1"], ROOT))
             every_sync.append(run([py, "-m", "model", "--run-dir", str(fresh(f"sync{i}")), "--epochs", str(ns.epochs),
                                    "--checkpoint-every", "1", "--sync-checkpoints"], ROOT))
+        for i in range(ns.pairs):  # back to back, taking turns at going first
+            bare_cmd = [py, "-m", "model", "--run-dir", str(fresh(f"bare{i}")), "--epochs", str(ns.epochs)]
+            sup_cmd = [py, "-m", "runner", "--run-dir", str(fresh(f"sup{i}")), "--epochs", str(ns.epochs)]
+            if i % 2:
+                sup.append(run(sup_cmd, ROOT))
+                bare.append(run(bare_cmd, ROOT))
+            else:
+                bare.append(run(bare_cmd, ROOT))
+                sup.append(run(sup_cmd, ROOT))
         # Worker step time and checkpoint stall, from the bare runs' own journals.
         from runner.journal import read_records
 
-        worker_dt = [r["dt"] for i in range(ns.repeats) for r in read_records(tmpd / f"bare{i}" / "losses.jsonl")]
+        worker_dt = [r["dt"] for i in range(ns.pairs) for r in read_records(tmpd / f"bare{i}" / "losses.jsonl")]
         def stalls_of(name: str) -> list[float]:
             return [e["stall_s"] for i in range(ns.repeats) for e in read_records(tmpd / f"{name}{i}" / "events.jsonl")
                     if e.get("event") == "checkpoint-saved"]
@@ -148,6 +156,8 @@ def main() -> int:
     bare_dt = bare_step_times(15, ns.epochs)
     med = statistics.median
     ab_cost = med(ab_added) / med(ab_plain)
+    pair_ratio = [s / b for s, b in zip(sup, bare)]
+    pq = statistics.quantiles(pair_ratio, n=4)
     q = statistics.quantiles(ab_added, n=4)
     rows = [
         ("worker step (median)", f"{med(worker_dt) * 1e3:.2f} ms"),
@@ -159,7 +169,7 @@ def main() -> int:
         ("checkpoint stall, sync / step", f"{100 * med(sync_stalls) / med(worker_dt):.1f} %"),
         ("bare run wall (median)", f"{med(bare):.2f} s"),
         ("supervised run wall (median)", f"{med(sup):.2f} s"),
-        ("supervised / bare wall", f"{med(sup) / med(bare):.3f}x"),
+        ("supervised / bare wall (median of pairs)", f"{med(pair_ratio):.3f}x (IQR {pq[0]:.3f} .. {pq[2]:.3f})"),
         ("every-step async checkpoints: time added per step (median of pairs)",
          f"{med(ab_added) * 1e3:.3f} ms ({len(ab_added)} pairs, IQR {q[0] * 1e3:.2f} .. {q[2] * 1e3:.2f})"),
         ("every-step async checkpoints: cost / step time", f"{100 * ab_cost:.2f} %"),
@@ -179,7 +189,8 @@ def main() -> int:
         "every_step_sync_ckpt_wall_s": every_sync, "every_step_sync_over_epoch_end": med(every_sync) / med(bare),
         "checkpoint_stall_ms_p90": sorted(stalls)[int(0.9 * len(stalls))] * 1e3,
         "bare_wall_s": bare, "supervised_wall_s": sup, "every_step_ckpt_wall_s": every,
-        "supervised_over_bare": med(sup) / med(bare), "every_step_over_epoch_end": med(every) / med(bare),
+        "supervised_over_bare": med(pair_ratio), "supervised_over_bare_pairs": pair_ratio,
+        "every_step_over_epoch_end": med(every) / med(bare),
         "every_step_added_ms": [round(a * 1e3, 4) for a in ab_added],
         "every_step_plain_step_ms": [round(p * 1e3, 4) for p in ab_plain],
         "every_step_cost_fraction": ab_cost,
