@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +166,20 @@ def flip_byte(path: Path, offset: int | None = None) -> int:
     data[offset] ^= 0xFF
     Path(path).write_bytes(bytes(data))
     return offset
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[Callable[[], None]]:
+    """The process held with SIGSTOP until the ``release`` it yields is called, or the block ends."""
+
+    def release() -> None:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield release
+    finally:
+        release()

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from runner.worker import (
     Worker,
     read_heartbeat,
 )
-from tests.helpers import REPO, job_env, wait_for
+from tests.helpers import REPO, job_env, stopped, wait_for
 
 WAIT = 60.0  # seconds: a bound for things that should take milliseconds on an idle machine
 BRIEF = 0.3  # seconds: how long a test gives something that must not happen to happen anyway
@@ -111,24 +111,11 @@ def assert_holds(worker: Worker, step: int) -> None:
     assert dict(ckpt.meta) == {"step": step, "rng": step, "x_sha256": params_digest({"x": x})}
 
 
-@contextmanager
-def writer_stopped(worker: Worker) -> Iterator[Callable[[], None]]:
+def writer_stopped(worker: Worker) -> AbstractContextManager[Callable[[], None]]:
     """The worker's writer process held with SIGSTOP until ``release()``, or the block ends."""
     writer = worker._writer
-    assert writer is not None, "the writer starts in restore()"
-    pid = writer.pid
-
-    def release() -> None:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield release
-    finally:
-        release()
+    assert writer is not None, "an active worker has started its writer"
+    return stopped(writer.pid)
 
 
 def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, threading.Event, list[BaseException]]:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from checkpoint.state import StateArrays, pack, params_digest
 from checkpoint.storage import LocalStorage
 from checkpoint.store import MANIFEST, CheckpointStore, checkpoint_name
 from checkpoint.writer import CheckpointWriter, Saved, WriterError
-from tests.helpers import REPO, wait_for
+from tests.helpers import REPO, stopped, wait_for
 
 WAIT = 60.0  # seconds: a bound for things that take milliseconds on an idle machine
 MODEL = "model.safetensors"
@@ -74,23 +74,6 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-@contextmanager
-def stopped(pid: int) -> Iterator[Callable[[], None]]:
-    """The process held with SIGSTOP until the ``release`` it yields is called, or the block ends."""
-
-    def release() -> None:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield release
-    finally:
-        release()
 
 
 @pytest.fixture
