@@ -289,9 +289,7 @@ def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
             return 0  # the training process is done with us
         t0 = time.monotonic()
         for fd in fds:
-            if mm is not None:
-                mm.close()
-            mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)  # the old mapping goes with its last view
             os.close(fd)
         req = pickle.loads(msg)  # from the process that started us, over a private socket pair
         layout = req["layout"]
