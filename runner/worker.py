@@ -96,7 +96,8 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 class Worker:
     """One attempt of a supervised job. Create it before importing the framework: it starts the
-    heartbeat, takes the run directory's worker lock and turns SIGTERM/SIGINT into a request."""
+    heartbeat, takes the run directory's worker lock, starts the checkpoint writer process
+    (:mod:`checkpoint.writer`) and turns SIGTERM/SIGINT into a request."""
 
     def __init__(self, run_dir: Path | str, *, keep_checkpoints: int = 3, handle_signals: bool = True) -> None:
         self.run_dir = Path(run_dir)
