@@ -59,6 +59,11 @@ class Cadence:
         if persist_s is not None:
             self.record_persist(persist_s)
 
+    def add_cost(self, extra_s: float) -> None:
+        """More cost of the latest checkpoint, found later (a deferred copy the job waited for):
+        added to the average whole, which overstates it a little - the safe side."""
+        self.cost_s += max(extra_s, 0.0)
+
     def record_persist(self, persist_s: float) -> None:
         """How long the writer took to persist one checkpoint (from the snapshot to the commit)."""
         self.persist_s = persist_s if self.persist_s == 0 else 0.7 * self.persist_s + 0.3 * persist_s

@@ -87,9 +87,9 @@ def _aligned(n: int) -> int:
 class CheckpointWriter:
     """Starts the writer process and hands it one snapshot at a time through shared memory.
 
-    :meth:`submit` copies the arrays into the buffer on the caller's thread and returns; a sender
-    thread then encodes the snapshot's ``late`` part (RNG states), sends the message and waits for
-    the writer's answer, which :meth:`wait` hands back."""
+    :meth:`submit` copies the arrays into the buffer and sends the writer a short message, on the
+    caller's thread, and returns; :meth:`wait` reads the writer's answer. No thread of ours runs
+    while training goes on, so nothing competes with the training thread for the GIL."""
 
     def __init__(self, root: Path, *, keep: int, events: Path) -> None:
         self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -104,14 +104,17 @@ class CheckpointWriter:
         self._mm: mmap.mmap | None = None
         self._fd_unsent: int | None = None  # a new buffer the writer has not been given yet
         self._key: _Key = ()
-        self._layout: list[list[Any]] = []  # of the arrays copied by submit(), from offset 0
+        self._layout: list[list[Any]] = []  # of the arrays copied by submit()
         self._dsts: list[np.ndarray] = []
         self._copied: list[np.ndarray | None] = []  # read-only arrays already in the buffer, by slot
+        self._layout_unsent = True  # the writer has not been told the layout of the buffer yet
         self._in_flight: int | None = None
-        self._jobs: queue.SimpleQueue[Callable[[], Saved]] = queue.SimpleQueue()
-        self._done = threading.Event()
+        self._jobs: queue.SimpleQueue[tuple[int, Any, dict[str, Any], Any]] = queue.SimpleQueue()
+        self._copying = threading.Event()  # set: no deferred copy is under way
+        self._copying.set()
+        self._done = threading.Event()  # set: the writer answered for the checkpoint in flight
         self._result: Saved | BaseException | None = None
-        self._thread = threading.Thread(target=self._send_loop, name="checkpoint-sender", daemon=True)
+        self._thread = threading.Thread(target=self._copy_loop, name="checkpoint-copier", daemon=True)
         self._thread.start()
 
     @property
@@ -122,28 +125,18 @@ class CheckpointWriter:
     def busy(self) -> bool:
         return self._in_flight is not None
 
-    def _buffer(self, size: int, keep: int = 0) -> None:
-        """Make the buffer at least ``size`` bytes, keeping its first ``keep`` bytes."""
+    def _buffer(self, size: int) -> None:
+        """Make the buffer at least ``size`` bytes."""
         if self._mm is not None and len(self._mm) >= size:
             return
         size = max(size + size // 2, mmap.PAGESIZE)
         fd = os.memfd_create("checkpoint-snapshot", os.MFD_CLOEXEC)
         os.ftruncate(fd, size)
-        mm = mmap.mmap(fd, size)
-        if self._mm is not None:
-            mm[:keep] = self._mm[:keep]
         self._release()
-        self._mm = mm
+        self._mm = mmap.mmap(fd, size)
         if self._fd_unsent is not None:
             os.close(self._fd_unsent)
         self._fd_unsent = fd
-
-    def _place(self, key: _Key, start: int) -> tuple[list[list[Any]], int]:
-        layout, offset = [], start
-        for fname, name, dtype, shape in key:
-            layout.append([fname, name, dtype.str, list(shape), offset])
-            offset += _aligned(_nbytes(dtype, shape))
-        return layout, offset
 
     def _views(self, layout: list[list[Any]]) -> list[np.ndarray]:
         assert self._mm is not None
@@ -151,53 +144,62 @@ class CheckpointWriter:
         return [buf[off : off + _nbytes(np.dtype(dt), tuple(shape))].view(dt).reshape(shape)
                 for _, _, dt, shape, off in layout]
 
-    def submit(self, step: int, state: StateArrays, *, event: Mapping[str, Any], started: float,
-               pause: Mapping[str, Any] | None = None) -> float:
-        """Copy ``state``'s arrays into the buffer and have it persisted; returns at once, with the
-        stall: seconds since ``started`` (``time.monotonic()``), the copy included.
+    def submit(self, step: int, state: StateArrays | Callable[[], StateArrays], *, event: Mapping[str, Any],
+               started: float, pause: Mapping[str, Any] | None = None) -> float:
+        """Have ``state`` persisted; returns at once, with the stall: seconds since ``started``
+        (``time.monotonic()``).
 
-        ``event``: the fields of the ``checkpoint-saved`` record the writer appends. ``pause``: an event
-        to append before stopping between the files for good (chaos testing's torn checkpoint)."""
+        ``state``: the arrays (its ``late`` part included) are copied into the buffer now, on this
+        thread. A callable making them: it runs on the writer's copier thread, which copies its
+        arrays while the caller goes on; the caller must not change them before :meth:`wait_copied`
+        returns. ``event``: the fields of the ``checkpoint-saved`` record the writer appends.
+        ``pause``: an event to append before stopping between the files for good (chaos testing's
+        torn checkpoint)."""
         if self._in_flight is not None:
             raise RuntimeError("a checkpoint is still being written; call wait() first")
+        deferred = callable(state)
+        if not deferred:
+            state = self._copy(state)  # type: ignore[arg-type]
+        stall = time.monotonic() - started
+        self._in_flight = step
+        self._done.clear()
+        if deferred:
+            self._copying.clear()
+        self._jobs.put((step, state, dict(event, stall_s=round(stall, 6)), pause))
+        return stall
+
+    def _copy(self, state: StateArrays) -> StateArrays:
+        """Copy ``state``'s arrays into the buffer; returns it completed (its ``late`` part merged)."""
+        state = state.complete()
         arrays = [a for items in state.files.values() for a in items.values()]
         key = tuple((f, n, a.dtype, a.shape) for f, items in state.files.items() for n, a in items.items())
         if key != self._key or self._mm is None:
-            layout, end = self._place(key, 0)
-            self._buffer(end)
+            layout, offset = [], 0
+            for fname, name, dtype, shape in key:
+                layout.append([fname, name, dtype.str, list(shape), offset])
+                offset += _aligned(_nbytes(dtype, shape))
+            self._buffer(offset)
             self._layout, self._dsts, self._key = layout, self._views(layout), key
             self._copied = [None] * len(arrays)
+            self._layout_unsent = True
         for i, (dst, src) in enumerate(zip(self._dsts, arrays)):
             # A read-only array that owns its memory cannot have changed: the buffer holds it already.
             if src is not self._copied[i] or src.flags.writeable or src.base is not None:
                 np.copyto(dst, src, casting="no")
                 self._copied[i] = src if not src.flags.writeable and src.base is None else None
-        stall = time.monotonic() - started
-        self._in_flight = step
-        self._done.clear()
-        self._jobs.put(lambda: self._send(step, state, dict(event, stall_s=round(stall, 6)), pause))
-        return stall
+        return state
 
-    def _send(self, step: int, state: StateArrays, event: Mapping[str, Any],
-              pause: Mapping[str, Any] | None) -> Saved:
-        """On the sender thread: add the late part after the copied arrays, send, await the answer."""
-        layout, meta, digests = list(self._layout), dict(state.meta), dict(state.digests)
-        if state.late is not None:
-            late = state.late().complete()
-            meta.update(late.meta)
-            digests.update(late.digests)
-            arrays = [a for items in late.files.values() for a in items.values()]
-            key = tuple((f, n, a.dtype, a.shape) for f, items in late.files.items() for n, a in items.items())
-            start = layout[-1][4] + _aligned(_nbytes(np.dtype(layout[-1][2]), tuple(layout[-1][3]))) if layout else 0
-            extra, end = self._place(key, start)
-            if self._mm is None or len(self._mm) < end:
-                self._buffer(end, keep=start)
-                self._key = ()  # the next submit() makes its views on the new buffer
-            for dst, src in zip(self._views(extra), arrays):
-                np.copyto(dst, src, casting="no")
-            layout += extra
-        msg = pickle.dumps({"step": step, "layout": layout, "meta": meta, "digests": digests, "event": event,
-                            "pause": pause}, protocol=pickle.HIGHEST_PROTOCOL)
+    def _persist(self, step: int, state: StateArrays | Callable[[], StateArrays], event: Mapping[str, Any],
+                 pause: Mapping[str, Any] | None) -> Saved:
+        """On the copier thread: copy a deferred state, send the message, await the answer."""
+        if callable(state):
+            try:
+                state = self._copy(state())
+            finally:
+                self._copying.set()
+        layout, self._layout_unsent = (self._layout if self._layout_unsent else None), False
+        msg = pickle.dumps({"step": step, "layout": layout, "meta": dict(state.meta), "digests": dict(state.digests),
+                            "event": event, "pause": pause}, protocol=pickle.HIGHEST_PROTOCOL)
         fd, self._fd_unsent = self._fd_unsent, None
         try:
             if fd is not None:
@@ -218,14 +220,19 @@ class CheckpointWriter:
             raise WriterError(reply["error"])
         return Saved(int(reply["step"]), str(reply["name"]), float(reply["seconds"]), bool(reply.get("paused")))
 
-    def _send_loop(self) -> None:
+    def _copy_loop(self) -> None:
         while True:
             job = self._jobs.get()
             try:
-                self._result = job()
-            except BaseException as exc:
+                self._result = self._persist(*job)
+            except BaseException as exc:  # a failed capture, copy or save: wait() raises it
                 self._result = exc
             self._done.set()
+
+    def wait_copied(self, timeout: float | None = None) -> bool:
+        """Block until the arrays of a deferred :meth:`submit` are in the buffer (True), or for
+        ``timeout`` seconds (False). At once when there are none."""
+        return self._copying.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> Saved | None:
         """Block until the checkpoint in flight, if any, is committed; raise its error. With a
@@ -283,6 +290,7 @@ def _views(mm: mmap.mmap, layout: list[list[Any]]) -> dict[str, dict[str, np.nda
 def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
     store = CheckpointStore(LocalStorage(root), keep=keep)
     mm: mmap.mmap | None = None
+    layout: list[list[Any]] = []
     while True:
         msg, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 1)
         if not msg:
@@ -292,7 +300,7 @@ def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
             mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)  # the old mapping goes with its last view
             os.close(fd)
         req = pickle.loads(msg)  # from the process that started us, over a private socket pair
-        layout = req["layout"]
+        layout = req["layout"] if req["layout"] is not None else layout
         pause = req.get("pause")
 
         def between_files(fname: str, pause: Mapping[str, Any] | None = pause, step: int = req["step"]) -> None:

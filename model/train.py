@@ -8,14 +8,17 @@ beta powers, the LR scheduler, every RNG state, the epoch's sample order and the
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
 from checkpoint import paddle_state as ps
-from checkpoint.state import RngState, TrainState, params_digest
+from checkpoint.state import RngState, StateArrays, TrainState, params_digest
 from runner.exitcodes import ExitCode
 from runner.worker import Worker
 
@@ -37,9 +40,30 @@ def build(cfg: TrainConfig, side: int, total_steps: int) -> tuple[MnistCNN, padd
     return model, opt
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """The job's state at a step boundary. What changes during the next forward and backward passes -
+    the RNG states, the data generator, the scheduler, the position - is taken at once; the model's
+    and optimizer's tensors change only in the optimizer step, so :meth:`arrays` may read them later,
+    on the writer's copier thread, until the job calls ``worker.before_update()``."""
+
+    live: ps.LiveArrays
+    step: int
+    epoch: int
+    batch: int
+    order: np.ndarray
+    lr_scheduler: dict[str, Any]
+    rng: Callable[[], RngState]
+
+    def arrays(self) -> StateArrays:
+        opt_arrays, _ = self.live.optimizer_arrays()
+        return TrainState(step=self.step, epoch=self.epoch, batch=self.batch, model=self.live.model_arrays(),
+                          optimizer=opt_arrays, lr_scheduler=self.lr_scheduler, rng=self.rng,
+                          order=self.order).arrays()
+
+
 def _capture(live: ps.LiveArrays, rngs: ps.RngSnapshots, step: int, epoch: int, batch: int,
-             order: np.ndarray, data_rng: np.random.Generator) -> TrainState:
-    opt_arrays, sched = live.optimizer_arrays()
+             order: np.ndarray, data_rng: np.random.Generator) -> _Snapshot:
     rng_later = rngs.snapshot()
     data_state = data_rng.bit_generator.state
 
@@ -47,8 +71,7 @@ def _capture(live: ps.LiveArrays, rngs: ps.RngSnapshots, step: int, epoch: int, 
         arrays, meta = rng_later()
         return arrays, {**meta, "data": data_state}
 
-    return TrainState(step=step, epoch=epoch, batch=batch, model=live.model_arrays(), optimizer=opt_arrays,
-                      lr_scheduler=sched, rng=rng, order=order)
+    return _Snapshot(live, step, epoch, batch, order, live.scheduler_state(), rng)
 
 
 def _frozen(order: np.ndarray) -> np.ndarray:
@@ -95,6 +118,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
         loss = F.cross_entropy(logits, y)
         lr = sched.get_lr()
         loss.backward()
+        worker.before_update()  # a deferred checkpoint's copy of the weights is done by now
         opt.step()
         opt.clear_grad()
         sched.step()
@@ -110,7 +134,8 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
         last = epoch >= cfg.epochs
         if epoch_end or worker.checkpoint_due(step) or worker.preemption_requested:
             capture = partial(_capture, live, rngs, step, epoch, batch, order, data_rng)
-            worker.checkpoint(step, capture, wait=cfg.sync_checkpoints or last or worker.preemption_requested)
+            sync = cfg.sync_checkpoints or last or worker.preemption_requested
+            worker.checkpoint(step, capture, wait=sync, deferred=not sync)
         if worker.preemption_requested and not last:
             worker.event("preempted", step=step)
             return ExitCode.PREEMPTED

@@ -76,7 +76,8 @@ __all__ = [
 
 class Snapshot(Protocol):
     """The training state at a step boundary. Its arrays may be live views of the training tensors:
-    the worker copies them before ``checkpoint()`` returns."""
+    the worker copies them before ``checkpoint()`` returns, or, for a deferred checkpoint, before
+    ``before_update()`` returns; ``arrays()`` then runs on another thread, meanwhile."""
 
     def arrays(self) -> StateArrays: ...
 
@@ -327,28 +328,37 @@ class Worker:
         self.heartbeat("train", step=step)
         return name
 
-    def checkpoint(self, step: int, capture: Callable[[], Snapshot], *, wait: bool = False) -> None:
-        """Checkpoint after ``step`` completed steps. ``capture()`` runs now, on this thread, and its
-        arrays are copied into shared memory before this returns; a writer process packs, writes and
-        commits them while training goes on. ``wait``: persist here and now, durably, before returning.
+    def checkpoint(self, step: int, capture: Callable[[], Snapshot], *, wait: bool = False,
+                   deferred: bool = False) -> None:
+        """Checkpoint after ``step`` completed steps. ``capture()`` runs now, on this thread; the
+        snapshot's arrays are copied into shared memory, and a writer process packs, writes and
+        commits them while training goes on. ``wait``: persist here and now, durably, before
+        returning.
+
+        ``deferred``: the snapshot's ``arrays()`` runs on the writer's copier thread, overlapping
+        the next step's forward and backward passes, so the training thread only pays for
+        ``capture()``. The job promises that nothing those arrays read changes until it calls
+        :meth:`before_update`, which waits for the copy: call it before every optimizer step.
 
         A checkpoint never starts while the previous one is unfinished. If the process is killed
         before the manifest is written, the unfinished checkpoint simply does not exist."""
         self._require_active()
         t0 = time.monotonic()
         self.flush_checkpoints()
-        state = capture().arrays()
+        snapshot = capture()
         if wait:
             self.heartbeat("checkpoint", step=step)
-            self._persist(step, state, t0)
+            self._persist(step, snapshot.arrays(), t0)
             self.heartbeat("train", step=step)
             return
-        event = {"source": "worker", "attempt": self.attempt, "pid": self.pid, "asynchronous": True}
+        event = {"source": "worker", "attempt": self.attempt, "pid": self.pid, "asynchronous": True,
+                 "deferred": deferred}
         pause = None
         if self._armed("checkpoint-write", step):
             # Chaos: the writer stops for good with a torn checkpoint on disk; the supervisor kills us.
             pause = {"source": "worker", "event": PAUSED_EVENT, "attempt": self.attempt, "pid": self.pid,
                      "step": step}
+        state = snapshot.arrays if deferred else snapshot.arrays()
         stall = self._start_writer().submit(step, state, event=event, started=t0, pause=pause)
         self._last_report += stall
         self.cadence.record_checkpoint(step, stall)
@@ -357,6 +367,19 @@ class Worker:
             self.heartbeat(PAUSED_PHASE, step=step)
             while True:
                 time.sleep(3600)
+
+    def before_update(self) -> None:
+        """Wait until a deferred checkpoint's arrays are copied (at once if there are none): call it
+        before anything changes them, such as the optimizer step. The wait counts as checkpoint
+        cost, not step time."""
+        writer = self._writer
+        if writer is None or writer.wait_copied(0):
+            return
+        t0 = time.monotonic()
+        writer.wait_copied()
+        waited = time.monotonic() - t0
+        self._last_report += waited
+        self.cadence.add_cost(waited)
 
     def _start_writer(self) -> CheckpointWriter:
         if self._writer is None:

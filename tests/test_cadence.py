@@ -185,6 +185,10 @@ def test_cadence_moving_averages() -> None:
     c.record_checkpoint(15, 0.02, persist_s=0.2)
     assert c.persist_s == pytest.approx(0.13)
     assert c.last == 15
+    c.add_cost(0.05)  # a deferred copy the job waited for: the whole wait, on top
+    assert c.cost_s == pytest.approx(0.0151 + 0.05) and c.last == 15
+    c.add_cost(-1.0)
+    assert c.cost_s == pytest.approx(0.0651)
 
 
 # -- the worker's failure history --------------------------------------------------------------------------

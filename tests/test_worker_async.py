@@ -573,6 +573,44 @@ def test_rng_snapshots_are_exact_around_a_cached_gaussian(paddle) -> None:
         assert got == want, f"snapshot {i} restores another NumPy state"
 
 
+def test_paddle_generator_states_read_as_text_equal_their_pickle_states(paddle) -> None:
+    """Snapshots read Paddle's generator states through ``str()``; this Paddle prints exactly the
+    engine text its pickle state lists. (Where a Paddle does not, snapshots use the list.)"""
+    from checkpoint import paddle_state as ps
+
+    paddle.seed(3)
+    paddle.randn([7])
+    for state in paddle.get_rng_state():
+        printed, listed = ps._paddle_printed(state), ps._paddle_listed(state)
+        assert printed is not None, str(state)[:80]
+        assert printed[0] == listed[0] and printed[1] == listed[1].tobytes()
+
+
+@pytest.mark.parametrize("by_text", [True, False])
+def test_paddle_rng_arrays_are_reused_only_while_the_engine_is_unchanged(paddle, by_text: bool) -> None:
+    """The encoded engine state is one read-only array while no number is drawn (so the writer copies
+    it once), a new one after a draw, and the same either way it is read; each restores its draws."""
+    from checkpoint import paddle_state as ps
+
+    paddle.seed(4)
+    snaps = ps.RngSnapshots()
+    snaps._paddle_by_text = by_text
+    first = snaps.snapshot()()
+    same = snaps.snapshot()()
+    assert same[0]["paddle/0"] is first[0]["paddle/0"] and not first[0]["paddle/0"].flags.writeable
+    want_first = paddle.randn([5]).numpy()
+    moved = snaps.snapshot()()
+    assert moved[0]["paddle/0"] is not first[0]["paddle/0"]
+    assert not np.array_equal(moved[0]["paddle/0"], first[0]["paddle/0"]) or moved[1]["paddle"] != first[1]["paddle"]
+    want_moved = paddle.randn([5]).numpy()
+    other = ps.RngSnapshots()
+    other._paddle_by_text = not by_text
+    assert other.snapshot()()[0]["paddle/0"].tobytes() == snaps.snapshot()()[0]["paddle/0"].tobytes()
+    for state, want in ((first, want_first), (moved, want_moved)):
+        ps.set_rng_states(state)
+        assert np.array_equal(paddle.randn([5]).numpy(), want)
+
+
 SAME_SEED = 5
 
 
@@ -669,13 +707,40 @@ def test_rng_snapshot_encodes_the_states_of_the_moment_it_was_taken(paddle) -> N
     assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
 
 
+class Gate:
+    """Wraps a snapshot so that its ``arrays()`` waits for ``open()``: a deferred copy held back."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.entered = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def wrap(self, snapshot: Any) -> Any:
+        gate = self
+
+        class Held:
+            def arrays(self) -> StateArrays:
+                gate.thread = threading.current_thread()
+                gate.entered.set()
+                assert gate.opened.wait(WAIT), "the gate was never opened"
+                return snapshot.arrays()
+
+        return Held()
+
+
+@pytest.mark.parametrize("mode", ["copied at once", "deferred", "deferred, no barrier"])
 def test_a_captured_train_state_saved_in_the_background_is_the_state_at_capture(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, paddle
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, paddle, mode: str
 ) -> None:
     """The real job's capture - live views of the tensors - handed to the writer process, held there
     while training goes on, restores the model, optimizer, scheduler, sample order and every RNG as they
-    were at the capture."""
+    were at the capture.
+
+    Deferred, the views are copied on the writer's thread while the next step runs; the job's
+    ``before_update()`` holds the optimizer step until the copy is done. Without that call the
+    checkpoint is not the state at capture: the barrier is what makes it exact."""
     from checkpoint import paddle_state as ps
+    from checkpoint.state import MODEL_FILE
     from model.train import _capture
 
     clean_env(monkeypatch)
@@ -692,28 +757,48 @@ def test_a_captured_train_state_saved_in_the_background_is_the_state_at_capture(
     want_opt, want_sched = copy.deepcopy(ps.optimizer_arrays(opt))
     want_data = copy.deepcopy(data_rng.bit_generator.state)
     want_order = order.copy()
+    deferred = mode != "copied at once"
+    gate = Gate()
 
     with Worker(tmp_path / "run", handle_signals=False) as w:
         w.restore()
-        captured: list[TrainState] = []
-
-        def capture() -> TrainState:
-            captured.append(_capture(live, rngs, 2, 0, 2, order, data_rng))
-            return captured[-1]
+        snapshot = _capture(live, rngs, 2, 0, 2, order, data_rng)
+        assert address(snapshot.arrays().files[MODEL_FILE]["0.weight"]) == model[0].weight.data_ptr()  # views
 
         with writer_stopped(w):
-            w.checkpoint(2, capture)
-            assert address(captured[0].model["0.weight"]) == model[0].weight.data_ptr()  # views, not copies
+            if deferred:
+                w.checkpoint(2, lambda: gate.wrap(snapshot), deferred=True)
+                assert gate.entered.wait(WAIT) and gate.thread is not threading.current_thread()
+            else:
+                w.checkpoint(2, lambda: snapshot)
+            # The next step's forward pass draws from every RNG; then its update, behind the barrier.
             expected_draws = (paddle.randn([4]).numpy(), np.random.standard_normal(3), random.random(),
                               data_rng.permutation(40))
-            train_steps(paddle, model, opt, sched, 3, seed=2)  # everything moves on meanwhile
-            assert not np.array_equal(captured[0].model["0.weight"], want_model["0.weight"])
+
+            def update() -> None:
+                if mode != "deferred, no barrier":
+                    w.before_update()
+                train_steps(paddle, model, opt, sched, 3, seed=2)
+
+            thread, done, errors = in_thread(update)
+            if mode == "deferred":
+                assert not done.wait(BRIEF), "the update ran while its weights were being copied"
+            else:
+                assert done.wait(WAIT)
+            gate.opened.set()
+            assert done.wait(WAIT) and not errors, errors
+            if mode == "deferred":
+                assert w.cadence.cost_s >= BRIEF  # the wait counts as the checkpoint's cost
+            assert not np.array_equal(ps.model_arrays(model)["0.weight"], want_model["0.weight"])
             assert not manifest(w.run_dir, 2).exists()
         w.flush_checkpoints()
         ckpt = w.store.load_latest()
 
     assert ckpt is not None and ckpt.step == 2
     st = TrainState.from_checkpoint(ckpt)
+    if mode == "deferred, no barrier":
+        assert not np.array_equal(st.model["0.weight"], want_model["0.weight"])
+        return
     assert sorted(st.model) == sorted(want_model) and sorted(st.optimizer) == sorted(want_opt)
     for k in want_model:
         assert np.array_equal(st.model[k], want_model[k]), k

@@ -274,6 +274,52 @@ def test_submit_while_one_is_in_flight_raises_and_leaves_the_buffer_alone(
     assert CheckpointStore(LocalStorage(root)).committed() == [checkpoint_name(1), checkpoint_name(2)]
 
 
+def test_a_deferred_submit_copies_on_the_copier_thread_and_wait_copied_waits_for_it(
+    writer: CheckpointWriter, root: Path
+) -> None:
+    """A callable state is made and copied on the writer's thread, after submit() returned; what
+    changes in the arrays after wait_copied() is not saved."""
+    state = sample(3)
+    want = pack(state)
+    gate, made_on = threading.Event(), []
+
+    def make() -> StateArrays:
+        made_on.append(threading.current_thread())
+        assert gate.wait(WAIT)
+        return state
+
+    writer.submit(3, make, event=EVENT, started=time.monotonic())
+    assert not writer.wait_copied(0.05)  # held at the gate: not copied yet
+    gate.set()
+    assert writer.wait_copied(WAIT)
+    assert made_on and made_on[0] is not threading.current_thread()
+    for arrays in state.files.values():
+        for a in arrays.values():
+            a[...] = 0
+    saved = writer.wait(WAIT)
+    assert saved is not None and saved.step == 3
+    assert committed(root, checkpoint_name(3)) == want
+    assert writer.wait_copied(0)  # nothing deferred in flight
+
+
+def test_a_deferred_state_that_fails_is_raised_by_wait_and_the_writer_goes_on(
+    writer: CheckpointWriter, root: Path
+) -> None:
+    def make() -> StateArrays:
+        raise ValueError("the capture broke")
+
+    writer.submit(3, make, event=EVENT, started=0.0)
+    assert writer.wait_copied(WAIT)  # a failed copy does not leave the barrier shut
+    with pytest.raises(ValueError, match="the capture broke"):
+        writer.wait(WAIT)
+    assert not writer.busy and read_events(root / "events.jsonl") == []
+    state = sample(4)
+    want = pack(state)
+    writer.submit(4, lambda: state, event=EVENT, started=0.0)
+    saved = writer.wait(WAIT)
+    assert saved is not None and committed(root, checkpoint_name(4)) == want
+
+
 # -- failures ----------------------------------------------------------------------------------------------
 
 
@@ -397,11 +443,14 @@ def test_sigterm_and_sigint_do_not_stop_the_writer(writer: CheckpointWriter, roo
     assert committed(root, checkpoint_name(2)) == want
 
 
-def test_close_lets_the_checkpoint_in_flight_finish_then_the_writer_exits(writer: CheckpointWriter, root: Path) -> None:
+@pytest.mark.parametrize("deferred", [False, True])
+def test_close_lets_the_checkpoint_in_flight_finish_then_the_writer_exits(
+    writer: CheckpointWriter, root: Path, deferred: bool
+) -> None:
     proc = psutil.Process(writer.pid)
     state = sample(8)
     want = pack(state)
-    writer.submit(8, state, event=EVENT, started=0.0)
+    writer.submit(8, (lambda: state) if deferred else state, event=EVENT, started=0.0)
     writer.close()
     assert committed(root, checkpoint_name(8)) == want
     assert not proc.is_running()
