@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from .store import Checkpoint
+from .tensorfile import Chunks, chunks, serialize
 
-__all__ = ["MODEL_FILE", "TRAIN_FILE", "RngState", "StateArrays", "TrainState", "pack", "params_digest"]
+__all__ = ["MODEL_FILE", "TRAIN_FILE", "RngState", "StateArrays", "TrainState", "pack", "pack_chunks",
+           "params_digest"]
 
 MODEL_FILE = "model.safetensors"
 TRAIN_FILE = "train.safetensors"
@@ -32,15 +33,10 @@ def params_digest(arrays: Mapping[str, np.ndarray]) -> str:
     """SHA-256 over names, dtypes, shapes and raw bytes, in name order: equal iff bit-equal."""
     h = hashlib.sha256()
     for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
+        a = np.ascontiguousarray(arrays[name])  # a 0-d array comes back 1-d, which the digest keeps
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
+        h.update(a.reshape(-1).view(np.uint8).data)  # the raw bytes, not copied
     return h.hexdigest()
-
-
-def _pack(arrays: Mapping[str, np.ndarray]) -> bytes:
-    # ascontiguousarray() makes a 0-d array 1-d: give it its shape back.
-    return st_save({k: np.ascontiguousarray(v).reshape(v.shape) for k, v in arrays.items()})
 
 
 @dataclass(frozen=True)
@@ -71,11 +67,21 @@ class StateArrays:
 def pack(state: StateArrays) -> tuple[dict[str, bytes], dict[str, Any]]:
     """The checkpoint's files as safetensors bytes, and its metadata with the digests filled in."""
     state = state.complete()
-    files = {name: _pack(arrays) for name, arrays in state.files.items()}
+    return {name: serialize(arrays) for name, arrays in state.files.items()}, _meta(state)
+
+
+def pack_chunks(state: StateArrays) -> tuple[dict[str, Chunks], dict[str, Any]]:
+    """As :func:`pack`, with each file as buffers that view the arrays: the same bytes, not joined.
+    Write them before the arrays change."""
+    state = state.complete()
+    return {name: chunks(arrays) for name, arrays in state.files.items()}, _meta(state)
+
+
+def _meta(state: StateArrays) -> dict[str, Any]:
     meta = dict(state.meta)
     for key, fname in state.digests.items():
         meta[key] = params_digest(state.files[fname])
-    return files, meta
+    return meta
 
 
 def _section(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Storage", "LocalStorage"]
+#: What a file is written from: its bytes, or buffers to write one after another.
+Data = bytes | Sequence[memoryview]
+
+__all__ = ["Data", "Storage", "LocalStorage"]
 
 
 class Storage(Protocol):
-    def put(self, key: str, data: bytes, *, commit: bool = True) -> None:
+    def put(self, key: str, data: Data, *, commit: bool = True) -> None:
         """Write ``data`` under ``key`` so that readers see either nothing or all of it. ``commit``:
         also make the name itself durable (and every name written before it under the same prefix)."""
 
@@ -43,6 +47,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, parts: list[memoryview]) -> None:
+    """One ``writev`` for all the buffers, and more where the kernel took less than all of it."""
+    parts = [p.cast("B") if p.format != "B" or p.ndim != 1 else p for p in parts if p.nbytes]
+    while parts:
+        n = os.writev(fd, parts[:_IOV_MAX])
+        while parts and n >= parts[0].nbytes:
+            n -= parts[0].nbytes
+            parts.pop(0)
+        if n:
+            parts[0] = parts[0][n:]
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
 class LocalStorage:
     """A directory on a local or network file system: temp file, fsync, rename, fsync the directory."""
 
@@ -52,16 +71,13 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    def put(self, key: str, data: bytes, *, commit: bool = True) -> None:
+    def put(self, key: str, data: Data, *, commit: bool = True) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            _write_all(fd, [memoryview(data)] if isinstance(data, bytes) else list(data))
             os.fsync(fd)
         finally:
             os.close(fd)

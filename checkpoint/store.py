@@ -21,7 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .storage import Storage
+from .storage import Data, Storage
+from .tensorfile import chunks_sha256, chunks_size
 
 __all__ = ["Checkpoint", "CheckpointStore", "CorruptCheckpoint", "MANIFEST", "checkpoint_name"]
 
@@ -83,7 +84,7 @@ class CheckpointStore:
 
     # -- writing -------------------------------------------------------------------------------------
 
-    def save(self, step: int, files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
+    def save(self, step: int, files: Mapping[str, Data], meta: Mapping[str, Any]) -> str:
         """Write ``files`` then commit them with a manifest; returns the checkpoint's name."""
         name = checkpoint_name(step)
         # Uncommit any older checkpoint of the same step before overwriting its files.
@@ -94,12 +95,15 @@ class CheckpointStore:
                 raise ValueError(f"bad checkpoint file name {fname!r}")
             # The data is fsynced now; its directory entry becomes durable with the manifest's.
             self.storage.put(self._key(name, fname), data, commit=False)
-            entries[fname] = {"sha256": _sha256(data), "size": len(data)}
+            if isinstance(data, bytes):
+                entries[fname] = {"sha256": _sha256(data), "size": len(data)}
+            else:
+                entries[fname] = {"sha256": chunks_sha256(data), "size": chunks_size(data)}
             if self.between_files is not None:
                 self.between_files(fname)
         body = {"format": FORMAT, "step": step, "files": entries, "meta": dict(meta)}
         manifest = dict(body, sha256=_sha256(_canonical(body)))
-        self.storage.put(self._key(name, MANIFEST), json.dumps(manifest, indent=1).encode("utf-8"))
+        self.storage.put(self._key(name, MANIFEST), json.dumps(manifest).encode("utf-8"))
         self.prune()
         return name
 

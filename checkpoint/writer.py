@@ -47,7 +47,7 @@ import numpy as np
 
 from runner.journal import append_record
 
-from .state import StateArrays, pack
+from .state import StateArrays, pack_chunks
 from .storage import LocalStorage
 from .store import CheckpointStore
 
@@ -291,6 +291,7 @@ def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
     store = CheckpointStore(LocalStorage(root), keep=keep)
     mm: mmap.mmap | None = None
     layout: list[list[Any]] = []
+    files: dict[str, dict[str, np.ndarray]] | None = None  # views of the buffer, by the layout
     while True:
         msg, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 1)
         if not msg:
@@ -299,8 +300,10 @@ def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
         for fd in fds:
             mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)  # the old mapping goes with its last view
             os.close(fd)
+            files = None
         req = pickle.loads(msg)  # from the process that started us, over a private socket pair
-        layout = req["layout"] if req["layout"] is not None else layout
+        if req["layout"] is not None:
+            layout, files = req["layout"], None
         pause = req.get("pause")
 
         def between_files(fname: str, pause: Mapping[str, Any] | None = pause, step: int = req["step"]) -> None:
@@ -313,8 +316,10 @@ def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
         store.between_files = between_files
         try:
             assert mm is not None, "a checkpoint arrived without a buffer"
-            files, meta = pack(StateArrays(_views(mm, layout), req["meta"], req["digests"]))
-            name = store.save(int(req["step"]), files, meta)
+            if files is None:
+                files = _views(mm, layout)
+            chunks, meta = pack_chunks(StateArrays(files, req["meta"], req["digests"]))
+            name = store.save(int(req["step"]), chunks, meta)
         except Exception as exc:
             sock.send(json.dumps({"ok": False, "error": f"checkpoint after step {req['step']}: {exc}"}).encode())
             continue

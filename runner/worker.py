@@ -37,8 +37,8 @@ from types import FrameType, TracebackType
 from typing import Any, Protocol
 
 from checkpoint.cadence import Cadence, estimate_mtbf
-from checkpoint.state import StateArrays, pack
-from checkpoint.storage import LocalStorage
+from checkpoint.state import StateArrays, pack_chunks
+from checkpoint.storage import Data, LocalStorage
 from checkpoint.store import Checkpoint, CheckpointStore
 from checkpoint.writer import CheckpointWriter, Saved
 
@@ -397,10 +397,10 @@ class Worker:
 
     def _persist(self, step: int, state: StateArrays, t0: float) -> str:
         self._saving_step = step
-        files, meta = pack(state)
+        files, meta = pack_chunks(state)
         return self._save(step, files, meta, t0)
 
-    def _save(self, step: int, files: Mapping[str, bytes], meta: Mapping[str, Any], t0: float) -> str:
+    def _save(self, step: int, files: Mapping[str, Data], meta: Mapping[str, Any], t0: float) -> str:
         name = self.store.save(step, files, meta)
         took = time.monotonic() - t0
         self._last_report += took  # a step's dt excludes checkpoint time
