@@ -145,6 +145,28 @@ def _mt19937_raw() -> tuple[Any, np.ndarray] | None:
     return (bitgen, raw) if ok else None
 
 
+_PY_WORDS = 624
+
+
+def _python_raw() -> tuple[random.Random, np.ndarray] | None:
+    """The instance behind the ``random`` module's functions and a view of its Mersenne Twister
+    index and key (CPython's ``RandomObject``: the object header, ``int index``, ``uint32_t
+    state[624]``), or None if that memory does not read back as ``getstate()`` says (then every
+    snapshot asks ``getstate()``). Reading it is a 2.5 kB copy instead of a tuple of 625 ints."""
+    inst = getattr(random.getstate, "__self__", None)
+    if not isinstance(inst, random.Random):
+        return None
+    try:
+        mem = (ctypes.c_char * (4 + _PY_WORDS * 4)).from_address(id(inst) + object.__basicsize__)
+        raw = np.frombuffer(memoryview(mem), dtype=np.uint8)
+    except (TypeError, ValueError):
+        return None
+    _, internal, _ = inst.getstate()
+    ok = (len(internal) == _PY_WORDS + 1 and int(raw[:4].view(np.int32)[0]) == internal[-1]
+          and np.array_equal(raw[4:].view(np.uint32), np.asarray(internal[:-1], dtype=np.uint32)))
+    return (inst, raw) if ok else None
+
+
 class RngSnapshots:
     """Takes Paddle's, NumPy's global and Python's RNG states at each checkpoint.
 
@@ -159,6 +181,8 @@ class RngSnapshots:
         self._np = _mt19937_raw()
         self._np_last: tuple[bytes, int, tuple[Any, ...]] | None = None
         self._py_last: tuple[tuple[int, ...], np.ndarray] | None = None
+        self._py = _python_raw()
+        self._py_raw_last: tuple[bytes, np.ndarray] | None = None
         self._paddle_by_text: bool | None = None  # decided at the first snapshot
         self._paddle_last: dict[int, tuple[bytes, np.ndarray]] = {}
 
@@ -203,15 +227,33 @@ class RngSnapshots:
             last = self._paddle_last[i] = (text, arr)
         return head, last[1]
 
+    def _python_state(self) -> tuple[int, Callable[[], np.ndarray], Any]:
+        """``random``'s (version, a callable giving its internal state as uint32, gauss_next)."""
+        py = self._py
+        if py is None or getattr(random.getstate, "__self__", None) is not py[0]:
+            version, internal, gauss = random.getstate()
+            return version, lambda: self._python_internal(internal), gauss
+        raw = py[1].tobytes()
+        return py[0].VERSION, lambda: self._python_from_raw(raw), py[0].gauss_next
+
+    def _python_from_raw(self, raw: bytes) -> np.ndarray:
+        last = self._py_raw_last
+        if last is not None and last[0] == raw:
+            return last[1]
+        arr = np.empty(_PY_WORDS + 1, dtype=np.uint32)  # as getstate() gives it: the key, then the index
+        arr[:_PY_WORDS] = np.frombuffer(raw, dtype=np.uint32, offset=4)
+        arr[_PY_WORDS] = np.frombuffer(raw, dtype=np.int32, count=1)[0]
+        arr.flags.writeable = False
+        self._py_raw_last = (raw, arr)
+        return arr
+
     def snapshot(self) -> Callable[[], RngState]:
         paddle_states = paddle.get_rng_state()
         name, keys, pos, has_gauss, cached = self._numpy_state()
-        version, internal, gauss = random.getstate()
+        version, internal, gauss = self._python_state()
 
         def encode() -> RngState:
-            arrays: dict[str, np.ndarray] = {
-                "numpy/keys": keys, "python/internal": self._python_internal(internal),
-            }
+            arrays: dict[str, np.ndarray] = {"numpy/keys": keys, "python/internal": internal()}
             meta: dict[str, Any] = {"paddle": [], "numpy": [name, pos, has_gauss, cached], "python": [version, gauss]}
             for i, s in enumerate(paddle_states):
                 head, arrays[f"paddle/{i}"] = self._paddle_state(i, s)

@@ -110,8 +110,9 @@ class TrainState:
     def rng_state(self) -> RngState:
         return self.rng() if callable(self.rng) else self.rng
 
-    def arrays(self) -> StateArrays:
-        """The model and optimizer arrays now; the RNG states (already copied) encoded ``late``."""
+    def arrays(self, *, rng_late: bool = True) -> StateArrays:
+        """The model and optimizer arrays now; the RNG states (already copied) encoded ``late``, or
+        now with ``rng_late=False``."""
         train = {f"optimizer/{k}": v for k, v in self.optimizer.items()}
         train["order"] = self.order if self.order.dtype == np.int64 else self.order.astype(np.int64)
         meta = {
@@ -121,8 +122,13 @@ class TrainState:
             "lr_scheduler": dict(self.lr_scheduler),
             "extra": dict(self.extra),
         }
-        return StateArrays({MODEL_FILE: self.model, TRAIN_FILE: train}, meta, {"params_sha256": MODEL_FILE},
-                           late=self._rng_arrays)
+        if rng_late:
+            return StateArrays({MODEL_FILE: self.model, TRAIN_FILE: train}, meta, {"params_sha256": MODEL_FILE},
+                               late=self._rng_arrays)
+        arrays, rng_meta = self.rng_state()
+        train.update({f"rng/{k}": v for k, v in arrays.items()})
+        meta["rng"] = dict(rng_meta)
+        return StateArrays({MODEL_FILE: self.model, TRAIN_FILE: train}, meta, {"params_sha256": MODEL_FILE})
 
     def _rng_arrays(self) -> StateArrays:
         arrays, meta = self.rng_state()

@@ -232,7 +232,7 @@ class CheckpointWriter:
     def wait_copied(self, timeout: float | None = None) -> bool:
         """Block until the arrays of a deferred :meth:`submit` are in the buffer (True), or for
         ``timeout`` seconds (False). At once when there are none."""
-        return self._copying.wait(timeout)
+        return self._copying.is_set() or self._copying.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> Saved | None:
         """Block until the checkpoint in flight, if any, is committed; raise its error. With a

@@ -59,7 +59,7 @@ class _Snapshot:
         opt_arrays, _ = self.live.optimizer_arrays()
         return TrainState(step=self.step, epoch=self.epoch, batch=self.batch, model=self.live.model_arrays(),
                           optimizer=opt_arrays, lr_scheduler=self.lr_scheduler, rng=self.rng,
-                          order=self.order).arrays()
+                          order=self.order).arrays(rng_late=False)
 
 
 def _capture(live: ps.LiveArrays, rngs: ps.RngSnapshots, step: int, epoch: int, batch: int,

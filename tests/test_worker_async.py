@@ -611,6 +611,56 @@ def test_paddle_rng_arrays_are_reused_only_while_the_engine_is_unchanged(paddle,
         assert np.array_equal(paddle.randn([5]).numpy(), want)
 
 
+def _py_moves() -> list[Callable[[], Any]]:
+    """Ways Python's ``random`` moves on: draws, a Gaussian (which leaves one cached), reseeding."""
+    return [lambda: None, random.random, lambda: random.gauss(0, 1), lambda: random.seed(99),
+            lambda: random.gauss(0, 1), lambda: random.getrandbits(4000)]
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_python_random_snapshots_read_from_memory_equal_getstate(paddle, raw: bool) -> None:
+    """Python's ``random`` state read straight from the generator's memory is what ``getstate()``
+    says, one read-only array reused while it does not move, and each snapshot restores its draws."""
+    from checkpoint import paddle_state as ps
+
+    random.seed(12)
+    snaps = ps.RngSnapshots()
+    assert snaps._py is not None  # CPython: the layout checks out
+    if not raw:
+        snaps._py = None
+    taken, wants, prev = [], [], None
+    for move in _py_moves():
+        move()
+        version, internal, gauss = random.getstate()
+        state = snaps.snapshot()()
+        arr = state[0]["python/internal"]
+        assert arr.dtype == np.uint32 and arr.tolist() == list(internal) and not arr.flags.writeable
+        assert state[1]["python"] == [version, gauss]
+        if prev is not None and prev[0] == internal:
+            assert arr is prev[1]
+        prev = (internal, arr)
+        taken.append(state)
+        wants.append([random.random() for _ in range(3)] + [random.gauss(0, 1)])
+        random.setstate((version, internal, gauss))  # undo the draws just made for the want
+    for state, want in zip(taken, wants):
+        ps.set_rng_states(state)
+        assert [random.random() for _ in range(3)] + [random.gauss(0, 1)] == want
+
+
+def test_train_state_arrays_with_the_rng_now_equal_them_late(paddle) -> None:
+    from checkpoint import paddle_state as ps
+    from checkpoint.state import pack
+
+    rng = np.random.default_rng(0)
+    snap = ps.rng_snapshot()
+    st = TrainState(step=3, epoch=0, batch=3, model={"w": rng.standard_normal(4).astype(np.float32)},
+                    optimizer={"m": np.zeros(4, np.float32)}, lr_scheduler={"last_epoch": 3}, rng=snap,
+                    order=rng.permutation(10))
+    late, now = st.arrays(), st.arrays(rng_late=False)
+    assert late.late is not None and now.late is None
+    assert pack(now) == pack(late)
+
+
 SAME_SEED = 5
 
 
