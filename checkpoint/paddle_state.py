@@ -175,7 +175,10 @@ class RngSnapshots:
     raw key and position have not moved since the last snapshot, and no cached Gaussian was pending
     then (a pending one can be used up without moving them), the last reading is reused: exact, as
     long as the bit generator is the same one and any state put back since went through
-    :func:`set_rng_states` (a direct ``np.random.set_state`` is not seen)."""
+    :func:`set_rng_states` (a direct ``np.random.set_state`` is not seen). Python's state is copied
+    from the generator's memory (checked against ``getstate()`` when this object is made), Paddle's
+    is read as text; both are encoded into arrays that stay the same objects while the state does
+    not change, so the checkpoint writer copies them only when they move."""
 
     def __init__(self) -> None:
         self._np = _mt19937_raw()

@@ -6,6 +6,11 @@ hashes, writes, fsyncs and commits them through :class:`CheckpointStore` - the s
 format as a synchronous save - appends the ``checkpoint-saved`` event and acknowledges. None of that
 Python runs on the training process's interpreter, so it never holds the training thread's GIL.
 
+A copier thread in the training process sends each message and waits for the answer. Given a
+deferred snapshot (a callable), it also makes and copies the arrays: the training thread goes on
+with the next step's forward and backward passes meanwhile, and waits in :meth:`wait_copied` only
+if it reaches the optimizer step before the copy is done.
+
 Safety:
 
 - The buffer is written only while no persist is in flight: :meth:`CheckpointWriter.submit` refuses
@@ -15,12 +20,12 @@ Safety:
   most a torn checkpoint: no manifest, so not a checkpoint. When the worker exits normally it waits
   for the writer to finish first.
 
-The protocol, over a ``SOCK_SEQPACKET`` socket pair, one JSON object per message:
+The protocol, over a ``SOCK_SEQPACKET`` socket pair, one message each way per checkpoint:
 
-- training process -> writer: ``{"step", "layout", "meta", "digests", "event", "pause"}``, with a
-  memfd attached when the buffer is new. ``layout`` (``[[file, name, dtype, shape, offset], ...]``)
-  is sent when it changes and omitted (``null``) otherwise.
-- writer -> training process: ``{"ok": true, "step", "name", "seconds"}`` or ``{"ok": false,
+- training process -> writer: a pickled ``{"step", "layout", "meta", "digests", "event", "pause"}``,
+  with a memfd attached when the buffer is new. ``layout`` (``[[file, name, dtype, shape, offset],
+  ...]``) is sent when it changes and is None otherwise.
+- writer -> training process: JSON, ``{"ok": true, "step", "name", "seconds"}`` or ``{"ok": false,
   "error"}``.
 """
 
@@ -87,9 +92,10 @@ def _aligned(n: int) -> int:
 class CheckpointWriter:
     """Starts the writer process and hands it one snapshot at a time through shared memory.
 
-    :meth:`submit` copies the arrays into the buffer and sends the writer a short message, on the
-    caller's thread, and returns; :meth:`wait` reads the writer's answer. No thread of ours runs
-    while training goes on, so nothing competes with the training thread for the GIL."""
+    :meth:`submit` copies the arrays into the buffer on the caller's thread - or, for a deferred
+    snapshot, leaves that to the copier thread - and returns; the copier thread sends the message and
+    waits for the writer's answer, which :meth:`wait` hands back. One checkpoint is in flight at a
+    time, so the buffer and the layout are only ever touched by one thread at once."""
 
     def __init__(self, root: Path, *, keep: int, events: Path) -> None:
         self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

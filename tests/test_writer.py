@@ -125,7 +125,7 @@ def test_a_submitted_state_is_committed_exactly_with_its_late_part_and_digests(
         for k, a in arrays.items():
             assert loaded[k].dtype == a.dtype and loaded[k].shape == a.shape, k
             assert loaded[k].tobytes() == np.ascontiguousarray(a).tobytes(), k
-    assert "rng/keys" in st_load(files[TRAIN])  # the late part, encoded on the sender thread
+    assert "rng/keys" in st_load(files[TRAIN])  # the late part, encoded when copied
     assert meta["rng"] == {"pos": 3, "name": "MT19937"}
     assert meta["params_sha256"] == params_digest(originals[MODEL])
 
@@ -142,7 +142,7 @@ def test_layouts_that_change_between_submits_still_round_trip(writer: Checkpoint
         sample(2, n=20_000),  # bigger arrays: a new, bigger buffer
         sample(3, n=20_000, extra=6),  # more arrays
         sample(4, n=4, extra=1),  # smaller again: fits the buffer it has
-        sample(5, n=4, late_size=400_000),  # a late part that outgrows the buffer on the sender thread
+        sample(5, n=4, late_size=400_000),  # a late part that outgrows the buffer
         sample(6, n=4, late_size=400_000),  # the same layout, on the buffer made for the late part
         sample(7, n=4),
     ]
@@ -211,8 +211,8 @@ def test_the_same_read_only_array_is_committed_every_time_across_layouts_and_new
         dict(n=1000),
         dict(n=40_000),  # bigger weights: a new buffer, zeroed
         dict(n=40_000),
-        dict(n=40_000, late_size=400_000),  # a late part that outgrows the buffer on the sender thread
-        dict(n=40_000),  # the same layout again, on the buffer the sender thread made
+        dict(n=40_000, late_size=400_000),  # a late part that outgrows the buffer
+        dict(n=40_000),  # the same layout again, on the buffer made for it
         dict(n=40_000),
         dict(n=1000),
     ]
