@@ -125,9 +125,9 @@ class TrainState:
         if rng_late:
             return StateArrays({MODEL_FILE: self.model, TRAIN_FILE: train}, meta, {"params_sha256": MODEL_FILE},
                                late=self._rng_arrays)
-        arrays, rng_meta = self.rng_state()
-        train.update({f"rng/{k}": v for k, v in arrays.items()})
-        meta["rng"] = dict(rng_meta)
+        rng = self._rng_arrays()
+        train.update(rng.files[TRAIN_FILE])
+        meta.update(rng.meta)
         return StateArrays({MODEL_FILE: self.model, TRAIN_FILE: train}, meta, {"params_sha256": MODEL_FILE})
 
     def _rng_arrays(self) -> StateArrays:

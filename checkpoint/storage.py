@@ -47,6 +47,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
 def _write_all(fd: int, parts: list[memoryview]) -> None:
     """One ``writev`` for all the buffers, and more where the kernel took less than all of it."""
     parts = [p.cast("B") if p.format != "B" or p.ndim != 1 else p for p in parts if p.nbytes]
@@ -57,9 +60,6 @@ def _write_all(fd: int, parts: list[memoryview]) -> None:
             parts.pop(0)
         if n:
             parts[0] = parts[0][n:]
-
-
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 class LocalStorage:

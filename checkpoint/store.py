@@ -95,10 +95,8 @@ class CheckpointStore:
                 raise ValueError(f"bad checkpoint file name {fname!r}")
             # The data is fsynced now; its directory entry becomes durable with the manifest's.
             self.storage.put(self._key(name, fname), data, commit=False)
-            if isinstance(data, bytes):
-                entries[fname] = {"sha256": _sha256(data), "size": len(data)}
-            else:
-                entries[fname] = {"sha256": chunks_sha256(data), "size": chunks_size(data)}
+            parts = [memoryview(data)] if isinstance(data, bytes) else data
+            entries[fname] = {"sha256": chunks_sha256(parts), "size": chunks_size(parts)}
             if self.between_files is not None:
                 self.between_files(fname)
         body = {"format": FORMAT, "step": step, "files": entries, "meta": dict(meta)}

@@ -89,6 +89,13 @@ def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+def _views(mm: mmap.mmap, layout: list[list[Any]]) -> list[np.ndarray]:
+    """Views of the buffer's arrays, in the layout's order: ``[file, name, dtype, shape, offset]``."""
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    return [buf[off : off + _nbytes(np.dtype(dt), tuple(shape))].view(dt).reshape(shape)
+            for _, _, dt, shape, off in layout]
+
+
 class CheckpointWriter:
     """Starts the writer process and hands it one snapshot at a time through shared memory.
 
@@ -131,10 +138,10 @@ class CheckpointWriter:
     def busy(self) -> bool:
         return self._in_flight is not None
 
-    def _buffer(self, size: int) -> None:
-        """Make the buffer at least ``size`` bytes."""
+    def _buffer(self, size: int) -> mmap.mmap:
+        """The buffer, made at least ``size`` bytes."""
         if self._mm is not None and len(self._mm) >= size:
-            return
+            return self._mm
         size = max(size + size // 2, mmap.PAGESIZE)
         fd = os.memfd_create("checkpoint-snapshot", os.MFD_CLOEXEC)
         os.ftruncate(fd, size)
@@ -143,12 +150,7 @@ class CheckpointWriter:
         if self._fd_unsent is not None:
             os.close(self._fd_unsent)
         self._fd_unsent = fd
-
-    def _views(self, layout: list[list[Any]]) -> list[np.ndarray]:
-        assert self._mm is not None
-        buf = np.frombuffer(self._mm, dtype=np.uint8)
-        return [buf[off : off + _nbytes(np.dtype(dt), tuple(shape))].view(dt).reshape(shape)
-                for _, _, dt, shape, off in layout]
+        return self._mm
 
     def submit(self, step: int, state: StateArrays | Callable[[], StateArrays], *, event: Mapping[str, Any],
                started: float, pause: Mapping[str, Any] | None = None) -> float:
@@ -184,8 +186,7 @@ class CheckpointWriter:
             for fname, name, dtype, shape in key:
                 layout.append([fname, name, dtype.str, list(shape), offset])
                 offset += _aligned(_nbytes(dtype, shape))
-            self._buffer(offset)
-            self._layout, self._dsts, self._key = layout, self._views(layout), key
+            self._layout, self._dsts, self._key = layout, _views(self._buffer(offset), layout), key
             self._copied = [None] * len(arrays)
             self._layout_unsent = True
         for i, (dst, src) in enumerate(zip(self._dsts, arrays)):
@@ -284,12 +285,11 @@ def _die_with(parent: int) -> None:
         os._exit(0)
 
 
-def _views(mm: mmap.mmap, layout: list[list[Any]]) -> dict[str, dict[str, np.ndarray]]:
-    buf = np.frombuffer(mm, dtype=np.uint8)
+def _files(mm: mmap.mmap, layout: list[list[Any]]) -> dict[str, dict[str, np.ndarray]]:
+    """The buffer's arrays by file and name."""
     files: dict[str, dict[str, np.ndarray]] = {}
-    for fname, name, dtype, shape, off in layout:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        files.setdefault(fname, {})[name] = buf[off : off + nbytes].view(dtype).reshape(shape)
+    for (fname, name, *_), view in zip(layout, _views(mm, layout)):
+        files.setdefault(fname, {})[name] = view
     return files
 
 
@@ -323,7 +323,7 @@ def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
         try:
             assert mm is not None, "a checkpoint arrived without a buffer"
             if files is None:
-                files = _views(mm, layout)
+                files = _files(mm, layout)
             chunks, meta = pack_chunks(StateArrays(files, req["meta"], req["digests"]))
             name = store.save(int(req["step"]), chunks, meta)
         except Exception as exc:
