@@ -37,6 +37,7 @@ import mmap
 import os
 import pickle
 import queue
+import select
 import signal
 import socket
 import subprocess
@@ -96,13 +97,72 @@ def _views(mm: mmap.mmap, layout: list[list[Any]]) -> list[np.ndarray]:
             for _, _, dt, shape, off in layout]
 
 
+def _static(a: np.ndarray) -> bool:
+    """A read-only array that owns its memory cannot change (unless made writable again, which
+    :meth:`_CopyPlan.copy` checks each time): once in the buffer, it need not be copied again."""
+    return not a.flags.writeable and a.base is None
+
+
+class _CopyPlan:
+    """How one list of arrays goes into the buffer, made once and reused while the same array objects
+    come back (the live views of training tensors do, every step): each run of arrays that lie back
+    to back in the buffer is one ``np.concatenate`` into it, so the copy costs a few calls, not one
+    per tensor; static arrays are copied only when they are new; the rest one by one."""
+
+    def __init__(self, names: list[tuple[str, str]], arrays: list[np.ndarray], dsts: list[np.ndarray],
+                 offsets: list[int], flat: np.ndarray) -> None:
+        self.names = names
+        static = [i for i, a in enumerate(arrays) if _static(a)]
+        self.static = [(i, dsts[i]) for i in static]
+        self.static_key = [(arrays[i].dtype, arrays[i].shape) for i in static]
+        self.copied: list[np.ndarray | None] = [None] * len(static)
+        self.live = [i for i, a in enumerate(arrays) if not _static(a)]
+        self.held = [arrays[i] for i in self.live]  # held, so that their ids stay theirs
+        self.live_key = [(id(a), a.shape) for a in self.held]
+        self.runs: list[tuple[list[np.ndarray], np.ndarray]] = []
+        self.singles: list[tuple[np.ndarray, np.ndarray]] = []
+        run: list[np.ndarray] = []
+        start = end = 0
+        for i in sorted(self.live, key=offsets.__getitem__):
+            a = arrays[i]
+            if not a.flags.c_contiguous:
+                self.singles.append((dsts[i], a))
+                continue
+            if run and offsets[i] != _aligned(end):
+                self.runs.append((run, flat[start:end]))
+                run = []
+            if not run:
+                start = end = offsets[i]
+            if offsets[i] > end:
+                run.append(np.zeros(offsets[i] - end, dtype=np.uint8))
+            run.append(a.reshape(-1).view(np.uint8))
+            end = offsets[i] + a.nbytes
+        if run:
+            self.runs.append((run, flat[start:end]))
+
+    def fits(self, names: list[tuple[str, str]], arrays: list[np.ndarray]) -> bool:
+        return (names == self.names and [(id(arrays[i]), arrays[i].shape) for i in self.live] == self.live_key
+                and [(arrays[i].dtype, arrays[i].shape) for i, _ in self.static] == self.static_key)
+
+    def copy(self, arrays: list[np.ndarray]) -> None:
+        for srcs, dst in self.runs:
+            np.concatenate(srcs, out=dst)
+        for dst, src in self.singles:
+            np.copyto(dst, src, casting="no")
+        for k, (i, dst) in enumerate(self.static):
+            src = arrays[i]
+            if src is not self.copied[k] or not _static(src):
+                np.copyto(dst, src, casting="no")
+                self.copied[k] = src if _static(src) else None
+
+
 class CheckpointWriter:
     """Starts the writer process and hands it one snapshot at a time through shared memory.
 
-    :meth:`submit` copies the arrays into the buffer on the caller's thread - or, for a deferred
-    snapshot, leaves that to the copier thread - and returns; the copier thread sends the message and
-    waits for the writer's answer, which :meth:`wait` hands back. One checkpoint is in flight at a
-    time, so the buffer and the layout are only ever touched by one thread at once."""
+    :meth:`submit` copies the arrays into the buffer and sends the message on the caller's thread -
+    or, for a deferred snapshot, leaves both to the copier thread - and returns; :meth:`wait` takes
+    the writer's answer. One checkpoint is in flight at a time, so the buffer and the plan are only
+    ever touched by one thread at once."""
 
     def __init__(self, root: Path, *, keep: int, events: Path) -> None:
         self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -117,18 +177,15 @@ class CheckpointWriter:
         self._mm: mmap.mmap | None = None
         self._fd_unsent: int | None = None  # a new buffer the writer has not been given yet
         self._key: _Key = ()
-        self._layout: list[list[Any]] = []  # of the arrays copied by submit()
-        self._dsts: list[np.ndarray] = []
-        self._copied: list[np.ndarray | None] = []  # read-only arrays already in the buffer, by slot
+        self._layout: list[list[Any]] = []  # of the arrays last copied
+        self._plan: _CopyPlan | None = None
         self._layout_unsent = True  # the writer has not been told the layout of the buffer yet
         self._in_flight: int | None = None
-        self._jobs: queue.SimpleQueue[tuple[int, Any, dict[str, Any], Any]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[int, Callable[[], StateArrays], dict[str, Any], Any]] = queue.SimpleQueue()
         self._copying = threading.Event()  # set: no deferred copy is under way
         self._copying.set()
-        self._done = threading.Event()  # set: the writer answered for the checkpoint in flight
-        self._result: Saved | BaseException | None = None
-        self._thread = threading.Thread(target=self._copy_loop, name="checkpoint-copier", daemon=True)
-        self._thread.start()
+        self._failed: BaseException | None = None  # by the copier thread, for wait() to raise
+        self._thread: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
@@ -165,45 +222,49 @@ class CheckpointWriter:
         torn checkpoint)."""
         if self._in_flight is not None:
             raise RuntimeError("a checkpoint is still being written; call wait() first")
-        deferred = callable(state)
-        if not deferred:
-            state = self._copy(state)  # type: ignore[arg-type]
+        if callable(state):
+            stall = time.monotonic() - started
+            self._in_flight = step
+            self._copying.clear()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._copy_loop, name="checkpoint-copier", daemon=True)
+                self._thread.start()
+            self._jobs.put((step, state, dict(event, stall_s=round(stall, 6)), pause))
+            return stall
+        done = self._copy(state)
         stall = time.monotonic() - started
         self._in_flight = step
-        self._done.clear()
-        if deferred:
-            self._copying.clear()
-        self._jobs.put((step, state, dict(event, stall_s=round(stall, 6)), pause))
+        try:
+            self._send(step, done, dict(event, stall_s=round(stall, 6)), pause)
+        except BaseException as exc:
+            self._failed = exc  # raised by wait()
         return stall
 
     def _copy(self, state: StateArrays) -> StateArrays:
         """Copy ``state``'s arrays into the buffer; returns it completed (its ``late`` part merged)."""
         state = state.complete()
         arrays = [a for items in state.files.values() for a in items.values()]
-        key = tuple((f, n, a.dtype, a.shape) for f, items in state.files.items() for n, a in items.items())
-        if key != self._key or self._mm is None:
-            layout, offset = [], 0
-            for fname, name, dtype, shape in key:
-                layout.append([fname, name, dtype.str, list(shape), offset])
-                offset += _aligned(_nbytes(dtype, shape))
-            self._layout, self._dsts, self._key = layout, _views(self._buffer(offset), layout), key
-            self._copied = [None] * len(arrays)
-            self._layout_unsent = True
-        for i, (dst, src) in enumerate(zip(self._dsts, arrays)):
-            # A read-only array that owns its memory cannot have changed: the buffer holds it already.
-            if src is not self._copied[i] or src.flags.writeable or src.base is not None:
-                np.copyto(dst, src, casting="no")
-                self._copied[i] = src if not src.flags.writeable and src.base is None else None
+        names = [(f, n) for f, items in state.files.items() for n in items]
+        plan = self._plan
+        if plan is None or not plan.fits(names, arrays):
+            key = tuple((f, n, a.dtype, a.shape) for (f, n), a in zip(names, arrays))
+            if key != self._key or self._mm is None:
+                # The arrays that change go first, back to back, so that they copy in one run.
+                offsets, offset = [0] * len(arrays), 0
+                for i in sorted(range(len(arrays)), key=lambda i: _static(arrays[i])):
+                    offsets[i] = offset
+                    offset += _aligned(arrays[i].nbytes)
+                self._layout = [[f, n, dt.str, list(shape), off] for (f, n, dt, shape), off in zip(key, offsets)]
+                self._buffer(offset)
+                self._key = key
+                self._layout_unsent = True
+            assert self._mm is not None
+            plan = self._plan = _CopyPlan(names, arrays, _views(self._mm, self._layout),
+                                          [row[4] for row in self._layout], np.frombuffer(self._mm, dtype=np.uint8))
+        plan.copy(arrays)
         return state
 
-    def _persist(self, step: int, state: StateArrays | Callable[[], StateArrays], event: Mapping[str, Any],
-                 pause: Mapping[str, Any] | None) -> Saved:
-        """On the copier thread: copy a deferred state, send the message, await the answer."""
-        if callable(state):
-            try:
-                state = self._copy(state())
-            finally:
-                self._copying.set()
+    def _send(self, step: int, state: StateArrays, event: Mapping[str, Any], pause: Mapping[str, Any] | None) -> None:
         layout, self._layout_unsent = (self._layout if self._layout_unsent else None), False
         msg = pickle.dumps({"step": step, "layout": layout, "meta": dict(state.meta), "digests": dict(state.digests),
                             "event": event, "pause": pause}, protocol=pickle.HIGHEST_PROTOCOL)
@@ -213,28 +274,21 @@ class CheckpointWriter:
                 socket.send_fds(self._sock, [msg], [fd])
             else:
                 self._sock.send(msg)
-            data = self._sock.recv(_MAX_MESSAGE)
         except OSError as exc:
             raise WriterError(f"checkpoint writer (pid {self.pid}) is gone: {exc.strerror}") from None
         finally:
             if fd is not None:
                 os.close(fd)
-        if not data:
-            code = self._proc.wait()
-            raise WriterError(f"checkpoint writer (pid {self.pid}) exited with {code} before finishing")
-        reply = json.loads(data)
-        if not reply["ok"]:
-            raise WriterError(reply["error"])
-        return Saved(int(reply["step"]), str(reply["name"]), float(reply["seconds"]), bool(reply.get("paused")))
 
     def _copy_loop(self) -> None:
         while True:
-            job = self._jobs.get()
+            step, make, event, pause = self._jobs.get()
             try:
-                self._result = self._persist(*job)
-            except BaseException as exc:  # a failed capture, copy or save: wait() raises it
-                self._result = exc
-            self._done.set()
+                self._send(step, self._copy(make()), event, pause)
+            except BaseException as exc:  # a failed capture, copy or send: wait() raises it
+                self._failed = exc
+            finally:
+                self._copying.set()
 
     def wait_copied(self, timeout: float | None = None) -> bool:
         """Block until the arrays of a deferred :meth:`submit` are in the buffer (True), or for
@@ -244,17 +298,37 @@ class CheckpointWriter:
     def wait(self, timeout: float | None = None) -> Saved | None:
         """Block until the checkpoint in flight, if any, is committed; raise its error. With a
         ``timeout``, None also when it is still being written."""
-        if self._in_flight is None or not self._done.wait(timeout):
+        if self._in_flight is None:
             return None
-        result, self._result, self._in_flight = self._result, None, None
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.wait_copied(timeout):
+            return None
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            self._in_flight = None
+            raise failed
+        if deadline is not None and not select.select([self._sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            return None
+        try:
+            data = self._sock.recv(_MAX_MESSAGE)
+        except OSError as exc:
+            self._in_flight = None
+            raise WriterError(f"checkpoint writer (pid {self.pid}) is gone: {exc.strerror}") from None
+        self._in_flight = None
+        if not data:
+            code = self._proc.wait()
+            raise WriterError(f"checkpoint writer (pid {self.pid}) exited with {code} before finishing")
+        reply = json.loads(data)
+        if not reply["ok"]:
+            raise WriterError(reply["error"])
+        return Saved(int(reply["step"]), str(reply["name"]), float(reply["seconds"]), bool(reply.get("paused")))
 
     def close(self, timeout: float = 30.0) -> None:
         """Let the writer finish what it has, then stop it (killing it after ``timeout`` seconds)."""
-        if self._in_flight is not None:
-            self._done.wait(timeout)
+        try:
+            self.wait(timeout)
+        except Exception:
+            pass  # nobody asked for this checkpoint's result
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -270,7 +344,7 @@ class CheckpointWriter:
     def _release(self) -> None:
         # Dropped, not closed: the mapping goes with the last view of it, and a view may outlive the
         # buffer (in the traceback of a WriterError the caller holds), where close() would raise.
-        self._dsts = []
+        self._plan = None
         self._key = ()
         self._mm = None
 

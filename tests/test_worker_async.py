@@ -586,15 +586,38 @@ def test_paddle_generator_states_read_as_text_equal_their_pickle_states(paddle) 
         assert printed[0] == listed[0] and printed[1] == listed[1].tobytes()
 
 
-@pytest.mark.parametrize("by_text", [True, False])
-def test_paddle_rng_arrays_are_reused_only_while_the_engine_is_unchanged(paddle, by_text: bool) -> None:
-    """The encoded engine state is one read-only array while no number is drawn (so the writer copies
-    it once), a new one after a draw, and the same either way it is read; each restores its draws."""
+def test_paddle_engine_memory_reads_as_the_printed_state(paddle) -> None:
+    """Snapshots tell whether a Paddle generator moved from its engine's memory; that memory holds
+    exactly the printed state, across draws and reseeds. A wrong address reads as nothing."""
     from checkpoint import paddle_state as ps
 
+    for move in (lambda: paddle.seed(5), lambda: paddle.randn([3]), lambda: paddle.seed(2**64 - 5),
+                 lambda: paddle.rand([1000])):
+        move()
+        for state in paddle.get_rng_state():
+            assert ps._paddle_raw_ok(state), str(state)[:80]
+            parts = str(state).split(" ")
+            raw = ps._paddle_raw(state)
+            assert np.frombuffer(raw[:24], dtype="<u8").tolist() == [int(p) % 2**64 for p in parts[:3]]
+            assert np.frombuffer(raw[24:], dtype="<u8").tolist() == [int(p) for p in parts[4:]]
+    assert ps._read_memory(0, 8) is None
+    assert not ps._paddle_raw_ok(object())
+
+
+@pytest.mark.parametrize("mode", ["raw", "text", "list"])
+def test_paddle_rng_arrays_are_reused_only_while_the_engine_is_unchanged(paddle, mode: str) -> None:
+    """The encoded engine state is one read-only array while no number is drawn (so the writer copies
+    it once), a new one after a draw, and the same whichever way it is read; each restores its draws."""
+    from checkpoint import paddle_state as ps
+
+    def snapshots(mode: str) -> ps.RngSnapshots:
+        snaps = ps.RngSnapshots()
+        snaps._paddle_by_raw = mode == "raw"
+        snaps._paddle_by_text = mode != "list"
+        return snaps
+
     paddle.seed(4)
-    snaps = ps.RngSnapshots()
-    snaps._paddle_by_text = by_text
+    snaps = snapshots(mode)
     first = snaps.snapshot()()
     same = snaps.snapshot()()
     assert same[0]["paddle/0"] is first[0]["paddle/0"] and not first[0]["paddle/0"].flags.writeable
@@ -602,10 +625,16 @@ def test_paddle_rng_arrays_are_reused_only_while_the_engine_is_unchanged(paddle,
     moved = snaps.snapshot()()
     assert moved[0]["paddle/0"] is not first[0]["paddle/0"]
     assert not np.array_equal(moved[0]["paddle/0"], first[0]["paddle/0"]) or moved[1]["paddle"] != first[1]["paddle"]
+    paddle.seed(4)  # back to the first state: read again, not taken from the last snapshot
+    again = snaps.snapshot()()
+    assert again[0]["paddle/0"].tobytes() == first[0]["paddle/0"].tobytes() and again[1] == first[1]
+    paddle.randn([5])
     want_moved = paddle.randn([5]).numpy()
-    other = ps.RngSnapshots()
-    other._paddle_by_text = not by_text
-    assert other.snapshot()()[0]["paddle/0"].tobytes() == snaps.snapshot()()[0]["paddle/0"].tobytes()
+    paddle.seed(4)
+    paddle.randn([5])
+    here = snaps.snapshot()()[0]["paddle/0"].tobytes()
+    for other_mode in ("raw", "text", "list"):
+        assert snapshots(other_mode).snapshot()()[0]["paddle/0"].tobytes() == here
     for state, want in ((first, want_first), (moved, want_moved)):
         ps.set_rng_states(state)
         assert np.array_equal(paddle.randn([5]).numpy(), want)
@@ -868,3 +897,4 @@ def test_a_captured_train_state_saved_in_the_background_is_the_state_at_capture(
     assert all(np.array_equal(a, b) for a, b in zip(got, expected_draws))
     # The epoch's sample order (the job never writes it in place: each epoch gets a new permutation).
     assert np.array_equal(st.order, want_order)
+

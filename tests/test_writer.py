@@ -250,6 +250,50 @@ def test_a_new_read_only_array_in_the_same_slot_is_committed_with_its_contents(
         save_and_check(writer, root, step, with_order(step, order), order)
 
 
+def test_the_same_arrays_changed_every_way_between_submits_are_committed_as_they_are(
+    writer: CheckpointWriter, root: Path
+) -> None:
+    """Training tensors come back as the same objects each step, changed in place: the writer reuses
+    its copy plan for them. Whatever changes between submits - contents, a replaced array, a shape
+    changed in place, a frozen array made writable and changed, a new frozen one - is committed."""
+    rng = np.random.default_rng(0)
+    model = {f"w{i}": rng.standard_normal((5, i + 1)).astype(np.float32) for i in range(6)}
+    model["t"] = rng.standard_normal((4, 6)).astype(np.float32).T  # not C-contiguous
+    model["odd"] = rng.integers(0, 9, size=3).astype(np.int8)  # 3 bytes: padding after it
+    train = {"m": rng.standard_normal(7), "order": frozen(rng.permutation(50)), "step": np.array(0)}
+    state = StateArrays({MODEL: model, TRAIN: train}, {"step": 0}, {"params_sha256": MODEL})
+
+    def bump() -> None:
+        for a in (*model.values(), train["m"]):
+            if a.flags.writeable:
+                a += 1
+
+    def replace() -> None:
+        model["w2"] = model["w2"] * 3  # a new object in the same slot, same shape
+
+    def reshape() -> None:
+        model["w5"].shape = (6, 5)  # the same object, another shape
+
+    def thaw() -> None:
+        train["order"].flags.writeable = True
+        train["order"][:5] = -1
+
+    def refreeze() -> None:
+        train["order"] = frozen(np.roll(train["order"], 1).copy())
+
+    def regrow() -> None:
+        train["order"] = frozen(np.arange(60))  # a new frozen array of another size
+
+    moves = [lambda: None, bump, bump, replace, bump, reshape, bump, thaw, refreeze, bump, regrow, bump,
+             lambda: None]
+    for step, move in enumerate(moves, start=1):
+        move()
+        train["step"][...] = step
+        want = pack(state)
+        save(writer, step, state)
+        assert committed(root, checkpoint_name(step)) == want, f"checkpoint {step} differs after {move}"
+
+
 # -- one at a time -----------------------------------------------------------------------------------------
 
 
