@@ -11,10 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["young_interval_s", "interval_steps", "estimate_mtbf", "Cadence", "DEFAULT_MTBF_S", "MIN_COST_S"]
+__all__ = ["young_interval_s", "interval_steps", "estimate_mtbf", "durable_due", "Cadence", "DEFAULT_MTBF_S",
+           "DEFAULT_DURABLE_EVERY_S", "MIN_COST_S"]
 
 DEFAULT_MTBF_S = 3600.0  # no failures seen yet and none given: assume one an hour
-MIN_COST_S = 1e-3  # a floor, so that a free-looking checkpoint does not mean "every step" blindly
+MIN_COST_S = 1e-3
+#: How old the newest durable checkpoint may get while checkpoints are frequent (see durable_due).
+DEFAULT_DURABLE_EVERY_S = 10.0  # a floor, so that a free-looking checkpoint does not mean "every step" blindly
 
 
 def young_interval_s(cost_s: float, mtbf_s: float) -> float:
@@ -27,6 +30,13 @@ def interval_steps(cost_s: float, mtbf_s: float, step_s: float, persist_s: float
         return 1
     t = young_interval_s(max(cost_s, MIN_COST_S), mtbf_s)
     return max(1, round(t / step_s), math.ceil(persist_s / step_s))
+
+
+def durable_due(now: float, last_durable: float | None, every_s: float) -> bool:
+    """Whether a checkpoint taken at ``now`` should be fsynced. Every checkpoint survives its process
+    being killed; only a durable one survives the machine going down, and it costs four fsyncs.
+    Frequent checkpoints are made durable once every ``every_s`` seconds (0: all of them)."""
+    return last_durable is None or every_s <= 0 or now - last_durable >= every_s
 
 
 def estimate_mtbf(elapsed_s: float, failures: int, given: float | None = None) -> float:

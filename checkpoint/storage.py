@@ -21,9 +21,11 @@ __all__ = ["Data", "Storage", "LocalStorage"]
 
 
 class Storage(Protocol):
-    def put(self, key: str, data: Data, *, commit: bool = True) -> None:
-        """Write ``data`` under ``key`` so that readers see either nothing or all of it. ``commit``:
-        also make the name itself durable (and every name written before it under the same prefix)."""
+    def put(self, key: str, data: Data, *, commit: bool = True, durable: bool = True) -> None:
+        """Write ``data`` under ``key`` so that readers see either nothing or all of it. ``durable``:
+        make the data survive the machine going down (not only this process) before returning; with
+        ``commit`` too, also the name itself and every name written durably before it under the same
+        prefix. Not durable, it survives the writing process being killed, as it is visible to others."""
 
     def get(self, key: str) -> bytes: ...
 
@@ -71,19 +73,27 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    def put(self, key: str, data: Data, *, commit: bool = True) -> None:
+    def put(self, key: str, data: Data, *, commit: bool = True, durable: bool = True) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             _write_all(fd, [memoryview(data)] if isinstance(data, bytes) else list(data))
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        if commit:
-            _fsync_dir(path.parent)
+        if commit and durable:
+            # The file's directory, and the directories above it up to the root: a new directory's
+            # own name is an entry in its parent.
+            d = path.parent
+            while True:
+                _fsync_dir(d)
+                if d == self.root or self.root not in d.parents:
+                    break
+                d = d.parent
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()

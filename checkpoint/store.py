@@ -78,14 +78,19 @@ class CheckpointStore:
         self.keep = keep
         self.prefix = prefix
         self.between_files = between_files
+        self._durable: dict[str, bool] = {}  # by checkpoint name, as far as known
 
     def _key(self, name: str, file: str = "") -> str:
         return f"{self.prefix}/{name}/{file}" if file else f"{self.prefix}/{name}"
 
     # -- writing -------------------------------------------------------------------------------------
 
-    def save(self, step: int, files: Mapping[str, Data], meta: Mapping[str, Any]) -> str:
-        """Write ``files`` then commit them with a manifest; returns the checkpoint's name."""
+    def save(self, step: int, files: Mapping[str, Data], meta: Mapping[str, Any], *, durable: bool = True) -> str:
+        """Write ``files`` then commit them with a manifest; returns the checkpoint's name.
+
+        ``durable``: fsync everything, so that the checkpoint survives the machine going down. One
+        that is not survives its writer being killed, not a crash of the machine, after which it
+        fails verification and loading falls back; pruning always keeps the newest durable one."""
         name = checkpoint_name(step)
         # Uncommit any older checkpoint of the same step before overwriting its files.
         self.storage.delete(self._key(name, MANIFEST))
@@ -94,24 +99,40 @@ class CheckpointStore:
             if fname == MANIFEST or "/" in fname:
                 raise ValueError(f"bad checkpoint file name {fname!r}")
             # The data is fsynced now; its directory entry becomes durable with the manifest's.
-            self.storage.put(self._key(name, fname), data, commit=False)
+            self.storage.put(self._key(name, fname), data, commit=False, durable=durable)
             parts = [memoryview(data)] if isinstance(data, bytes) else data
             entries[fname] = {"sha256": chunks_sha256(parts), "size": chunks_size(parts)}
             if self.between_files is not None:
                 self.between_files(fname)
-        body = {"format": FORMAT, "step": step, "files": entries, "meta": dict(meta)}
+        body = {"format": FORMAT, "step": step, "durable": durable, "files": entries, "meta": dict(meta)}
         manifest = dict(body, sha256=_sha256(_canonical(body)))
-        self.storage.put(self._key(name, MANIFEST), json.dumps(manifest).encode("utf-8"))
+        self.storage.put(self._key(name, MANIFEST), json.dumps(manifest).encode("utf-8"), durable=durable)
+        self._durable[name] = durable
         self.prune()
         return name
 
+    def _is_durable(self, name: str) -> bool:
+        """Whether a committed checkpoint was saved durably: its manifest says so, or, before that
+        field existed, every save was. Read once per checkpoint."""
+        known = self._durable.get(name)
+        if known is None:
+            try:
+                known = json.loads(self.storage.get(self._key(name, MANIFEST))).get("durable", True) is not False
+            except (OSError, ValueError, AttributeError):
+                known = False
+            self._durable[name] = known
+        return known
+
     def prune(self) -> None:
-        """Keep the newest ``keep`` committed checkpoints; remove older ones and torn leftovers."""
-        committed = set(self.committed())
-        keep = set(sorted(committed, reverse=True)[: self.keep])
+        """Keep the newest ``keep`` committed checkpoints and the newest durable one; remove older
+        ones and torn leftovers."""
+        newest_first = sorted(self.committed(), reverse=True)
+        keep = set(newest_first[: self.keep])
+        keep.update(next(([n] for n in newest_first if self._is_durable(n)), []))
         for name in self._step_dirs():
             if name not in keep:
                 self.storage.delete_tree(self._key(name))
+                self._durable.pop(name, None)
 
     # -- reading -------------------------------------------------------------------------------------
 

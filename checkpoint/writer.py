@@ -1,15 +1,17 @@
 """Checkpoints persisted by a process of their own, so that training never waits for them.
 
-At a step boundary the training process copies its arrays into a shared-memory buffer (one memcpy
-per array) and sends this process a short message; the writer packs the files (safetensors),
-hashes, writes, fsyncs and commits them through :class:`CheckpointStore` - the same crash-safe
-format as a synchronous save - appends the ``checkpoint-saved`` event and acknowledges. None of that
-Python runs on the training process's interpreter, so it never holds the training thread's GIL.
+At a step boundary the training process copies its arrays into a shared-memory buffer (a few
+``np.concatenate`` calls, see :class:`_CopyPlan`) and sends this process a short message; the writer
+packs the files (safetensors), hashes, writes and commits them through :class:`CheckpointStore` -
+the same crash-safe format as a synchronous save, fsynced when the message asks for a durable one -
+appends the ``checkpoint-saved`` event and answers. None of that Python runs on the training
+process's interpreter, so it never holds the training thread's GIL; the answer is read when the
+next checkpoint starts, or by :meth:`CheckpointWriter.wait`.
 
-A copier thread in the training process sends each message and waits for the answer. Given a
-deferred snapshot (a callable), it also makes and copies the arrays: the training thread goes on
-with the next step's forward and backward passes meanwhile, and waits in :meth:`wait_copied` only
-if it reaches the optimizer step before the copy is done.
+Given a deferred snapshot (a callable), a copier thread in the training process makes and copies
+the arrays and sends the message: the training thread goes on with the next step's forward and
+backward passes meanwhile, and waits in :meth:`CheckpointWriter.wait_copied` only if it reaches the
+optimizer step before the copy is done.
 
 Safety:
 
@@ -22,9 +24,9 @@ Safety:
 
 The protocol, over a ``SOCK_SEQPACKET`` socket pair, one message each way per checkpoint:
 
-- training process -> writer: a pickled ``{"step", "layout", "meta", "digests", "event", "pause"}``,
-  with a memfd attached when the buffer is new. ``layout`` (``[[file, name, dtype, shape, offset],
-  ...]``) is sent when it changes and is None otherwise.
+- training process -> writer: a pickled ``{"step", "layout", "meta", "digests", "event", "pause",
+  "durable"}``, with a memfd attached when the buffer is new. ``layout`` (``[[file, name, dtype,
+  shape, offset], ...]``) is sent when it changes and is None otherwise.
 - writer -> training process: JSON, ``{"ok": true, "step", "name", "seconds"}`` or ``{"ok": false,
   "error"}``.
 """
@@ -181,7 +183,8 @@ class CheckpointWriter:
         self._plan: _CopyPlan | None = None
         self._layout_unsent = True  # the writer has not been told the layout of the buffer yet
         self._in_flight: int | None = None
-        self._jobs: queue.SimpleQueue[tuple[int, Callable[[], StateArrays], dict[str, Any], Any]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[int, Callable[[], StateArrays], dict[str, Any], Any, bool]] = (
+            queue.SimpleQueue())
         self._copying = threading.Event()  # set: no deferred copy is under way
         self._copying.set()
         self._failed: BaseException | None = None  # by the copier thread, for wait() to raise
@@ -210,7 +213,7 @@ class CheckpointWriter:
         return self._mm
 
     def submit(self, step: int, state: StateArrays | Callable[[], StateArrays], *, event: Mapping[str, Any],
-               started: float, pause: Mapping[str, Any] | None = None) -> float:
+               started: float, pause: Mapping[str, Any] | None = None, durable: bool = True) -> float:
         """Have ``state`` persisted; returns at once, with the stall: seconds since ``started``
         (``time.monotonic()``).
 
@@ -219,7 +222,7 @@ class CheckpointWriter:
         arrays while the caller goes on; the caller must not change them before :meth:`wait_copied`
         returns. ``event``: the fields of the ``checkpoint-saved`` record the writer appends.
         ``pause``: an event to append before stopping between the files for good (chaos testing's
-        torn checkpoint)."""
+        torn checkpoint). ``durable``: see :meth:`CheckpointStore.save`."""
         if self._in_flight is not None:
             raise RuntimeError("a checkpoint is still being written; call wait() first")
         if callable(state):
@@ -229,13 +232,13 @@ class CheckpointWriter:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._copy_loop, name="checkpoint-copier", daemon=True)
                 self._thread.start()
-            self._jobs.put((step, state, dict(event, stall_s=round(stall, 6)), pause))
+            self._jobs.put((step, state, dict(event, stall_s=round(stall, 6)), pause, durable))
             return stall
         done = self._copy(state)
         stall = time.monotonic() - started
         self._in_flight = step
         try:
-            self._send(step, done, dict(event, stall_s=round(stall, 6)), pause)
+            self._send(step, done, dict(event, stall_s=round(stall, 6)), pause, durable)
         except BaseException as exc:
             self._failed = exc  # raised by wait()
         return stall
@@ -264,10 +267,11 @@ class CheckpointWriter:
         plan.copy(arrays)
         return state
 
-    def _send(self, step: int, state: StateArrays, event: Mapping[str, Any], pause: Mapping[str, Any] | None) -> None:
+    def _send(self, step: int, state: StateArrays, event: Mapping[str, Any], pause: Mapping[str, Any] | None,
+              durable: bool) -> None:
         layout, self._layout_unsent = (self._layout if self._layout_unsent else None), False
         msg = pickle.dumps({"step": step, "layout": layout, "meta": dict(state.meta), "digests": dict(state.digests),
-                            "event": event, "pause": pause}, protocol=pickle.HIGHEST_PROTOCOL)
+                            "event": event, "pause": pause, "durable": durable}, protocol=pickle.HIGHEST_PROTOCOL)
         fd, self._fd_unsent = self._fd_unsent, None
         try:
             if fd is not None:
@@ -282,9 +286,9 @@ class CheckpointWriter:
 
     def _copy_loop(self) -> None:
         while True:
-            step, make, event, pause = self._jobs.get()
+            step, make, event, pause, durable = self._jobs.get()
             try:
-                self._send(step, self._copy(make()), event, pause)
+                self._send(step, self._copy(make()), event, pause, durable)
             except BaseException as exc:  # a failed capture, copy or send: wait() raises it
                 self._failed = exc
             finally:
@@ -399,7 +403,7 @@ def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
             if files is None:
                 files = _files(mm, layout)
             chunks, meta = pack_chunks(StateArrays(files, req["meta"], req["digests"]))
-            name = store.save(int(req["step"]), chunks, meta)
+            name = store.save(int(req["step"]), chunks, meta, durable=bool(req.get("durable", True)))
         except Exception as exc:
             sock.send(json.dumps({"ok": False, "error": f"checkpoint after step {req['step']}: {exc}"}).encode())
             continue

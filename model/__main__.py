@@ -10,7 +10,8 @@ import argparse
 import sys
 import warnings
 
-from runner.argparsing import OneLineParser, non_negative, positive, seconds
+from checkpoint.cadence import DEFAULT_DURABLE_EVERY_S
+from runner.argparsing import OneLineParser, non_negative, positive, seconds, seconds_or_zero
 from runner.exitcodes import ExitCode, UserError
 
 from .config import AUTO, BREAK_RESUME_KINDS, JOB_NAME, TrainConfig
@@ -28,6 +29,10 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                         "measured checkpoint cost (default 0: at epoch ends only)")
     p.add_argument("--mtbf", type=seconds, default=None, metavar="S",
                    help="with 'auto': the expected seconds between failures (default: estimated from the run)")
+    p.add_argument("--durable-every", type=seconds_or_zero, default=DEFAULT_DURABLE_EVERY_S, metavar="S",
+                   dest="durable_every",
+                   help="fsync a checkpoint at least every S seconds (default %(default)g); the others survive the "
+                        "worker being killed, not the machine going down. 0: fsync every one")
     p.add_argument("--sync-checkpoints", action="store_true",
                    help="write checkpoints on the training thread instead of in the background")
     p.add_argument("--break-resume", choices=BREAK_RESUME_KINDS, default=None,
@@ -44,6 +49,8 @@ def job_argv(ns: argparse.Namespace) -> list[str]:
     argv = ["--epochs", str(ns.epochs), "--seed", str(ns.seed), "--checkpoint-every-steps", every]
     if ns.mtbf is not None:
         argv += ["--mtbf", str(ns.mtbf)]
+    if ns.durable_every != DEFAULT_DURABLE_EVERY_S:
+        argv += ["--durable-every", str(ns.durable_every)]
     if ns.sync_checkpoints:
         argv += ["--sync-checkpoints"]
     if ns.data is not None:
@@ -55,7 +62,8 @@ def job_argv(ns: argparse.Namespace) -> list[str]:
 
 def job_config(ns: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=ns.epochs, seed=ns.seed, checkpoint_every_steps=ns.checkpoint_every_steps,
-                       break_resume=ns.break_resume, sync_checkpoints=ns.sync_checkpoints, mtbf_s=ns.mtbf)
+                       break_resume=ns.break_resume, sync_checkpoints=ns.sync_checkpoints, mtbf_s=ns.mtbf,
+                       durable_every_s=ns.durable_every)
 
 
 def job_identity(ns: argparse.Namespace) -> dict[str, object]:

@@ -25,11 +25,12 @@ class TrainConfig:
     break_resume: str | None = None
     sync_checkpoints: bool = False  # write checkpoints on the training thread (slower; for comparison)
     mtbf_s: float | None = None  # for AUTO: the expected time between failures, if known
+    durable_every_s: float = 10.0  # fsync a checkpoint at least this often (0: every one)
 
     def identity(self) -> dict[str, Any]:
         """The fields that change the loss trace (checkpoint cadence does not)."""
         d = asdict(self)
-        for k in ("checkpoint_every_steps", "break_resume", "sync_checkpoints", "mtbf_s"):
+        for k in ("checkpoint_every_steps", "break_resume", "sync_checkpoints", "mtbf_s", "durable_every_s"):
             d.pop(k)
         return d
 

@@ -90,6 +90,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
     live, rngs = ps.LiveArrays(model, opt), ps.RngSnapshots()
 
     worker.set_cadence("auto" if cfg.checkpoint_every_steps == AUTO else cfg.checkpoint_every_steps, cfg.mtbf_s)
+    worker.durable_every_s = cfg.durable_every_s
     ckpt = worker.restore(total_steps=total)
     if ckpt is None:
         step, epoch, batch = 0, 0, 0

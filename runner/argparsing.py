@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from .exitcodes import ExitCode
 
-__all__ = ["OneLineParser", "positive", "non_negative", "seconds"]
+__all__ = ["OneLineParser", "positive", "non_negative", "seconds", "seconds_or_zero"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -45,4 +45,14 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return v
+
+
+def seconds_or_zero(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return v

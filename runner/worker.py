@@ -36,7 +36,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Protocol
 
-from checkpoint.cadence import Cadence, estimate_mtbf
+from checkpoint.cadence import DEFAULT_DURABLE_EVERY_S, Cadence, durable_due, estimate_mtbf
 from checkpoint.state import StateArrays, pack_chunks
 from checkpoint.storage import Data, LocalStorage
 from checkpoint.store import Checkpoint, CheckpointStore
@@ -111,6 +111,10 @@ class Worker:
         self.cadence = Cadence()
         self._cadence_args: tuple[int | str, float | None] | None = None
         self._handle_signals = handle_signals
+        #: Asynchronous checkpoints are fsynced at least this often (see :func:`durable_due`);
+        #: synchronous ones always are.
+        self.durable_every_s = DEFAULT_DURABLE_EVERY_S
+        self._last_durable: float | None = None
         self.store = CheckpointStore(
             LocalStorage(self.run_dir), keep=keep_checkpoints, between_files=self._between_files
         )
@@ -351,15 +355,18 @@ class Worker:
             self._persist(step, snapshot.arrays(), t0)
             self.heartbeat("train", step=step)
             return
+        durable = durable_due(t0, self._last_durable, self.durable_every_s)
+        if durable:
+            self._last_durable = t0
         event = {"source": "worker", "attempt": self.attempt, "pid": self.pid, "asynchronous": True,
-                 "deferred": deferred}
+                 "deferred": deferred, "durable": durable}
         pause = None
         if self._armed("checkpoint-write", step):
             # Chaos: the writer stops for good with a torn checkpoint on disk; the supervisor kills us.
             pause = {"source": "worker", "event": PAUSED_EVENT, "attempt": self.attempt, "pid": self.pid,
                      "step": step}
         state = snapshot.arrays if deferred else snapshot.arrays()
-        stall = self._start_writer().submit(step, state, event=event, started=t0, pause=pause)
+        stall = self._start_writer().submit(step, state, event=event, started=t0, pause=pause, durable=durable)
         self._last_report += stall
         self.cadence.record_checkpoint(step, stall)
         if pause is not None:
@@ -402,11 +409,12 @@ class Worker:
 
     def _save(self, step: int, files: Mapping[str, Data], meta: Mapping[str, Any], t0: float) -> str:
         name = self.store.save(step, files, meta)
+        self._last_durable = t0
         took = time.monotonic() - t0
         self._last_report += took  # a step's dt excludes checkpoint time
         self.cadence.record_checkpoint(step, took, took)
         self.event("checkpoint-saved", step=step, name=name, persist_s=round(took, 6), stall_s=round(took, 6),
-                   asynchronous=False)
+                   asynchronous=False, durable=True)
         return name
 
     def checkpoint_due(self, steps_done: int) -> bool:

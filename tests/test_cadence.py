@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint.cadence import DEFAULT_MTBF_S, MIN_COST_S, Cadence, estimate_mtbf, interval_steps, young_interval_s
+from checkpoint.cadence import (
+    DEFAULT_MTBF_S,
+    MIN_COST_S,
+    Cadence,
+    durable_due,
+    estimate_mtbf,
+    interval_steps,
+    young_interval_s,
+)
 from model.config import AUTO
 from runner.worker import ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY, EVENTS, Worker
 
@@ -313,6 +321,11 @@ def test_runner_passes_the_cadence_on_to_the_job() -> None:
     assert job_config(parse_runner("--epochs", "3")).identity() == cfg.identity()
 
     assert "--mtbf" not in job_argv(parse_runner())
+    assert "--durable-every" not in job_argv(parse_runner())
+    for given, want in (("0", 0.0), ("2.5", 2.5)):
+        passed = parse_model(*job_argv(parse_runner("--epochs", "3", "--durable-every", given)))
+        assert passed.durable_every == want and job_config(passed).durable_every_s == want
+        assert job_config(passed).identity() == cfg.identity()  # nor does durability
     assert job_argv(parse_runner("--checkpoint-every", "4"))[-1] == "4"
 
 
@@ -333,6 +346,9 @@ def test_standby_flag() -> None:
         ("model", ["--mtbf", "soon"], "not a number of seconds: 'soon'"),
         ("runner", ["--checkpoint-every", "-1"], "must be 0 or more, got -1"),
         ("runner", ["--checkpoint-every", "x"], "not an integer: 'x'"),
+        ("model", ["--durable-every", "-1"], "must be 0 or more, got -1"),
+        ("runner", ["--durable-every", "often"], "not a number of seconds: 'often'"),
+        ("runner", ["--durable-every", "nan"], "must be 0 or more, got nan"),
     ],
 )
 def test_bad_cadence_values_exit_2_with_one_line(tmp_path: Path, module: str, args: list[str], says: str) -> None:
@@ -342,7 +358,23 @@ def test_bad_cadence_values_exit_2_with_one_line(tmp_path: Path, module: str, ar
     assert p.returncode == 2, (p.stdout, p.stderr)
     lines = p.stderr.splitlines()
     assert len(lines) == 1, p.stderr
-    assert lines[0].startswith("error: argument --checkpoint-every") or lines[0].startswith("error: argument --mtbf")
+    assert lines[0].startswith(("error: argument --checkpoint-every", "error: argument --mtbf",
+                                "error: argument --durable-every"))
     assert says in lines[0]
     assert p.stdout == ""
     assert not run_dir.exists()  # refused before touching anything
+
+
+@pytest.mark.parametrize(
+    ("now", "last_durable", "every_s", "want"),
+    [
+        (100.0, None, 10.0, True),  # the attempt's first checkpoint
+        (100.0, 95.0, 10.0, False),
+        (100.0, 90.0, 10.0, True),  # exactly the interval
+        (100.0, 89.0, 10.0, True),
+        (100.0, 99.9, 0.0, True),  # 0: every checkpoint
+        (100.0, 50.0, float("inf"), False),  # only the first
+    ],
+)
+def test_durable_due(now: float, last_durable: float | None, every_s: float, want: bool) -> None:
+    assert durable_due(now, last_durable, every_s) is want

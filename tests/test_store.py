@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,15 @@ from safetensors.numpy import load as st_load
 
 from checkpoint.state import MODEL_FILE, TrainState, params_digest
 from checkpoint.storage import LocalStorage
-from checkpoint.store import MANIFEST, Checkpoint, CheckpointStore, CorruptCheckpoint, checkpoint_name
+from checkpoint.store import (
+    MANIFEST,
+    Checkpoint,
+    CheckpointStore,
+    CorruptCheckpoint,
+    _canonical,
+    _sha256,
+    checkpoint_name,
+)
 
 
 def make_store(root: Path, **kw) -> CheckpointStore:
@@ -316,3 +325,76 @@ def test_a_corrupt_tensor_file_is_rejected_by_checksum_before_anything_parses_it
     st = TrainState.from_checkpoint(ck)
     assert bytes(data) not in parsed and len(parsed) == 2  # model.safetensors and train.safetensors
     assert params_digest(st.model) == params_digest(train_state(16).model)
+
+
+# -- durability ----------------------------------------------------------------------------------------
+
+
+def count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record what each os.fsync is called on (a file or a directory), and still do it."""
+    seen: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def test_a_durable_put_fsyncs_the_file_and_every_directory_up_to_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "run"
+    seen = count_fsyncs(monkeypatch)
+    LocalStorage(root).put("checkpoints/step-1/a.bin", b"a", commit=False)
+    LocalStorage(root).put("checkpoints/step-1/MANIFEST.json", b"{}")
+    pid = os.getpid()
+    assert [Path(p).name for p in seen] == [f".a.bin.tmp-{pid}", f".MANIFEST.json.tmp-{pid}", "step-1",
+                                            "checkpoints", "run"]
+    seen.clear()
+    LocalStorage(root).put("checkpoints/step-2/a.bin", b"a", commit=False, durable=False)
+    LocalStorage(root).put("checkpoints/step-2/MANIFEST.json", b"{}", durable=False)
+    assert seen == []
+    assert (root / "checkpoints" / "step-2" / "a.bin").read_bytes() == b"a"  # visible all the same
+
+
+@pytest.mark.parametrize(("durable_steps", "kept"), [
+    ({1, 2, 3, 4, 5, 6}, [4, 5, 6]),  # all durable: the newest three
+    ({1}, [1, 4, 5, 6]),  # the only durable one is kept besides the newest three
+    ({1, 3}, [3, 4, 5, 6]),  # the newest durable one only
+    ({5}, [4, 5, 6]),  # already among the newest
+    (set(), [4, 5, 6]),  # none durable: nothing more to keep
+])
+def test_pruning_keeps_the_newest_durable_checkpoint(tmp_path: Path, durable_steps: set[int], kept: list[int]) -> None:
+    store = make_store(tmp_path, keep=3)
+    for step in range(1, 7):
+        store.save(step, files_for(step), {"s": step}, durable=step in durable_steps)
+    assert store.committed() == [checkpoint_name(s) for s in kept]
+    # A new store (a new writer after a restart) reads which is durable from the manifests.
+    fresh = make_store(tmp_path, keep=3)
+    fresh.save(7, files_for(7), {"s": 7}, durable=False)
+    durable_kept = durable_steps & set(kept)
+    want = set(kept[-2:]) | {7} | ({max(durable_kept)} if durable_kept else set())
+    assert fresh.committed() == [checkpoint_name(s) for s in sorted(want)]
+
+
+def test_the_manifest_says_whether_a_checkpoint_is_durable_and_old_ones_count_as_durable(tmp_path: Path) -> None:
+    store = make_store(tmp_path, keep=1)
+    store.save(1, files_for(1), {}, durable=True)
+    store.save(2, files_for(2), {}, durable=False)
+    assert json.loads((ckpt_dir(tmp_path, 2) / MANIFEST).read_text())["durable"] is False
+    assert json.loads((ckpt_dir(tmp_path, 1) / MANIFEST).read_text())["durable"] is True
+    ck = store.load_latest()
+    assert ck is not None and ck.step == 2 and dict(ck.files) == files_for(2)  # loads like any other
+    # A manifest from before the field existed: every save was durable then.
+    path = ckpt_dir(tmp_path, 1) / MANIFEST
+    body = json.loads(path.read_text())
+    body.pop("sha256")
+    body.pop("durable")
+    path.write_text(json.dumps(dict(body, sha256=_sha256(_canonical(body)))))
+    fresh = make_store(tmp_path, keep=1)
+    assert fresh.verify(checkpoint_name(1)).step == 1
+    fresh.save(3, files_for(3), {}, durable=False)
+    assert fresh.committed() == [checkpoint_name(1), checkpoint_name(3)]

@@ -323,6 +323,26 @@ def test_checkpoint_saved_events_carry_stall_persist_asynchronous_and_writer_pid
     assert worker.store.committed() == [checkpoint_name(s) for s in (2, 4, 6)]
 
 
+def test_asynchronous_checkpoints_are_durable_once_per_interval_and_synchronous_ones_always(worker: Worker) -> None:
+    def durable_of(step: int) -> bool:
+        return json.loads((manifest(worker.run_dir, step)).read_text())["durable"]
+
+    worker.durable_every_s = 3600.0
+    for step in (1, 2, 3):
+        worker.checkpoint(step, Capture(step))
+    worker.checkpoint(4, Capture(4), wait=True)
+    worker.checkpoint(5, Capture(5))
+    worker.durable_every_s = 0.0
+    worker.checkpoint(6, Capture(6))
+    worker.flush_checkpoints()
+    want = {1: True, 2: False, 3: False, 4: True, 5: False, 6: True}
+    evs = read_events(worker.run_dir, "checkpoint-saved")
+    assert {e["step"]: e["durable"] for e in evs} == want
+    kept = {int(n.split("-")[1]) for n in worker.store.committed()}
+    assert kept == {4, 5, 6}  # the newest three; the newest durable one is among them
+    assert {s: durable_of(s) for s in kept} == {s: want[s] for s in kept}
+
+
 def test_a_checkpoint_needs_an_active_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clean_env(monkeypatch)
     monkeypatch.setenv(ENV_STANDBY, "1")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from checkpoint.storage import LocalStorage
-from checkpoint.store import CheckpointStore
+from checkpoint.store import MANIFEST, CheckpointStore, checkpoint_name
 from model.data import CACHE
 from tests.helpers import describe, losses
 
@@ -42,11 +43,20 @@ def committed_steps(run_dir: Path) -> list[int]:
     return [int(n.split("-")[1]) for n in CheckpointStore(LocalStorage(run_dir)).committed()]
 
 
+def durable_steps(run_dir: Path) -> list[int]:
+    ck = run_dir / "checkpoints"
+    return [s for s in committed_steps(run_dir)
+            if json.loads((ck / checkpoint_name(s) / MANIFEST).read_text())["durable"]]
+
+
 def assert_crashed_at(proc, run_dir: Path, step: int, checkpoints: list[int]) -> None:
+    """``checkpoints``: the newest three it committed; the newest durable one is kept besides them."""
     assert proc.returncode == 1, describe(proc)
     assert f"SimulatedDeviceError: simulated device error in step {step}" in proc.stderr, describe(proc)
     assert [r["step"] for r in losses(run_dir)] == list(range(step)), "the crash arm fired at the wrong step"
-    assert committed_steps(run_dir) == checkpoints
+    durable = durable_steps(run_dir)
+    assert durable, "no durable checkpoint: the first one of an attempt always is"
+    assert committed_steps(run_dir) == sorted({*checkpoints, durable[-1]})
 
 
 @dataclass
