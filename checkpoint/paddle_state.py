@@ -59,40 +59,130 @@ def optimizer_arrays(
     return arrays, scheduler
 
 
+_xpu: bool | None = None
+
+
+def _model_tensors(model: paddle.nn.Layer) -> dict[str, paddle.Tensor] | None:
+    """What ``model.state_dict()`` gives (parameters and persistable buffers by structured name, the
+    tensors themselves), walked without its generic machinery; None where a layer has state-dict
+    hooks, which only Paddle's own walk applies."""
+    out: dict[str, paddle.Tensor] = {}
+
+    def visit(layer: paddle.nn.Layer, prefix: str) -> bool:
+        if layer._state_dict_hooks:
+            return False
+        for name, p in layer._parameters.items():
+            if p is not None:
+                out[prefix + name] = p
+        skip = layer._non_persistable_buffer_names_set
+        for name, b in layer._buffers.items():
+            if b is not None and name not in skip:
+                out[prefix + name] = b
+        return all(visit(sub, f"{prefix}{name}.") for name, sub in layer._sub_layers.items() if sub is not None)
+
+    return out if visit(model, "") else None
+
+
+def _optimizer_tensors(optimizer: paddle.optimizer.Optimizer) -> dict[str, paddle.Tensor] | None:
+    """The tensors of ``optimizer.state_dict()`` (its accumulators by name), or None where that holds
+    anything else: no accumulators yet, master weights, or an XPU build's scale values."""
+    global _xpu
+    if _xpu is None:
+        _xpu = bool(paddle.base.core.is_compiled_with_xpu())
+    if _xpu or not optimizer._accumulators or getattr(optimizer, "_master_weights", None):
+        return None
+    return {t.name: t for acc in optimizer._accumulators.values() for t in acc.values()}
+
+
+_data_ptr = paddle.Tensor.data_ptr
+
+
 class LiveArrays:
     """Zero-copy NumPy views of a model's and an optimizer's tensors, for a checkpoint taken every step.
 
     ``Tensor.numpy()`` allocates and copies each tensor; an every-step checkpoint copies them once
     more into the writer's buffer. These views let that be the only copy. They are valid only until
-    the next training step: read them at once. Each call checks that every tensor is still the same
-    object at the same address, and makes a new view where not; tensors off the CPU are copied.
+    the next training step: read them at once. Each call walks the model and the optimizer again and
+    checks that every tensor is still the same object at the same address; while all are, it returns
+    the same dict of the same views (read it, do not change it). Tensors off the CPU are copied.
+
+    The walks are this module's own where they agree with ``state_dict()`` (checked at first use, and
+    again wherever they cannot tell, such as state-dict hooks): Paddle's cost three times as much.
     """
 
     def __init__(self, model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer) -> None:
         self.model = model
         self.optimizer = optimizer
         self._views: dict[int, tuple[paddle.Tensor, int, np.ndarray]] = {}
+        self._lean: dict[str, bool | None] = {"model": None, "optimizer": None}  # None: not checked yet
+        # By part: the names, the tensors (held, so that their ids stay theirs), their ids and addresses,
+        # and the views made of them.
+        self._last: dict[str, tuple[list[str], list[paddle.Tensor], list[int], list[int], dict[str, np.ndarray]]] = {}
 
-    def _view(self, t: paddle.Tensor) -> np.ndarray:
+    def _view(self, t: paddle.Tensor) -> tuple[np.ndarray, bool]:
+        """A view of ``t``'s memory (True), or a copy where there is none to make (False)."""
         hit = self._views.get(id(t))  # only CPU tensors are kept; holding t keeps its id unique
         if hit is not None and hit[0] is t and hit[1] == t.data_ptr():
-            return hit[2]
+            return hit[2], True
         ptr = t.data_ptr() if t.place.is_cpu_place() else 0
         copy = t.numpy()
         if not ptr or not copy.flags.c_contiguous or copy.nbytes == 0:
-            return copy
+            return copy, False
         raw = (ctypes.c_char * copy.nbytes).from_address(ptr)
         view = np.frombuffer(memoryview(raw), dtype=copy.dtype).reshape(copy.shape)
         if not np.array_equal(view, copy, equal_nan=copy.dtype.kind == "f"):
-            return copy  # not a dense buffer we understand: copy it every time
+            return copy, False  # not a dense buffer we understand: copy it every time
         self._views[id(t)] = (t, ptr, view)
-        return view
+        return view, True
+
+    def _paddle_walk(self, part: str) -> dict[str, Any]:
+        if part == "model":
+            return dict(self.model.state_dict())
+        return {k: v for k, v in self.optimizer.state_dict().items() if k != _SCHEDULER_KEY}
+
+    def _tensors(self, part: str) -> dict[str, Any]:
+        lean = self._lean[part]
+        if lean is not False:
+            mine = _model_tensors(self.model) if part == "model" else _optimizer_tensors(self.optimizer)
+            if mine is not None:
+                if lean:
+                    return mine
+                theirs = self._paddle_walk(part)
+                same = list(mine) == list(theirs) and all(a is b for a, b in zip(mine.values(), theirs.values()))
+                self._lean[part] = same
+                return theirs
+        return self._paddle_walk(part)
+
+    def _arrays(self, part: str) -> dict[str, np.ndarray]:
+        found = self._tensors(part)
+        for k, v in found.items():
+            if not isinstance(v, paddle.Tensor):
+                raise TypeError(f"unexpected {part} state entry {k!r} of type {type(v).__name__}")
+        names, tensors = list(found), list(found.values())
+        ids, ptrs = list(map(id, tensors)), list(map(_data_ptr, tensors))
+        last = self._last.get(part)
+        if last is not None and last[0] == names and last[2] == ids and last[3] == ptrs:
+            return last[4]
+        views: dict[str, np.ndarray] = {}
+        all_views = True
+        for k, t in zip(names, tensors):
+            views[k], is_view = self._view(t)
+            all_views = all_views and is_view
+        if all_views:
+            self._last[part] = (names, tensors, ids, ptrs, views)
+        else:
+            self._last.pop(part, None)  # copies are made again every time
+        return views
 
     def model_arrays(self) -> dict[str, np.ndarray]:
-        return model_arrays(self.model, self._view)
+        return self._arrays("model")
+
+    def optimizer_tensor_arrays(self) -> dict[str, np.ndarray]:
+        """The optimizer's arrays as :meth:`optimizer_arrays` gives them, without the scheduler."""
+        return self._arrays("optimizer")
 
     def optimizer_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return optimizer_arrays(self.optimizer, self._view)
+        return self._arrays("optimizer"), self.scheduler_state()
 
     def scheduler_state(self) -> dict[str, Any]:
         """The LR scheduler's state, as :meth:`optimizer_arrays` gives it, without the tensors."""

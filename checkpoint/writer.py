@@ -27,14 +27,13 @@ The protocol, over a ``SOCK_SEQPACKET`` socket pair, one message each way per ch
 - training process -> writer: a pickled ``{"step", "layout", "meta", "digests", "event", "pause",
   "durable"}``, with a memfd attached when the buffer is new. ``layout`` (``[[file, name, dtype,
   shape, offset], ...]``) is sent when it changes and is None otherwise.
-- writer -> training process: JSON, ``{"ok": true, "step", "name", "seconds"}`` or ``{"ok": false,
-  "error"}``.
+- writer -> training process: a kind (saved, paused or failed), the step and the seconds the
+  persist took, packed; then the checkpoint's name, or for a failure the error message.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import mmap
 import os
 import pickle
@@ -42,14 +41,14 @@ import queue
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -70,12 +69,20 @@ class WriterError(RuntimeError):
     """The writer process failed a checkpoint, or is gone; the message says why."""
 
 
-@dataclass(frozen=True)
-class Saved:
+class Saved(NamedTuple):
     step: int
     name: str
     seconds: float  # from the message's arrival to the commit, in the writer
     paused: bool = False  # the writer stopped between the files as asked, and stays stopped
+
+
+# The writer's answer: saved, paused (the name is empty), or failed (then a UTF-8 message follows).
+_REPLY = struct.Struct("<Bqd")
+_SAVED, _PAUSED, _FAILED = 0, 1, 2
+
+
+def _reply(kind: int, step: int, seconds: float = 0.0, text: str = "") -> bytes:
+    return _REPLY.pack(kind, step, seconds) + text.encode("utf-8")
 
 
 # -- the training process's side ---------------------------------------------------------------------
@@ -322,10 +329,10 @@ class CheckpointWriter:
         if not data:
             code = self._proc.wait()
             raise WriterError(f"checkpoint writer (pid {self.pid}) exited with {code} before finishing")
-        reply = json.loads(data)
-        if not reply["ok"]:
-            raise WriterError(reply["error"])
-        return Saved(int(reply["step"]), str(reply["name"]), float(reply["seconds"]), bool(reply.get("paused")))
+        kind, step, seconds = _REPLY.unpack_from(data)
+        if kind == _FAILED:
+            raise WriterError(data[_REPLY.size :].decode("utf-8", "replace"))
+        return Saved(step, data[_REPLY.size :].decode("utf-8"), seconds, kind == _PAUSED)
 
     def close(self, timeout: float = 30.0) -> None:
         """Let the writer finish what it has, then stop it (killing it after ``timeout`` seconds)."""
@@ -393,7 +400,7 @@ def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
         def between_files(fname: str, pause: Mapping[str, Any] | None = pause, step: int = req["step"]) -> None:
             if pause is not None:
                 append_record(events, dict(pause, time=time.time(), after_file=fname))
-                sock.send(json.dumps({"ok": True, "paused": True, "step": step, "name": "", "seconds": 0.0}).encode())
+                sock.send(_reply(_PAUSED, step))
                 while True:
                     time.sleep(3600)
 
@@ -405,12 +412,12 @@ def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
             chunks, meta = pack_chunks(StateArrays(files, req["meta"], req["digests"]))
             name = store.save(int(req["step"]), chunks, meta, durable=bool(req.get("durable", True)))
         except Exception as exc:
-            sock.send(json.dumps({"ok": False, "error": f"checkpoint after step {req['step']}: {exc}"}).encode())
+            sock.send(_reply(_FAILED, req["step"], text=f"checkpoint after step {req['step']}: {exc}"))
             continue
         took = time.monotonic() - t0
         append_record(events, dict(req["event"], time=time.time(), event="checkpoint-saved", step=req["step"],
                                    name=name, persist_s=round(took, 6), writer_pid=os.getpid()))
-        sock.send(json.dumps({"ok": True, "step": req["step"], "name": name, "seconds": took}).encode())
+        sock.send(_reply(_SAVED, req["step"], took, name))
 
 
 def main(argv: list[str]) -> int:

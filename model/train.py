@@ -56,9 +56,8 @@ class _Snapshot:
     rng: Callable[[], RngState]
 
     def arrays(self) -> StateArrays:
-        opt_arrays, _ = self.live.optimizer_arrays()
         return TrainState(step=self.step, epoch=self.epoch, batch=self.batch, model=self.live.model_arrays(),
-                          optimizer=opt_arrays, lr_scheduler=self.lr_scheduler, rng=self.rng,
+                          optimizer=self.live.optimizer_tensor_arrays(), lr_scheduler=self.lr_scheduler, rng=self.rng,
                           order=self.order).arrays(rng_late=False)
 
 

@@ -516,6 +516,93 @@ def test_live_arrays_are_views_that_equal_the_tensors_after_every_step(paddle) -
             assert all(views[k] is first[k] for k in views)
 
 
+def walk_models(paddle) -> dict[str, Any]:
+    """Models whose state dicts hold parameters, persistable and non-persistable buffers, nested
+    layers, a layer without parameters and a parameter slot set to None."""
+    from model.net import MnistCNN
+
+    class Odd(paddle.nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = paddle.nn.Sequential(paddle.nn.Linear(3, 4), paddle.nn.BatchNorm1D(4), paddle.nn.ReLU())
+            self.register_buffer("seen", paddle.zeros([2]))
+            self.register_buffer("scratch", paddle.zeros([2]), persistable=False)
+            self.add_parameter("gone", None)
+            self.head = paddle.nn.Linear(4, 2, bias_attr=False)
+
+        def forward(self, x):
+            return self.head(self.inner(x))
+
+    paddle.seed(0)
+    return {"tiny": tiny(paddle)[0], "mnist-8": MnistCNN(8), "mnist-28": MnistCNN(28), "odd": Odd()}
+
+
+def test_the_lean_walks_find_what_state_dict_finds(paddle) -> None:
+    from checkpoint import paddle_state as ps
+
+    for label, model in walk_models(paddle).items():
+        mine, theirs = ps._model_tensors(model), model.state_dict()
+        assert mine is not None and list(mine) == list(theirs), label
+        assert all(mine[k] is theirs[k] for k in theirs), label
+        opt = paddle.optimizer.Adam(learning_rate=0.1, parameters=model.parameters())
+        assert ps._optimizer_tensors(opt) is None  # no accumulators before the first step
+        model.train()
+        x = paddle.randn([4, 1, 8, 8] if label == "mnist-8" else [4, 1, 28, 28] if label == "mnist-28"
+                         else [4, 6] if label == "tiny" else [4, 3])
+        model(x).sum().backward()
+        opt.step()
+        mine_o = ps._optimizer_tensors(opt)
+        theirs_o = {k: v for k, v in opt.state_dict().items() if k != "LR_Scheduler"}
+        assert mine_o is not None and sorted(mine_o) == sorted(theirs_o) and len(mine_o) >= 4, label
+        assert all(mine_o[k] is theirs_o[k] for k in theirs_o), label
+    assert "scratch" not in walk_models(paddle)["odd"].state_dict()  # so the comparison covers the skip
+
+
+def test_live_arrays_fall_back_to_paddles_walk_where_theirs_differs_or_hooks_change_it(
+    paddle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from checkpoint import paddle_state as ps
+
+    model, opt, sched = tiny(paddle)
+    train_steps(paddle, model, opt, sched, 1)
+    # A walk that misses a tensor is found out at first use and not used again.
+    real = ps._model_tensors
+    monkeypatch.setattr(ps, "_model_tensors", lambda m: dict(list(real(m).items())[1:]))
+    live = ps.LiveArrays(model, opt)
+    assert sorted(live.model_arrays()) == sorted(model.state_dict())
+    assert live._lean == {"model": False, "optimizer": None}
+    assert sorted(live.model_arrays()) == sorted(model.state_dict())
+    monkeypatch.setattr(ps, "_model_tensors", real)
+    live.optimizer_tensor_arrays()
+    assert live._lean["optimizer"] is True
+
+    # A state-dict hook: only Paddle's walk applies it.
+    def hook(destination):
+        destination["extra"] = paddle.ones([1])
+        return destination
+
+    model.register_state_dict_hook(hook)
+    assert ps._model_tensors(model) is None
+    fresh = ps.LiveArrays(model, opt)
+    assert "extra" in fresh.model_arrays() and "extra" in fresh.model_arrays()
+
+
+def test_live_arrays_give_the_same_dict_while_nothing_is_replaced(paddle) -> None:
+    from checkpoint import paddle_state as ps
+
+    model, opt, sched = tiny(paddle)
+    train_steps(paddle, model, opt, sched, 1)
+    live = ps.LiveArrays(model, opt)
+    m, o = live.model_arrays(), live.optimizer_tensor_arrays()
+    train_steps(paddle, model, opt, sched, 2, seed=3)
+    assert live.model_arrays() is m and live.optimizer_tensor_arrays() is o
+    assert all(np.array_equal(m[k], t.numpy()) for k, t in model.state_dict().items())
+    other = paddle.to_tensor(np.full(model[0].bias.shape, 3.0, dtype="float32"))
+    other._share_buffer_to(model[0].bias)  # the same tensor on another buffer
+    m2 = live.model_arrays()
+    assert m2 is not m and np.array_equal(m2["0.bias"], np.full(model[0].bias.shape, 3.0, dtype="float32"))
+
+
 def test_a_live_view_follows_a_tensor_whose_value_buffer_or_object_is_replaced(paddle) -> None:
     from checkpoint import paddle_state as ps
 
