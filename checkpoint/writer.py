@@ -194,6 +194,8 @@ class CheckpointWriter:
             queue.SimpleQueue())
         self._copying = threading.Event()  # set: no deferred copy is under way
         self._copying.set()
+        self._go = threading.Event()  # set: a held deferred copy may run
+        self._go.set()
         self._failed: BaseException | None = None  # by the copier thread, for wait() to raise
         self._thread: threading.Thread | None = None
 
@@ -220,7 +222,8 @@ class CheckpointWriter:
         return self._mm
 
     def submit(self, step: int, state: StateArrays | Callable[[], StateArrays], *, event: Mapping[str, Any],
-               started: float, pause: Mapping[str, Any] | None = None, durable: bool = True) -> float:
+               started: float, pause: Mapping[str, Any] | None = None, durable: bool = True,
+               held: bool = False) -> float:
         """Have ``state`` persisted; returns at once, with the stall: seconds since ``started``
         (``time.monotonic()``).
 
@@ -229,13 +232,18 @@ class CheckpointWriter:
         arrays while the caller goes on; the caller must not change them before :meth:`wait_copied`
         returns. ``event``: the fields of the ``checkpoint-saved`` record the writer appends.
         ``pause``: an event to append before stopping between the files for good (chaos testing's
-        torn checkpoint). ``durable``: see :meth:`CheckpointStore.save`."""
+        torn checkpoint). ``durable``: see :meth:`CheckpointStore.save`. ``held``: a callable waits
+        for :meth:`release` (or :meth:`wait_copied`) before it runs."""
         if self._in_flight is not None:
             raise RuntimeError("a checkpoint is still being written; call wait() first")
         if callable(state):
             stall = time.monotonic() - started
             self._in_flight = step
             self._copying.clear()
+            if held:
+                self._go.clear()
+            else:
+                self._go.set()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._copy_loop, name="checkpoint-copier", daemon=True)
                 self._thread.start()
@@ -294,6 +302,7 @@ class CheckpointWriter:
     def _copy_loop(self) -> None:
         while True:
             step, make, event, pause, durable = self._jobs.get()
+            self._go.wait()
             try:
                 self._send(step, self._copy(make()), event, pause, durable)
             except BaseException as exc:  # a failed capture, copy or send: wait() raises it
@@ -301,10 +310,17 @@ class CheckpointWriter:
             finally:
                 self._copying.set()
 
+    def release(self) -> None:
+        """Let a held deferred :meth:`submit` run now (nothing happens if there is none)."""
+        self._go.set()
+
     def wait_copied(self, timeout: float | None = None) -> bool:
         """Block until the arrays of a deferred :meth:`submit` are in the buffer (True), or for
-        ``timeout`` seconds (False). At once when there are none."""
-        return self._copying.is_set() or self._copying.wait(timeout)
+        ``timeout`` seconds (False), releasing it if held. At once when there are none."""
+        if self._copying.is_set():
+            return True
+        self._go.set()
+        return self._copying.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> Saved | None:
         """Block until the checkpoint in flight, if any, is committed; raise its error. With a

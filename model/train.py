@@ -140,8 +140,9 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         lr = sched.get_lr()
+        worker.before_backward()  # a deferred checkpoint's copy runs beside the backward pass
         loss.backward()
-        worker.before_update()  # a deferred checkpoint's copy of the weights is done by now
+        worker.before_update()  # and is done by now
         opt.step()
         opt.clear_grad()
         sched.step()

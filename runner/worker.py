@@ -115,6 +115,7 @@ class Worker:
         #: synchronous ones always are.
         self.durable_every_s = DEFAULT_DURABLE_EVERY_S
         self._last_durable: float | None = None
+        self._backward_calls = False  # the job calls before_backward()
         self.store = CheckpointStore(
             LocalStorage(self.run_dir), keep=keep_checkpoints, between_files=self._between_files
         )
@@ -340,9 +341,9 @@ class Worker:
         returning.
 
         ``deferred``: the snapshot's ``arrays()`` runs on the writer's copier thread, overlapping
-        the next step's forward and backward passes, so the training thread only pays for
-        ``capture()``. The job promises that nothing those arrays read changes until it calls
-        :meth:`before_update`, which waits for the copy: call it before every optimizer step.
+        the next step's backward pass (see :meth:`before_backward`), so the training thread only
+        pays for ``capture()``. The job promises that nothing those arrays read changes until it
+        calls :meth:`before_update`, which waits for the copy: call it before every optimizer step.
 
         A checkpoint never starts while the previous one is unfinished. If the process is killed
         before the manifest is written, the unfinished checkpoint simply does not exist."""
@@ -366,7 +367,8 @@ class Worker:
             pause = {"source": "worker", "event": PAUSED_EVENT, "attempt": self.attempt, "pid": self.pid,
                      "step": step}
         state = snapshot.arrays if deferred else snapshot.arrays()
-        stall = self._start_writer().submit(step, state, event=event, started=t0, pause=pause, durable=durable)
+        stall = self._start_writer().submit(step, state, event=event, started=t0, pause=pause, durable=durable,
+                                            held=deferred and self._backward_calls)
         self._last_report += stall
         self.cadence.record_checkpoint(step, stall)
         if pause is not None:
@@ -374,6 +376,15 @@ class Worker:
             self.heartbeat(PAUSED_PHASE, step=step)
             while True:
                 time.sleep(3600)
+
+    def before_backward(self) -> None:
+        """Let a deferred checkpoint's copy run now: call it right before the backward pass. Paddle
+        holds the GIL between the forward pass's many small operations, but not during the backward
+        pass, so the copier thread's Python then runs beside training instead of between its
+        operations. Once a job calls this, deferred copies wait for it (or for :meth:`before_update`)."""
+        self._backward_calls = True
+        if self._writer is not None:
+            self._writer.release()
 
     def before_update(self) -> None:
         """Wait until a deferred checkpoint's arrays are copied (at once if there are none): call it
