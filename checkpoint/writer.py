@@ -1,17 +1,17 @@
 """Checkpoints persisted by a process of their own, so that training never waits for them.
 
 At a step boundary the training process copies its arrays into a shared-memory buffer (a few
-``np.concatenate`` calls, see :class:`_CopyPlan`) and sends this process a short message; the writer
-packs the files (safetensors), hashes, writes and commits them through :class:`CheckpointStore` -
-the same crash-safe format as a synchronous save, fsynced when the message asks for a durable one -
-appends the ``checkpoint-saved`` event and answers. None of that Python runs on the training
-process's interpreter, so it never holds the training thread's GIL; the answer is read when the
-next checkpoint starts, or by :meth:`CheckpointWriter.wait`.
+``np.concatenate`` calls, see :class:`_CopyPlan`); a copier thread sends this process a short
+message and waits for the answer, blocked without the GIL. The writer packs the files
+(safetensors), hashes, writes and commits them through :class:`CheckpointStore` - the same
+crash-safe format as a synchronous save, fsynced when the message asks for a durable one - appends
+the ``checkpoint-saved`` event and answers. None of that Python runs on the training process's
+interpreter, so it never holds the training thread's GIL.
 
-Given a deferred snapshot (a callable), a copier thread in the training process makes and copies
-the arrays and sends the message: the training thread goes on with the next step's forward and
-backward passes meanwhile, and waits in :meth:`CheckpointWriter.wait_copied` only if it reaches the
-optimizer step before the copy is done.
+Given a deferred snapshot (a callable), the copier thread also makes and copies the arrays, once
+released (:meth:`CheckpointWriter.release`: the job does that as its backward pass starts, which
+holds no GIL): the training thread goes on meanwhile, and waits in
+:meth:`CheckpointWriter.wait_copied` only if it reaches the optimizer step before the copy is done.
 
 Safety:
 
@@ -38,7 +38,6 @@ import mmap
 import os
 import pickle
 import queue
-import select
 import signal
 import socket
 import struct
@@ -190,13 +189,13 @@ class CheckpointWriter:
         self._plan: _CopyPlan | None = None
         self._layout_unsent = True  # the writer has not been told the layout of the buffer yet
         self._in_flight: int | None = None
-        self._jobs: queue.SimpleQueue[tuple[int, Callable[[], StateArrays], dict[str, Any], Any, bool]] = (
-            queue.SimpleQueue())
+        self._jobs: queue.SimpleQueue[tuple[int, Any, dict[str, Any], Any, bool]] = queue.SimpleQueue()
         self._copying = threading.Event()  # set: no deferred copy is under way
         self._copying.set()
         self._go = threading.Event()  # set: a held deferred copy may run
         self._go.set()
-        self._failed: BaseException | None = None  # by the copier thread, for wait() to raise
+        self._done = threading.Event()  # set: the writer answered for the checkpoint in flight
+        self._result: Saved | BaseException | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -236,26 +235,22 @@ class CheckpointWriter:
         for :meth:`release` (or :meth:`wait_copied`) before it runs."""
         if self._in_flight is not None:
             raise RuntimeError("a checkpoint is still being written; call wait() first")
-        if callable(state):
-            stall = time.monotonic() - started
-            self._in_flight = step
-            self._copying.clear()
-            if held:
-                self._go.clear()
-            else:
-                self._go.set()
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._copy_loop, name="checkpoint-copier", daemon=True)
-                self._thread.start()
-            self._jobs.put((step, state, dict(event, stall_s=round(stall, 6)), pause, durable))
-            return stall
-        done = self._copy(state)
+        deferred = callable(state)
+        if not deferred:
+            state = self._copy(state)  # type: ignore[arg-type]
         stall = time.monotonic() - started
         self._in_flight = step
-        try:
-            self._send(step, done, dict(event, stall_s=round(stall, 6)), pause, durable)
-        except BaseException as exc:
-            self._failed = exc  # raised by wait()
+        self._done.clear()
+        if deferred:
+            self._copying.clear()
+        if deferred and held:
+            self._go.clear()
+        else:
+            self._go.set()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._copy_loop, name="checkpoint-copier", daemon=True)
+            self._thread.start()
+        self._jobs.put((step, state, dict(event, stall_s=round(stall, 6)), pause, durable))
         return stall
 
     def _copy(self, state: StateArrays) -> StateArrays:
@@ -300,15 +295,35 @@ class CheckpointWriter:
                 os.close(fd)
 
     def _copy_loop(self) -> None:
+        """The copier thread: copy a deferred state once released, send the message, and take the
+        answer - blocked in ``recv`` without the GIL, so the training thread never waits for it."""
         while True:
-            step, make, event, pause, durable = self._jobs.get()
+            step, state, event, pause, durable = self._jobs.get()
             self._go.wait()
             try:
-                self._send(step, self._copy(make()), event, pause, durable)
-            except BaseException as exc:  # a failed capture, copy or send: wait() raises it
-                self._failed = exc
-            finally:
-                self._copying.set()
+                if callable(state):
+                    try:
+                        state = self._copy(state())
+                    finally:
+                        self._copying.set()
+                self._send(step, state, event, pause, durable)
+                self._result = self._answer()
+            except BaseException as exc:  # a failed capture, copy, send or save: wait() raises it
+                self._result = exc
+            self._done.set()
+
+    def _answer(self) -> Saved:
+        try:
+            data = self._sock.recv(_MAX_MESSAGE)
+        except OSError as exc:
+            raise WriterError(f"checkpoint writer (pid {self.pid}) is gone: {exc.strerror}") from None
+        if not data:
+            code = self._proc.wait()
+            raise WriterError(f"checkpoint writer (pid {self.pid}) exited with {code} before finishing")
+        kind, step, seconds = _REPLY.unpack_from(data)
+        if kind == _FAILED:
+            raise WriterError(data[_REPLY.size :].decode("utf-8", "replace"))
+        return Saved(step, data[_REPLY.size :].decode("utf-8"), seconds, kind == _PAUSED)
 
     def release(self) -> None:
         """Let a held deferred :meth:`submit` run now (nothing happens if there is none)."""
@@ -327,28 +342,14 @@ class CheckpointWriter:
         ``timeout``, None also when it is still being written."""
         if self._in_flight is None:
             return None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self.wait_copied(timeout):
-            return None
-        failed, self._failed = self._failed, None
-        if failed is not None:
-            self._in_flight = None
-            raise failed
-        if deadline is not None and not select.select([self._sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
-            return None
-        try:
-            data = self._sock.recv(_MAX_MESSAGE)
-        except OSError as exc:
-            self._in_flight = None
-            raise WriterError(f"checkpoint writer (pid {self.pid}) is gone: {exc.strerror}") from None
-        self._in_flight = None
-        if not data:
-            code = self._proc.wait()
-            raise WriterError(f"checkpoint writer (pid {self.pid}) exited with {code} before finishing")
-        kind, step, seconds = _REPLY.unpack_from(data)
-        if kind == _FAILED:
-            raise WriterError(data[_REPLY.size :].decode("utf-8", "replace"))
-        return Saved(step, data[_REPLY.size :].decode("utf-8"), seconds, kind == _PAUSED)
+        if not self._done.is_set():
+            self._go.set()
+            if not self._done.wait(timeout):
+                return None
+        result, self._result, self._in_flight = self._result, None, None
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def close(self, timeout: float = 30.0) -> None:
         """Let the writer finish what it has, then stop it (killing it after ``timeout`` seconds)."""
