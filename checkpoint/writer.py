@@ -190,11 +190,13 @@ class CheckpointWriter:
         self._layout_unsent = True  # the writer has not been told the layout of the buffer yet
         self._in_flight: int | None = None
         self._jobs: queue.SimpleQueue[tuple[int, Any, dict[str, Any], Any, bool]] = queue.SimpleQueue()
-        self._copying = threading.Event()  # set: no deferred copy is under way
-        self._copying.set()
-        self._go = threading.Event()  # set: a held deferred copy may run
-        self._go.set()
-        self._done = threading.Event()  # set: the writer answered for the checkpoint in flight
+        # Plain locks used as gates (their C calls cost far less than an Event's Python): each is held
+        # from submit() until what it stands for has happened, then released by the copier thread -
+        # or, for ``_go``, by release() - and waited for by acquiring and releasing it at once.
+        self._copying = threading.Lock()  # held: a deferred copy is under way
+        self._go = threading.Lock()  # held: a deferred copy waits for release()
+        self._held = False  # this thread holds ``_go``
+        self._done = threading.Lock()  # held: the writer has not answered for the checkpoint in flight
         self._result: Saved | BaseException | None = None
         self._thread: threading.Thread | None = None
 
@@ -240,13 +242,12 @@ class CheckpointWriter:
             state = self._copy(state)  # type: ignore[arg-type]
         stall = time.monotonic() - started
         self._in_flight = step
-        self._done.clear()
+        self._done.acquire()
         if deferred:
-            self._copying.clear()
-        if deferred and held:
-            self._go.clear()
-        else:
-            self._go.set()
+            self._copying.acquire()
+            if held:
+                self._go.acquire()
+                self._held = True
         if self._thread is None:
             self._thread = threading.Thread(target=self._copy_loop, name="checkpoint-copier", daemon=True)
             self._thread.start()
@@ -299,18 +300,19 @@ class CheckpointWriter:
         answer - blocked in ``recv`` without the GIL, so the training thread never waits for it."""
         while True:
             step, state, event, pause, durable = self._jobs.get()
-            self._go.wait()
             try:
                 if callable(state):
                     try:
+                        with self._go:
+                            pass
                         state = self._copy(state())
                     finally:
-                        self._copying.set()
+                        self._copying.release()
                 self._send(step, state, event, pause, durable)
                 self._result = self._answer()
             except BaseException as exc:  # a failed capture, copy, send or save: wait() raises it
                 self._result = exc
-            self._done.set()
+            self._done.release()
 
     def _answer(self) -> Saved:
         try:
@@ -325,26 +327,40 @@ class CheckpointWriter:
             raise WriterError(data[_REPLY.size :].decode("utf-8", "replace"))
         return Saved(step, data[_REPLY.size :].decode("utf-8"), seconds, kind == _PAUSED)
 
+    @property
+    def held(self) -> bool:
+        """A deferred :meth:`submit` waits for :meth:`release`."""
+        return self._held
+
     def release(self) -> None:
         """Let a held deferred :meth:`submit` run now (nothing happens if there is none)."""
-        self._go.set()
+        if self._held:
+            self._held = False
+            self._go.release()
+
+    @staticmethod
+    def _passed(gate: threading.Lock, timeout: float | None) -> bool:
+        if not gate.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        gate.release()
+        return True
 
     def wait_copied(self, timeout: float | None = None) -> bool:
         """Block until the arrays of a deferred :meth:`submit` are in the buffer (True), or for
         ``timeout`` seconds (False), releasing it if held. At once when there are none."""
-        if self._copying.is_set():
+        if not self._copying.locked():
             return True
-        self._go.set()
-        return self._copying.wait(timeout)
+        self.release()
+        return self._passed(self._copying, timeout)
 
     def wait(self, timeout: float | None = None) -> Saved | None:
         """Block until the checkpoint in flight, if any, is committed; raise its error. With a
         ``timeout``, None also when it is still being written."""
         if self._in_flight is None:
             return None
-        if not self._done.is_set():
-            self._go.set()
-            if not self._done.wait(timeout):
+        if self._done.locked():
+            self.release()
+            if not self._passed(self._done, timeout):
                 return None
         result, self._result, self._in_flight = self._result, None, None
         if isinstance(result, BaseException):

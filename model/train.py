@@ -8,10 +8,9 @@ beta powers, the LR scheduler, every RNG state, the epoch's sample order and the
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import paddle
@@ -40,37 +39,34 @@ def build(cfg: TrainConfig, side: int, total_steps: int) -> tuple[MnistCNN, padd
     return model, opt
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    """The job's state at a step boundary. What changes during the next forward and backward passes -
-    the RNG states, the data generator, the scheduler, the position - is taken at once; the model's
-    and optimizer's tensors change only in the optimizer step, so :meth:`arrays` may read them later,
-    on the writer's copier thread, until the job calls ``worker.before_update()``."""
+class _Snapshot(NamedTuple):
+    """The job's state at a step boundary. What the next forward and backward passes may change -
+    the RNG states, the data generator, the position - is taken at once; the rest is read by
+    :meth:`arrays` - on the writer's copier thread, for a deferred checkpoint - until the job calls
+    ``worker.before_update()``: the model's and optimizer's tensors change only in the optimizer
+    step, and the LR scheduler right after it."""
 
     live: ps.LiveArrays
     step: int
     epoch: int
     batch: int
     order: np.ndarray
-    lr_scheduler: dict[str, Any]
-    rng: Callable[[], RngState]
+    rng_later: Callable[[], RngState]
+    data_state: Mapping[str, Any]
 
     def arrays(self) -> StateArrays:
         return TrainState(step=self.step, epoch=self.epoch, batch=self.batch, model=self.live.model_arrays(),
-                          optimizer=self.live.optimizer_tensor_arrays(), lr_scheduler=self.lr_scheduler, rng=self.rng,
-                          order=self.order).arrays(rng_late=False)
+                          optimizer=self.live.optimizer_tensor_arrays(), lr_scheduler=self.live.scheduler_state(),
+                          rng=self._rng, order=self.order).arrays(rng_late=False)
+
+    def _rng(self) -> RngState:
+        arrays, meta = self.rng_later()
+        return arrays, {**meta, "data": self.data_state}
 
 
 def _capture(live: ps.LiveArrays, rngs: ps.RngSnapshots, step: int, epoch: int, batch: int,
              order: np.ndarray, data_rng: np.random.Generator) -> _Snapshot:
-    rng_later = rngs.snapshot()
-    data_state = data_rng.bit_generator.state
-
-    def rng() -> RngState:
-        arrays, meta = rng_later()
-        return arrays, {**meta, "data": data_state}
-
-    return _Snapshot(live, step, epoch, batch, order, live.scheduler_state(), rng)
+    return _Snapshot(live, step, epoch, batch, order, rngs.snapshot(), data_rng.bit_generator.state)
 
 
 def _frozen(order: np.ndarray) -> np.ndarray:
