@@ -191,11 +191,10 @@ class CheckpointWriter:
         self._in_flight: int | None = None
         self._jobs: queue.SimpleQueue[tuple[int, Any, dict[str, Any], Any, bool]] = queue.SimpleQueue()
         # Plain locks used as gates (their C calls cost far less than an Event's Python): each is held
-        # from submit() until what it stands for has happened, then released by the copier thread -
-        # or, for ``_go``, by release() - and waited for by acquiring and releasing it at once.
+        # from submit() until what it stands for has happened, then released by the copier thread, and
+        # waited for by acquiring and releasing it at once.
         self._copying = threading.Lock()  # held: a deferred copy is under way
-        self._go = threading.Lock()  # held: a deferred copy waits for release()
-        self._held = False  # this thread holds ``_go``
+        self._held: tuple[int, Any, dict[str, Any], Any, bool] | None = None  # a job waiting for release()
         self._done = threading.Lock()  # held: the writer has not answered for the checkpoint in flight
         self._result: Saved | BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -245,13 +244,14 @@ class CheckpointWriter:
         self._done.acquire()
         if deferred:
             self._copying.acquire()
-            if held:
-                self._go.acquire()
-                self._held = True
         if self._thread is None:
             self._thread = threading.Thread(target=self._copy_loop, name="checkpoint-copier", daemon=True)
             self._thread.start()
-        self._jobs.put((step, state, dict(event, stall_s=round(stall, 6)), pause, durable))
+        job = (step, state, dict(event, stall_s=round(stall, 6)), pause, durable)
+        if deferred and held:
+            self._held = job  # not even queued: the copier thread stays asleep until release()
+        else:
+            self._jobs.put(job)
         return stall
 
     def _copy(self, state: StateArrays) -> StateArrays:
@@ -303,8 +303,6 @@ class CheckpointWriter:
             try:
                 if callable(state):
                     try:
-                        with self._go:
-                            pass
                         state = self._copy(state())
                     finally:
                         self._copying.release()
@@ -330,13 +328,13 @@ class CheckpointWriter:
     @property
     def held(self) -> bool:
         """A deferred :meth:`submit` waits for :meth:`release`."""
-        return self._held
+        return self._held is not None
 
     def release(self) -> None:
         """Let a held deferred :meth:`submit` run now (nothing happens if there is none)."""
-        if self._held:
-            self._held = False
-            self._go.release()
+        job, self._held = self._held, None
+        if job is not None:
+            self._jobs.put(job)
 
     @staticmethod
     def _passed(gate: threading.Lock, timeout: float | None) -> bool:
