@@ -343,6 +343,39 @@ def test_asynchronous_checkpoints_are_durable_once_per_interval_and_synchronous_
     assert {s: durable_of(s) for s in kept} == {s: want[s] for s in kept}
 
 
+class MadeSnap(Snap):
+    """A snapshot that records when and where its arrays were made."""
+
+    made = threading.Event()
+
+    def arrays(self) -> StateArrays:
+        type(self).made.set()
+        return super().arrays()
+
+
+@pytest.mark.parametrize("let_go", ["before_backward", "before_update"])
+def test_once_a_job_calls_before_backward_deferred_copies_wait_for_it(worker: Worker, let_go: str) -> None:
+    """A job that calls before_backward() gets its deferred copies made then, beside the backward pass,
+    not at once beside the forward pass; before_update() lets one go too. One that never calls it gets
+    them at once."""
+    MadeSnap.made = threading.Event()
+    worker.checkpoint(1, lambda: MadeSnap(1), deferred=True)
+    assert MadeSnap.made.wait(WAIT)  # never called before_backward(): made at once
+    worker.before_update()
+    worker.before_backward()  # nothing held: nothing happens
+    worker.flush_checkpoints()
+
+    MadeSnap.made = threading.Event()
+    worker.checkpoint(2, lambda: MadeSnap(2), deferred=True)
+    assert not MadeSnap.made.wait(0.2)  # the forward pass runs meanwhile
+    getattr(worker, let_go)()
+    assert MadeSnap.made.wait(WAIT)
+    worker.before_update()
+    worker.flush_checkpoints()
+    assert_holds(worker, 1)
+    assert_holds(worker, 2)
+
+
 def test_a_checkpoint_needs_an_active_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clean_env(monkeypatch)
     monkeypatch.setenv(ENV_STANDBY, "1")

@@ -346,6 +346,36 @@ def test_a_deferred_submit_copies_on_the_copier_thread_and_wait_copied_waits_for
     assert writer.wait_copied(0)  # nothing deferred in flight
 
 
+@pytest.mark.parametrize("let_go", ["release", "wait_copied", "wait", "close"])
+def test_a_held_deferred_submit_runs_only_once_let_go(writer: CheckpointWriter, root: Path, let_go: str) -> None:
+    """Held, a deferred state is not even made until release(); waiting for it lets it go, so that
+    nothing waits forever; closing the writer finishes it."""
+    state = sample(5)
+    want = pack(state)
+    made = threading.Event()
+
+    def make() -> StateArrays:
+        made.set()
+        return state
+
+    writer.submit(5, make, event=EVENT, started=0.0, held=True)
+    assert writer.held and writer.busy
+    assert not made.wait(0.2) and writer.held  # not made, not even queued
+    if let_go == "release":
+        writer.release()
+        assert not writer.held and made.wait(WAIT) and writer.wait(WAIT) is not None
+    elif let_go == "wait_copied":
+        assert writer.wait_copied(WAIT) and made.is_set() and writer.wait(WAIT) is not None
+    elif let_go == "wait":
+        assert writer.wait(WAIT) is not None and made.is_set()
+    else:
+        writer.close()
+        assert made.is_set()
+    assert not writer.held
+    assert committed(root, checkpoint_name(5)) == want
+    writer.release()  # nothing held: nothing happens
+
+
 def test_a_deferred_state_that_fails_is_raised_by_wait_and_the_writer_goes_on(
     writer: CheckpointWriter, root: Path
 ) -> None:
