@@ -80,7 +80,10 @@ def _model_tensors(model: paddle.nn.Layer) -> dict[str, paddle.Tensor] | None:
                 out[prefix + name] = b
         return all(visit(sub, f"{prefix}{name}.") for name, sub in layer._sub_layers.items() if sub is not None)
 
-    return out if visit(model, "") else None
+    try:
+        return out if visit(model, "") else None
+    except AttributeError:  # a Paddle whose layers keep their state otherwise
+        return None
 
 
 def _optimizer_tensors(optimizer: paddle.optimizer.Optimizer) -> dict[str, paddle.Tensor] | None:
@@ -89,9 +92,10 @@ def _optimizer_tensors(optimizer: paddle.optimizer.Optimizer) -> dict[str, paddl
     global _xpu
     if _xpu is None:
         _xpu = bool(paddle.base.core.is_compiled_with_xpu())
-    if _xpu or not optimizer._accumulators or getattr(optimizer, "_master_weights", None):
+    accumulators = getattr(optimizer, "_accumulators", None)
+    if _xpu or not isinstance(accumulators, dict) or not accumulators or getattr(optimizer, "_master_weights", None):
         return None
-    return {t.name: t for acc in optimizer._accumulators.values() for t in acc.values()}
+    return {t.name: t for acc in accumulators.values() for t in acc.values()}
 
 
 _data_ptr = paddle.Tensor.data_ptr
@@ -279,7 +283,7 @@ class RngSnapshots:
         self._py = _python_raw()
         self._py_raw_last: tuple[bytes, np.ndarray] | None = None
         self._paddle_by_text: bool | None = None  # decided at the first snapshot
-        self._paddle_by_raw: bool | None = None  # likewise
+        self._paddle_by_raw: dict[int, bool] = {}  # by generator, decided at its first snapshot
         self._paddle_last: dict[int, tuple[bytes, list[int], np.ndarray]] = {}
 
     def _numpy_state(self) -> tuple[Any, ...]:
@@ -308,10 +312,11 @@ class RngSnapshots:
         read-only uint8 array that is the same object while that state does not change. Whether it
         changed is read from the engine's memory (2.5 kB) where that checks out against the text:
         making the text takes 30 us."""
-        if self._paddle_by_raw is None:
-            self._paddle_by_raw = _paddle_raw_ok(state)
+        by_raw = self._paddle_by_raw.get(i)
+        if by_raw is None:
+            by_raw = self._paddle_by_raw[i] = _paddle_raw_ok(state)
         last = self._paddle_last.get(i)
-        raw = _paddle_raw(state) if self._paddle_by_raw else None
+        raw = _paddle_raw(state) if by_raw else None
         if raw is not None and last is not None and last[0] == raw:
             return last[1], last[2]
         if self._paddle_by_text is None:  # first use: does the printed state agree with the pickled one?
@@ -381,13 +386,17 @@ def _paddle_listed(state: Any) -> tuple[list[int], np.ndarray]:
 _MT64_WORDS = 312  # std::mt19937_64: the words, then the position
 
 
-def _paddle_raw(state: Any) -> bytes:
-    """A generator state's ``device, seed, offset`` and its engine's memory, as bytes. The state is a
-    pybind11 object whose value is Paddle's ``GeneratorState {int64 device; uint64 seed; uint64
-    offset; shared_ptr<mt19937_64> cpu_engine}``; use only where :func:`_paddle_raw_ok` said so."""
+def _paddle_raw(state: Any) -> bytes | None:
+    """A generator state's ``device, seed, offset`` and its engine's memory, as bytes (None if it has
+    no engine). The state is a pybind11 object whose value is Paddle's ``GeneratorState {int64 device;
+    uint64 seed; uint64 offset; shared_ptr<mt19937_64> cpu_engine}``; use only where
+    :func:`_paddle_raw_ok` said so for the same generator."""
     value = ctypes.c_void_p.from_address(id(state) + object.__basicsize__).value
-    head = ctypes.string_at(value, 32)  # type: ignore[arg-type]
-    return head[:24] + ctypes.string_at(int.from_bytes(head[24:], "little"), (_MT64_WORDS + 1) * 8)
+    if not value:
+        return None
+    head = ctypes.string_at(value, 32)
+    engine = int.from_bytes(head[24:], "little")
+    return head[:24] + ctypes.string_at(engine, (_MT64_WORDS + 1) * 8) if engine else None
 
 
 def _read_memory(addr: int, n: int) -> bytes | None:

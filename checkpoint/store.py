@@ -98,7 +98,7 @@ class CheckpointStore:
         for fname, data in files.items():
             if fname == MANIFEST or "/" in fname:
                 raise ValueError(f"bad checkpoint file name {fname!r}")
-            # The data is fsynced now; its directory entry becomes durable with the manifest's.
+            # Durable, the data is fsynced now; its directory entry becomes durable with the manifest's.
             self.storage.put(self._key(name, fname), data, commit=False, durable=durable)
             parts = [memoryview(data)] if isinstance(data, bytes) else data
             entries[fname] = {"sha256": chunks_sha256(parts), "size": chunks_size(parts)}

@@ -167,10 +167,10 @@ class _CopyPlan:
 class CheckpointWriter:
     """Starts the writer process and hands it one snapshot at a time through shared memory.
 
-    :meth:`submit` copies the arrays into the buffer and sends the message on the caller's thread -
-    or, for a deferred snapshot, leaves both to the copier thread - and returns; :meth:`wait` takes
-    the writer's answer. One checkpoint is in flight at a time, so the buffer and the plan are only
-    ever touched by one thread at once."""
+    :meth:`submit` copies the arrays into the buffer on the caller's thread - or, for a deferred
+    snapshot, leaves that to the copier thread - and returns; the copier thread sends the message and
+    takes the writer's answer, which :meth:`wait` hands back. One checkpoint is in flight at a time,
+    so the buffer and the plan are only ever touched by one thread at once."""
 
     def __init__(self, root: Path, *, keep: int, events: Path) -> None:
         self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

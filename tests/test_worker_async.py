@@ -752,7 +752,7 @@ def test_paddle_rng_arrays_are_reused_only_while_the_engine_is_unchanged(paddle,
 
     def snapshots(mode: str) -> ps.RngSnapshots:
         snaps = ps.RngSnapshots()
-        snaps._paddle_by_raw = mode == "raw"
+        snaps._paddle_by_raw = {0: mode == "raw"}
         snaps._paddle_by_text = mode != "list"
         return snaps
 
