@@ -31,32 +31,21 @@ warnings.filterwarnings("ignore", message=".*ccache.*")
 def bare_step_times(batches: int, reps: int) -> list[float]:
     """Bare Paddle: the same model, optimizer and data, with no worker, journal or checkpoints."""
     import numpy as np
-    import paddle
-    import paddle.nn.functional as F
 
     from model.config import TrainConfig
     from model.data import prepare
-    from model.train import build
+    from model.train import build, plain_step
 
     with tempfile.TemporaryDirectory() as d:
         data = prepare(None, Path(d))
     model, opt = build(TrainConfig(), data.side, batches * reps)
-    sched = opt._learning_rate
     order = np.random.default_rng(0).permutation(len(data.train_x))
     times = []
     for _ in range(reps):
         for b in range(batches):
             idx = order[b * 100 : (b + 1) * 100]
             t0 = time.perf_counter()
-            x = paddle.to_tensor(data.train_x[idx])
-            y = paddle.to_tensor(data.train_y[idx])
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            loss.backward()
-            opt.step()
-            opt.clear_grad()
-            sched.step()
-            float(loss)
+            plain_step(model, opt, data.train_x[idx], data.train_y[idx])
             times.append(time.perf_counter() - t0)
     return times
 

@@ -25,7 +25,7 @@ from .config import AUTO, TrainConfig, steps_per_epoch
 from .data import Dataset
 from .net import MnistCNN
 
-__all__ = ["train", "build", "warm_up"]
+__all__ = ["train", "build", "warm_up", "plain_step"]
 
 
 def build(cfg: TrainConfig, side: int, total_steps: int) -> tuple[MnistCNN, paddle.optimizer.Adam]:
@@ -82,18 +82,23 @@ def warm_up(cfg: TrainConfig, data: Dataset, steps: int = 2) -> None:
     is the same with or without it."""
     with paddle.utils.unique_name.guard():
         model, opt = build(cfg, data.side, steps)
-        sched = opt._learning_rate
         for b in range(steps):
-            x = paddle.to_tensor(data.train_x[b * cfg.batch_size : (b + 1) * cfg.batch_size])
-            y = paddle.to_tensor(data.train_y[b * cfg.batch_size : (b + 1) * cfg.batch_size])
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            loss.backward()
-            opt.step()
-            opt.clear_grad()
-            sched.step()
-            float(loss)
+            logits, _ = plain_step(model, opt, data.train_x[b * cfg.batch_size : (b + 1) * cfg.batch_size],
+                                   data.train_y[b * cfg.batch_size : (b + 1) * cfg.batch_size])
             logits.numpy()
+
+
+def plain_step(model: MnistCNN, opt: paddle.optimizer.Adam, xb: np.ndarray, yb: np.ndarray
+               ) -> tuple[paddle.Tensor, float]:
+    """One training step with no worker around it (the spare's warm-up, the bare side of the
+    benchmarks): forward, backward, update, scheduler; the logits and the loss."""
+    logits = model(paddle.to_tensor(xb))
+    loss = F.cross_entropy(logits, paddle.to_tensor(yb))
+    loss.backward()
+    opt.step()
+    opt.clear_grad()
+    opt._learning_rate.step()
+    return logits, float(loss)
 
 
 def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
