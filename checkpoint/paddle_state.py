@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import paddle
+import paddle.base.core as _core
+import paddle.base.framework as _framework
 
 from .state import RngState, TrainState
 
@@ -223,6 +225,8 @@ def load_optimizer(
 
 
 _MT_KEYS = 624
+_MT_BYTES = _MT_KEYS * 4 + 4  # the key, then the position
+_join = b"".join
 _numpy_restores = 0  # set_rng_states() calls: one may put back a cached Gaussian without moving MT19937
 
 
@@ -232,7 +236,7 @@ def _mt19937_raw() -> tuple[Any, np.ndarray] | None:
     asks NumPy). The view does not keep the bit generator alive: hold it as long as the view."""
     try:
         bitgen = np.random.mtrand.get_bit_generator()
-        mem = (ctypes.c_char * (_MT_KEYS * 4 + 4)).from_address(bitgen.ctypes.state_address)
+        mem = (ctypes.c_char * _MT_BYTES).from_address(bitgen.ctypes.state_address)
         raw = np.frombuffer(memoryview(mem), dtype=np.uint8)
     except (AttributeError, TypeError, ValueError):
         return None
@@ -285,11 +289,28 @@ class RngSnapshots:
         self._paddle_by_text: bool | None = None  # decided at the first snapshot
         self._paddle_by_raw: dict[int, bool] = {}  # by generator, decided at its first snapshot
         self._paddle_last: dict[int, tuple[bytes, list[int], np.ndarray]] = {}
+        self._paddle_cpu: tuple[Any, Any] | None = None  # (the CPU place in use, its generator)
+        # NumPy's and Python's generator memory, read in one copy where both can be read that way.
+        self._mems = (self._np[1].data, self._py[1].data) if self._np and self._py else None
+        # The last such copy, with the NumPy state and Python memory read from it, while reusable.
+        self._both_last: tuple[bytes, int, tuple[Any, ...], bytes] | None = None
 
-    def _numpy_state(self) -> tuple[Any, ...]:
-        if self._np is None or np.random.mtrand.get_bit_generator() is not self._np[0]:
+    def _paddle_states(self) -> list[Any]:
+        """``paddle.get_rng_state()``, with the CPU generator kept while the expected place is the
+        same CPU place: at every checkpoint, the lookup costs more than the copy."""
+        place = _framework._global_expected_place_
+        cpu = self._paddle_cpu
+        if cpu is not None and cpu[0] is place:
+            return [cpu[1].get_state()]
+        states = paddle.get_rng_state()
+        place = _framework._global_expected_place_
+        self._paddle_cpu = (place, _core.default_cpu_generator()) if isinstance(place, paddle.CPUPlace) else None
+        return states
+
+    def _numpy_state(self, raw: bytes | None) -> tuple[Any, ...]:
+        """NumPy's global state; ``raw``: its generator's memory, if read from there."""
+        if raw is None:
             return tuple(np.random.get_state(legacy=True))
-        raw = self._np[1].tobytes()
         last = self._np_last
         if last is not None and last[0] == raw and last[1] == _numpy_restores and not last[2][3]:
             return last[2]
@@ -336,14 +357,15 @@ class RngSnapshots:
             last = self._paddle_last[i] = (key, head, arr)
         return head, last[2]
 
-    def _python_state(self) -> tuple[int, Callable[[], np.ndarray], Any]:
-        """``random``'s (version, a callable giving its internal state as uint32, gauss_next)."""
-        py = self._py
-        if py is None or getattr(random.getstate, "__self__", None) is not py[0]:
+    def _python_state(self, raw: bytes | None) -> tuple[int, Callable[[], np.ndarray], Any]:
+        """``random``'s (version, a callable giving its internal state as uint32, gauss_next);
+        ``raw``: its generator's memory, if read from there."""
+        if raw is None:
             version, internal, gauss = random.getstate()
             return version, lambda: self._python_internal(internal), gauss
-        raw = py[1].tobytes()
-        return py[0].VERSION, lambda: self._python_from_raw(raw), py[0].gauss_next
+        assert self._py is not None  # raw was read from its memory
+        inst = self._py[0]
+        return inst.VERSION, lambda: self._python_from_raw(raw), inst.gauss_next  # type: ignore[attr-defined]
 
     def _python_from_raw(self, raw: bytes) -> np.ndarray:
         last = self._py_raw_last
@@ -357,9 +379,27 @@ class RngSnapshots:
         return arr
 
     def snapshot(self) -> Callable[[], RngState]:
-        paddle_states = paddle.get_rng_state()
-        name, keys, pos, has_gauss, cached = self._numpy_state()
-        version, internal, gauss = self._python_state()
+        paddle_states = self._paddle_states()
+        npr, pyr = self._np, self._py
+        np_mem = npr[1] if npr is not None and np.random.mtrand.get_bit_generator() is npr[0] else None
+        py_mem = pyr[1] if pyr is not None and getattr(random.getstate, "__self__", None) is pyr[0] else None
+        both = _join(self._mems) if np_mem is not None and py_mem is not None and self._mems else None
+        last = self._both_last
+        np_raw: bytes | None
+        py_raw: bytes | None
+        if both is not None and last is not None and last[0] == both and last[1] == _numpy_restores:
+            np_state, py_raw = last[2], last[3]  # neither moved, and no Gaussian was pending then
+        else:
+            if both is not None:
+                np_raw, py_raw = both[:_MT_BYTES], both[_MT_BYTES:]
+            else:
+                np_raw = np_mem.tobytes() if np_mem is not None else None
+                py_raw = py_mem.tobytes() if py_mem is not None else None
+            np_state = self._numpy_state(np_raw)
+            self._both_last = ((both, _numpy_restores, np_state, py_raw)
+                               if both is not None and py_raw is not None and not np_state[3] else None)
+        version, internal, gauss = self._python_state(py_raw)
+        name, keys, pos, has_gauss, cached = np_state
 
         def encode() -> RngState:
             arrays: dict[str, np.ndarray] = {"numpy/keys": keys, "python/internal": internal()}

@@ -189,12 +189,12 @@ class CheckpointWriter:
         self._plan: _CopyPlan | None = None
         self._layout_unsent = True  # the writer has not been told the layout of the buffer yet
         self._in_flight: int | None = None
-        self._jobs: queue.SimpleQueue[tuple[int, Any, dict[str, Any], Any, bool]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[int, Any, Mapping[str, Any], float, Any, bool]] = queue.SimpleQueue()
         # Plain locks used as gates (their C calls cost far less than an Event's Python): each is held
         # from submit() until what it stands for has happened, then released by the copier thread, and
         # waited for by acquiring and releasing it at once.
         self._copying = threading.Lock()  # held: a deferred copy is under way
-        self._held: tuple[int, Any, dict[str, Any], Any, bool] | None = None  # a job waiting for release()
+        self._held: tuple[int, Any, Mapping[str, Any], float, Any, bool] | None = None  # a job waiting for release()
         self._done = threading.Lock()  # held: the writer has not answered for the checkpoint in flight
         self._result: Saved | BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -247,7 +247,7 @@ class CheckpointWriter:
         if self._thread is None:
             self._thread = threading.Thread(target=self._copy_loop, name="checkpoint-copier", daemon=True)
             self._thread.start()
-        job = (step, state, dict(event, stall_s=round(stall, 6)), pause, durable)
+        job = (step, state, event, stall, pause, durable)  # the event's fields are merged on the copier thread
         if deferred and held:
             self._held = job  # not even queued: the copier thread stays asleep until release()
         else:
@@ -299,8 +299,9 @@ class CheckpointWriter:
         """The copier thread: copy a deferred state once released, send the message, and take the
         answer - blocked in ``recv`` without the GIL, so the training thread never waits for it."""
         while True:
-            step, state, event, pause, durable = self._jobs.get()
+            step, state, event, stall, pause, durable = self._jobs.get()
             try:
+                event = dict(event, stall_s=round(stall, 6))
                 if callable(state):
                     try:
                         state = self._copy(state())

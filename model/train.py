@@ -65,14 +65,21 @@ class _Snapshot(NamedTuple):
 
 
 def _capture(live: ps.LiveArrays, rngs: ps.RngSnapshots, step: int, epoch: int, batch: int,
-             order: np.ndarray, data_rng: np.random.Generator) -> _Snapshot:
-    return _Snapshot(live, step, epoch, batch, order, rngs.snapshot(), data_rng.bit_generator.state)
+             order: np.ndarray, data_state: Mapping[str, Any]) -> _Snapshot:
+    return _Snapshot(live, step, epoch, batch, order, rngs.snapshot(), data_state)
 
 
 def _frozen(order: np.ndarray) -> np.ndarray:
     """The epoch's order, read-only: a checkpoint writer copies it once per epoch, not every step."""
     order.flags.writeable = False
     return order
+
+
+def _epoch_order(data_rng: np.random.Generator, n: int) -> tuple[np.ndarray, Mapping[str, Any]]:
+    """The next epoch's sample order, and the data generator's state after drawing it. The generator
+    draws nothing else, so that state holds for every checkpoint until the next epoch: it is read
+    once per epoch, not at every checkpoint."""
+    return _frozen(data_rng.permutation(n)), data_rng.bit_generator.state
 
 
 def warm_up(cfg: TrainConfig, data: Dataset, steps: int = 2) -> None:
@@ -117,7 +124,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
     ckpt = worker.restore(total_steps=total)
     if ckpt is None:
         step, epoch, batch = 0, 0, 0
-        order = _frozen(data_rng.permutation(n))
+        order, data_state = _epoch_order(data_rng, n)
     else:
         st = TrainState.from_checkpoint(ckpt)
         brk = cfg.break_resume
@@ -126,11 +133,11 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
                           None if brk == "lr-scheduler" else st.lr_scheduler)
         step, epoch, batch, order = st.step, st.epoch, st.batch, _frozen(st.order.copy())
         if brk == "rng":
-            order = _frozen(data_rng.permutation(n))  # a fresh generator, as if its state was never saved
+            order, data_state = _epoch_order(data_rng, n)  # a fresh generator, as if its state was never saved
         else:
             rng = st.rng_state()
             ps.set_rng_states(rng)
-            data_rng.bit_generator.state = rng[1]["data"]
+            data_rng.bit_generator.state = data_state = rng[1]["data"]
         if brk == "data-position":
             batch += 1  # reads one batch ahead of where it stopped
 
@@ -155,10 +162,10 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
         if epoch_end:
             epoch, batch = epoch + 1, 0
             if epoch < cfg.epochs:
-                order = _frozen(data_rng.permutation(n))
+                order, data_state = _epoch_order(data_rng, n)
         last = epoch >= cfg.epochs
         if epoch_end or worker.checkpoint_due(step) or worker.preemption_requested:
-            capture = partial(_capture, live, rngs, step, epoch, batch, order, data_rng)
+            capture = partial(_capture, live, rngs, step, epoch, batch, order, data_state)
             sync = cfg.sync_checkpoints or last or worker.preemption_requested
             worker.checkpoint(step, capture, wait=sync, deferred=not sync)
         if worker.preemption_requested and not last:

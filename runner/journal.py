@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 __all__ = ["JsonlWriter", "append_record", "read_records", "iter_records"]
 
@@ -30,26 +30,41 @@ def _end_torn_line(path: Path) -> None:
             f.write(b"\n")
 
 
+#: One encoder for every line: ``json.dumps`` with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 class JsonlWriter:
-    """Keeps a JSON-lines file open and writes one flushed line per record."""
+    """Keeps a JSON-lines file open and appends one line per record with a single ``write``, so a
+    line is in the file, for other processes to read, as soon as ``write()`` returns."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         _end_torn_line(self.path)
-        self._f: IO[str] = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._f.flush()
+        if self._fd is None:
+            raise ValueError(f"{self.path}: write to a closed journal")
+        _write_all(self._fd, (_encode(record) + "\n").encode("utf-8"))
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    n = os.write(fd, data)
+    while n < len(data):  # a short write: a full disk, or a signal in the middle
+        data = data[n:]
+        n = os.write(fd, data)
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """Append one record; for files written now and then (events), not every step."""
     _end_torn_line(Path(path))
-    line = json.dumps(record, separators=(",", ":")) + "\n"
+    line = _encode(record) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode("utf-8"))

@@ -4,7 +4,8 @@ The job and the supervisor talk only through files in the run directory and the 
 
 ``losses.jsonl``  one record per completed step per attempt (flushed every step)
 ``events.jsonl``  what happened: attempts, checkpoints, fallbacks, exits (shared with the supervisor)
-``heartbeat``     rewritten on every step and phase change; the supervisor watches it for hangs
+``heartbeat``     rewritten on every phase change, and while training at most every
+                  ``HEARTBEAT_EVERY_S``; the supervisor takes it and new steps as signs of life
 ``checkpoints/``  see :mod:`checkpoint.store`
 ``job.json``      the job's configuration, so a run directory is never resumed with another one
 ``final.json``    written when the job completes
@@ -72,6 +73,7 @@ __all__ = [
     "FINAL",
     "JOB",
     "read_heartbeat",
+    "HEARTBEAT_EVERY_S",
 ]
 
 class Snapshot(Protocol):
@@ -84,6 +86,11 @@ class Snapshot(Protocol):
 
 class SimulatedDeviceError(RuntimeError):
     """Raised inside a training step by the ``crash`` chaos fault."""
+
+
+#: While training, the heartbeat is rewritten at most this often: each step's journal line already
+#: shows the supervisor that the worker is alive.
+HEARTBEAT_EVERY_S = 0.5
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -116,6 +123,7 @@ class Worker:
         self.durable_every_s = DEFAULT_DURABLE_EVERY_S
         self._last_durable: float | None = None
         self._backward_calls = False  # the job calls before_backward()
+        self._beat: tuple[str, float] = ("", 0.0)  # the phase last written to the heartbeat, and when
         self.store = CheckpointStore(
             LocalStorage(self.run_dir), keep=keep_checkpoints, between_files=self._between_files
         )
@@ -240,6 +248,7 @@ class Worker:
         data = json.dumps(rec).encode()
         os.pwrite(self._hb_fd, data, 0)
         os.ftruncate(self._hb_fd, len(data))
+        self._beat = (phase, time.monotonic())
 
     def event(self, kind: str, **fields: Any) -> None:
         rec = {"time": time.time(), "source": "worker", "event": kind, "attempt": self.attempt, "pid": self.pid}
@@ -320,7 +329,8 @@ class Worker:
         )
         self._last_report = now
         self.cadence.record_step(rec_dt)
-        self.heartbeat("train", step=step)
+        if self._beat[0] != "train" or now - self._beat[1] >= HEARTBEAT_EVERY_S:
+            self.heartbeat("train", step=step)
 
     def save_checkpoint(self, step: int, files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
         """Durably save a checkpoint taken after ``step`` completed steps, before returning."""

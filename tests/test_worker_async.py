@@ -455,6 +455,35 @@ def test_an_async_checkpoint_armed_to_pause_stays_torn_and_the_writer_dies_with_
 # -- the Paddle side ------------------------------------------------------------------------------------
 
 
+def test_the_heartbeat_is_rewritten_at_phase_changes_and_now_and_then_while_training(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While training, each step's journal line shows the worker alive: the heartbeat file is
+    rewritten when the phase changes, else only once ``HEARTBEAT_EVERY_S`` has passed."""
+    import runner.worker as rw
+
+    def beat() -> tuple[str, int | None]:
+        hb = read_heartbeat(worker.run_dir)
+        assert hb is not None and hb["pid"] == os.getpid()
+        return hb["phase"], hb["step"]
+
+    assert beat() == ("restoring", None)
+    monkeypatch.setattr(rw, "HEARTBEAT_EVERY_S", 3600.0)
+    worker.report_step(0, loss=1.0)
+    assert beat() == ("train", 0)  # a new phase: at once
+    worker.report_step(1, loss=1.0)
+    assert beat() == ("train", 0)  # the same phase, too soon
+    worker.heartbeat("evaluating", step=2)
+    assert beat() == ("evaluating", 2)
+    worker.report_step(2, loss=1.0)
+    assert beat() == ("train", 2)  # back from another phase: at once
+    worker.report_step(3, loss=1.0)
+    assert beat() == ("train", 2)
+    monkeypatch.setattr(rw, "HEARTBEAT_EVERY_S", 0.0)
+    worker.report_step(4, loss=1.0)
+    assert beat() == ("train", 4)  # due again
+
+
 @pytest.fixture(scope="module")
 def paddle():
     return pytest.importorskip("paddle")
@@ -780,10 +809,25 @@ def test_paddle_rng_arrays_are_reused_only_while_the_engine_is_unchanged(paddle,
         assert np.array_equal(paddle.randn([5]).numpy(), want)
 
 
+def test_paddle_generator_states_are_those_of_the_expected_place(paddle) -> None:
+    """Snapshots keep the CPU generator while the expected place is the same object; what they read
+    is what ``paddle.get_rng_state()`` gives, across reseeds, draws and a new place."""
+    from checkpoint import paddle_state as ps
+
+    snaps = ps.RngSnapshots()
+    for move in (lambda: paddle.seed(8), lambda: None, lambda: paddle.randn([3]), lambda: paddle.set_device("cpu"),
+                 lambda: paddle.rand([5]), lambda: paddle.seed(9)):
+        move()
+        got = [s.__getstate__() for s in snaps._paddle_states()]  # str() shows the copy's address
+        assert got == [s.__getstate__() for s in paddle.get_rng_state()]
+        assert snaps._paddle_cpu is not None and snaps._paddle_cpu[0] is paddle.base.framework._global_expected_place_
+
+
 def _py_moves() -> list[Callable[[], Any]]:
-    """Ways Python's ``random`` moves on: draws, a Gaussian (which leaves one cached), reseeding."""
+    """Ways Python's ``random`` moves on: draws, a Gaussian (which leaves one cached), reseeding, and
+    the cached Gaussian used up (the generator's memory does not move)."""
     return [lambda: None, random.random, lambda: random.gauss(0, 1), lambda: random.seed(99),
-            lambda: random.gauss(0, 1), lambda: random.getrandbits(4000)]
+            lambda: random.gauss(0, 1), lambda: random.gauss(0, 1), lambda: random.getrandbits(4000)]
 
 
 @pytest.mark.parametrize("raw", [True, False])
@@ -960,7 +1004,7 @@ def test_a_captured_train_state_saved_in_the_background_is_the_state_at_capture(
     checkpoint is not the state at capture: the barrier is what makes it exact."""
     from checkpoint import paddle_state as ps
     from checkpoint.state import MODEL_FILE
-    from model.train import _capture
+    from model.train import _capture, _epoch_order
 
     clean_env(monkeypatch)
     model, opt, sched = tiny(paddle)
@@ -970,7 +1014,7 @@ def test_a_captured_train_state_saved_in_the_background_is_the_state_at_capture(
     random.seed(7)
     np.random.standard_normal()  # a Gaussian left in NumPy's cache
     data_rng = np.random.default_rng(7)
-    order = data_rng.permutation(40)
+    order, data_state = _epoch_order(data_rng, 40)
 
     want_model = copy.deepcopy(ps.model_arrays(model))
     want_opt, want_sched = copy.deepcopy(ps.optimizer_arrays(opt))
@@ -981,7 +1025,7 @@ def test_a_captured_train_state_saved_in_the_background_is_the_state_at_capture(
 
     with Worker(tmp_path / "run", handle_signals=False) as w:
         w.restore()
-        snapshot = _capture(live, rngs, 2, 0, 2, order, data_rng)
+        snapshot = _capture(live, rngs, 2, 0, 2, order, data_state)
         assert address(snapshot.arrays().files[MODEL_FILE]["0.weight"]) == model[0].weight.data_ptr()  # views
 
         with writer_stopped(w):
