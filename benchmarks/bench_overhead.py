@@ -69,6 +69,15 @@ def ab_pairs(losses: Path, per_epoch: int, warmup: int = 15) -> tuple[list[float
     return added, plain
 
 
+def median_ci(xs: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 95 % bootstrap interval for the median of ``xs`` (the pairs resampled with replacement)."""
+    import numpy as np
+
+    a = np.asarray(xs)
+    meds = np.median(np.random.default_rng(seed).choice(a, (resamples, len(a))), axis=1)
+    return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
+
+
 def run(cmd: list[str], cwd: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -79,6 +88,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ab-epochs", type=int, default=150,
+                   help="epochs of each every-other-step run (default 150: about 1000 step pairs a run)")
     p.add_argument("--pairs", type=int, default=8, help="supervised and bare runs, back to back (default 8)")
     p.add_argument("--idx", type=Path, default=Path("/usr/share/datasets/fashion-mnist"),
                    help="28x28 IDX data for the same every-step measurement on the seed's job shape "
@@ -108,8 +119,8 @@ def main() -> int:
 
         for i in range(ns.repeats):  # interleaved, so drift hits every side alike
             ab_dir = fresh(f"ab{i}")
-            run([py, str(ROOT / "benchmarks" / "_ab_job.py"), "--run-dir", str(ab_dir), "--epochs", str(ns.epochs)],
-                ROOT)
+            run([py, str(ROOT / "benchmarks" / "_ab_job.py"), "--run-dir", str(ab_dir), "--epochs",
+                 str(ns.ab_epochs)], ROOT)
             added, plain = ab_pairs(ab_dir / "losses.jsonl", per_epoch)
             ab_added += added
             ab_plain += plain
@@ -154,6 +165,8 @@ def main() -> int:
     pq = statistics.quantiles(pair_ratio, n=4)
     sq = statistics.quantiles(step_ratio, n=4)
     q = statistics.quantiles(ab_added, n=4)
+    ci = median_ci(ab_added)
+    plain_ms = med(ab_plain)
     rows = [
         ("worker step (median)", f"{med(worker_dt) * 1e3:.2f} ms"),
         ("bare Paddle step (median)", f"{med(bare_dt) * 1e3:.2f} ms"),
@@ -167,10 +180,14 @@ def main() -> int:
         ("supervised run wall (median)", f"{med(sup):.2f} s"),
         ("supervised / bare wall (median of pairs)", f"{med(pair_ratio):.3f}x (IQR {pq[0]:.3f} .. {pq[2]:.3f})"),
         ("every-step async checkpoints: time added per step (median of pairs)",
-         f"{med(ab_added) * 1e3:.3f} ms ({len(ab_added)} pairs, IQR {q[0] * 1e3:.2f} .. {q[2] * 1e3:.2f})"),
-        ("every-step async checkpoints: cost / step time", f"{100 * ab_cost:.2f} %"),
+         f"{med(ab_added) * 1e3:.3f} ms, 95 % CI {ci[0] * 1e3:.3f} .. {ci[1] * 1e3:.3f} "
+         f"({len(ab_added)} pairs, IQR {q[0] * 1e3:.2f} .. {q[2] * 1e3:.2f})"),
+        ("every-step async checkpoints: cost / step time",
+         f"{100 * ab_cost:.2f} % (95 % CI {100 * ci[0] / plain_ms:.2f} .. {100 * ci[1] / plain_ms:.2f}) "
+         f"of {plain_ms * 1e3:.1f} ms"),
         *([("every-step async checkpoints, 28x28 job: time added per step",
-            f"{med(idx_added) * 1e3:.3f} ms ({len(idx_added)} pairs)"),
+            "{:.3f} ms, 95 % CI {:.3f} .. {:.3f} ({} pairs)".format(
+                med(idx_added) * 1e3, *(c * 1e3 for c in median_ci(idx_added)), len(idx_added))),
            ("every-step async checkpoints, 28x28 job: cost / step time",
             f"{100 * med(idx_added) / med(idx_plain):.2f} % of {med(idx_plain) * 1e3:.0f} ms")] if idx_added else []),
         ("every-step async checkpoints, run wall (median)", f"{med(every):.2f} s"),
@@ -190,6 +207,7 @@ def main() -> int:
         "every_step_added_ms": [round(a * 1e3, 4) for a in ab_added],
         "every_step_plain_step_ms": [round(p * 1e3, 4) for p in ab_plain],
         "every_step_cost_fraction": ab_cost,
+        "every_step_added_ms_ci95": [ci[0] * 1e3, ci[1] * 1e3],
         "idx_every_step_added_ms": [round(a * 1e3, 4) for a in idx_added],
         "idx_plain_step_ms": [round(p * 1e3, 4) for p in idx_plain],
         "idx_every_step_cost_fraction": med(idx_added) / med(idx_plain) if idx_added else None,

@@ -12,7 +12,7 @@ CRASHED        any other non-zero exit, e.g. 1 from an exception    yes
 BAD_INPUT      exit 2, 65, 69, 73, 78: bad flags, bad data, a run   no: the same input
                directory in use, unwritable or holding another     fails the same way
                configuration
-HUNG           no heartbeat for --hang-timeout; we killed it        yes
+HUNG           no heartbeat or step for --hang-timeout: killed      yes
 USER_STOPPED   the supervisor got SIGINT/SIGTERM and stopped it     no
 =============  ==================================================  =========
 
