@@ -5,7 +5,7 @@
     running the seed's CNN in PyTorch with a checkpoint every step;
 (d) goodput under one SIGKILL every 10 s (and every 60 s with --long): the uninterrupted wall time of
     a fixed job (--duration s long; 4x that for the 60 s interval) divided by its wall time under the
-    kills, for both.
+    kills, for both; ours takes the uninterrupted run before and after the killed one.
 
 torch runs from its own virtual environment (benchmarks/torch_baseline/setup_venv.sh); the runner
 never imports it. Prints a table and writes JSON (default benchmarks/results/recovery.json).
@@ -104,9 +104,13 @@ def ours_restart_latency(tmp: Path, data: Path, kills: int, standby: bool) -> tu
 
 
 def run_dir_steps(run_dir: Path) -> int:
+    """Steps done, from the last complete line of the journal (read from its end)."""
     try:
-        return int(json.loads((run_dir / "heartbeat").read_text()).get("step") or 0)
-    except (OSError, ValueError):
+        with open(run_dir / "losses.jsonl", "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().split(b"\n")
+        return int(json.loads(lines[-2])["step"]) + 1 if len(lines) >= 2 else 0
+    except (OSError, ValueError, KeyError, IndexError):
         return 0
 
 
@@ -141,13 +145,18 @@ def lost_to_kills(run_dir: Path) -> dict[str, float]:
             "step_efficiency": len(last_of) * settled_s / wall}
 
 
-def ours_goodput(tmp: Path, data: Path, epochs: int, kill_every: float, tag: str) -> dict[str, float]:
-    """Wall time of a fixed supervised job with and without a SIGKILL every ``kill_every`` seconds."""
-    clean = _fresh(tmp, f"goodput-clean-{tag}", data)
+def _clean_wall(run_dir: Path, epochs: int) -> float:
     t0 = time.monotonic()
-    p = _supervise(clean, epochs, standby=True)
-    p.wait()
-    uninterrupted = time.monotonic() - t0
+    _supervise(run_dir, epochs, standby=True).wait()
+    return time.monotonic() - t0
+
+
+def ours_goodput(tmp: Path, data: Path, epochs: int, kill_every: float, tag: str) -> dict[str, Any]:
+    """Wall time of a fixed supervised job with and without a SIGKILL every ``kill_every`` seconds.
+    The uninterrupted run is taken right before and right after the killed one, and their mean is
+    the reference: drift that is steady across the three cancels."""
+    clean = _fresh(tmp, f"goodput-clean-{tag}", data)
+    before = _clean_wall(clean, epochs)
     killed = _fresh(tmp, f"goodput-killed-{tag}", data)
     t0 = time.monotonic()
     p = _supervise(killed, epochs, standby=True)
@@ -165,16 +174,21 @@ def ours_goodput(tmp: Path, data: Path, epochs: int, kill_every: float, tag: str
             next_kill += kill_every
         time.sleep(0.01)
     wall = time.monotonic() - t0
+    clean_after = _fresh(tmp, f"goodput-clean-after-{tag}", data)
+    after = _clean_wall(clean_after, epochs)
+    uninterrupted = (before + after) / 2
 
     def median_dt(run_dir: Path) -> float:
         return statistics.median(float(r["dt"]) for r in read_records(run_dir / "losses.jsonl"))
 
     # The two runs are minutes apart; this says how far the machine's speed moved in between.
-    step_ratio = median_dt(killed) / median_dt(clean)
+    step_ratio = median_dt(killed) / statistics.fmean(median_dt(d) for d in (clean, clean_after))
     lost = lost_to_kills(killed)
-    return {"uninterrupted_s": uninterrupted, "wall_s": wall, "kills": kills, "goodput": uninterrupted / wall,
+    return {"uninterrupted_s": uninterrupted, "uninterrupted_before_after_s": [before, after], "wall_s": wall,
+            "kills": kills, "goodput": uninterrupted / wall,
             "returncode": p.returncode, "step_time_killed_over_clean": step_ratio, **lost,
-            "goodput_from_steps": lost["step_efficiency"] / lost_to_kills(clean)["step_efficiency"]}
+            "goodput_from_steps": lost["step_efficiency"] / statistics.fmean(
+                lost_to_kills(d)["step_efficiency"] for d in (clean, clean_after))}
 
 
 def main() -> int:
@@ -223,6 +237,8 @@ def main() -> int:
                      f"{g['goodput_from_steps']:.3f}"))
         rows.append(("  median step time, killed run / uninterrupted run (the drift between them)",
                      f"{g['step_time_killed_over_clean']:.3f}x"))
+        rows.append(("  uninterrupted wall, before / after the killed run",
+                     "{:.2f} s / {:.2f} s".format(*g["uninterrupted_before_after_s"])))
         if f"torch_goodput_{int(iv)}s" in res:
             tg = res[f"torch_goodput_{int(iv)}s"]
             rows.append((f"goodput, one SIGKILL every {int(iv)} s, torchrun",
