@@ -90,7 +90,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ab-epochs", type=int, default=150,
                    help="epochs of each every-other-step run (default 150: about 1000 step pairs a run)")
-    p.add_argument("--pairs", type=int, default=8, help="supervised and bare runs, back to back (default 8)")
+    p.add_argument("--pairs", type=int, default=12, help="supervised and bare runs, back to back (default 12)")
     p.add_argument("--idx", type=Path, default=Path("/usr/share/datasets/fashion-mnist"),
                    help="28x28 IDX data for the same every-step measurement on the seed's job shape "
                         "(skipped if absent; Debian's dataset-fashion-mnist installs it here)")
@@ -178,7 +178,9 @@ def main() -> int:
         ("checkpoint stall, sync / step", f"{100 * med(sync_stalls) / med(worker_dt):.1f} %"),
         ("bare run wall (median)", f"{med(bare):.2f} s"),
         ("supervised run wall (median)", f"{med(sup):.2f} s"),
-        ("supervised / bare wall (median of pairs)", f"{med(pair_ratio):.3f}x (IQR {pq[0]:.3f} .. {pq[2]:.3f})"),
+        ("supervised / bare wall (median of pairs)",
+         "{:.3f}x, 95 % CI {:.3f} .. {:.3f} (IQR {:.3f} .. {:.3f}, {} pairs)".format(
+             med(pair_ratio), *median_ci(pair_ratio), pq[0], pq[2], len(pair_ratio))),
         ("every-step async checkpoints: time added per step (median of pairs)",
          f"{med(ab_added) * 1e3:.3f} ms, 95 % CI {ci[0] * 1e3:.3f} .. {ci[1] * 1e3:.3f} "
          f"({len(ab_added)} pairs, IQR {q[0] * 1e3:.2f} .. {q[2] * 1e3:.2f})"),
@@ -203,6 +205,7 @@ def main() -> int:
         "checkpoint_stall_ms_p90": sorted(stalls)[int(0.9 * len(stalls))] * 1e3,
         "bare_wall_s": bare, "supervised_wall_s": sup, "every_step_ckpt_wall_s": every,
         "supervised_over_bare": med(pair_ratio), "supervised_over_bare_pairs": pair_ratio,
+        "supervised_over_bare_ci95": list(median_ci(pair_ratio)),
         "every_step_over_epoch_end": med(every) / med(bare),
         "every_step_added_ms": [round(a * 1e3, 4) for a in ab_added],
         "every_step_plain_step_ms": [round(p * 1e3, 4) for p in ab_plain],
