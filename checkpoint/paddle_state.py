@@ -12,10 +12,14 @@ from typing import Any
 
 import numpy as np
 import paddle
-import paddle.base.core as _core
-import paddle.base.framework as _framework
 
 from .state import RngState, TrainState
+
+_framework: Any
+try:  # where the expected place lives; without it every snapshot asks paddle.get_rng_state()
+    import paddle.base.framework as _framework
+except ImportError:  # pragma: no cover - another Paddle layout
+    _framework = None
 
 __all__ = [
     "model_arrays",
@@ -298,13 +302,15 @@ class RngSnapshots:
     def _paddle_states(self) -> list[Any]:
         """``paddle.get_rng_state()``, with the CPU generator kept while the expected place is the
         same CPU place: at every checkpoint, the lookup costs more than the copy."""
-        place = _framework._global_expected_place_
+        place = getattr(_framework, "_global_expected_place_", None)
         cpu = self._paddle_cpu
         if cpu is not None and cpu[0] is place:
             return [cpu[1].get_state()]
         states = paddle.get_rng_state()
-        place = _framework._global_expected_place_
-        self._paddle_cpu = (place, _core.default_cpu_generator()) if isinstance(place, paddle.CPUPlace) else None
+        place = getattr(_framework, "_global_expected_place_", None)
+        cpu_generator = getattr(paddle.framework.core, "default_cpu_generator", None)
+        self._paddle_cpu = ((place, cpu_generator()) if isinstance(place, paddle.CPUPlace) and cpu_generator
+                            and len(states) == 1 else None)
         return states
 
     def _numpy_state(self, raw: bytes | None) -> tuple[Any, ...]:

@@ -809,18 +809,28 @@ def test_paddle_rng_arrays_are_reused_only_while_the_engine_is_unchanged(paddle,
         assert np.array_equal(paddle.randn([5]).numpy(), want)
 
 
-def test_paddle_generator_states_are_those_of_the_expected_place(paddle) -> None:
+@pytest.mark.parametrize("framework", ["Paddle's", "none"])
+def test_paddle_generator_states_are_those_of_the_expected_place(
+    paddle, monkeypatch: pytest.MonkeyPatch, framework: str
+) -> None:
     """Snapshots keep the CPU generator while the expected place is the same object; what they read
-    is what ``paddle.get_rng_state()`` gives, across reseeds, draws and a new place."""
+    is what ``paddle.get_rng_state()`` gives, across reseeds, draws and a new place. Where Paddle's
+    framework module is not where it is looked for, they ask ``paddle.get_rng_state()`` each time."""
     from checkpoint import paddle_state as ps
 
+    if framework == "none":
+        monkeypatch.setattr(ps, "_framework", None)
     snaps = ps.RngSnapshots()
     for move in (lambda: paddle.seed(8), lambda: None, lambda: paddle.randn([3]), lambda: paddle.set_device("cpu"),
                  lambda: paddle.rand([5]), lambda: paddle.seed(9)):
         move()
         got = [s.__getstate__() for s in snaps._paddle_states()]  # str() shows the copy's address
         assert got == [s.__getstate__() for s in paddle.get_rng_state()]
-        assert snaps._paddle_cpu is not None and snaps._paddle_cpu[0] is paddle.base.framework._global_expected_place_
+        if framework == "none":
+            assert snaps._paddle_cpu is None
+        else:
+            assert snaps._paddle_cpu is not None
+            assert snaps._paddle_cpu[0] is paddle.base.framework._global_expected_place_
 
 
 def _py_moves() -> list[Callable[[], Any]]:
