@@ -164,6 +164,11 @@ class _CopyPlan:
                 self.copied[k] = src if _static(src) else None
 
 
+#: What submit() hands the copier thread: (step, state or a callable making it, event fields, stall,
+#: pause event, durable).
+_Job = tuple[int, Any, Mapping[str, Any], float, Any, bool]
+
+
 class CheckpointWriter:
     """Starts the writer process and hands it one snapshot at a time through shared memory.
 
@@ -189,12 +194,12 @@ class CheckpointWriter:
         self._plan: _CopyPlan | None = None
         self._layout_unsent = True  # the writer has not been told the layout of the buffer yet
         self._in_flight: int | None = None
-        self._jobs: queue.SimpleQueue[tuple[int, Any, Mapping[str, Any], float, Any, bool]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         # Plain locks used as gates (their C calls cost far less than an Event's Python): each is held
         # from submit() until what it stands for has happened, then released by the copier thread, and
         # waited for by acquiring and releasing it at once.
         self._copying = threading.Lock()  # held: a deferred copy is under way
-        self._held: tuple[int, Any, Mapping[str, Any], float, Any, bool] | None = None  # a job waiting for release()
+        self._held: _Job | None = None  # a job waiting for release()
         self._done = threading.Lock()  # held: the writer has not answered for the checkpoint in flight
         self._result: Saved | BaseException | None = None
         self._thread: threading.Thread | None = None

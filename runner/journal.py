@@ -67,7 +67,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     line = _encode(record) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode("utf-8"))
+        _write_all(fd, line.encode("utf-8"))
     finally:
         os.close(fd)
 

@@ -393,9 +393,8 @@ class Worker:
         pass, so the copier thread's Python then runs beside training instead of between its
         operations. Once a job calls this, deferred copies wait for it (or for :meth:`before_update`)."""
         self._backward_calls = True
-        writer = self._writer
-        if writer is not None and writer.held:
-            writer.release()
+        if self._writer is not None:
+            self._writer.release()  # at once if nothing is held
 
     def before_update(self) -> None:
         """Wait until a deferred checkpoint's arrays are copied (at once if there are none): call it
