@@ -38,6 +38,21 @@ def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep a warm spare worker (Paddle imported, data loaded, model built) ready to take "
                         "over on a restart; it waits in Worker.restore() (default: on for the built-in job, "
                         "off for a command after '--')")
+    g.add_argument("--preload", type=module_list, default=None, metavar="M[,M...]|none",
+                   help="import these modules once in a fork server and fork every worker from it, instead of "
+                        "starting each with exec (default: model.train for the built-in job, none for a command "
+                        "after '--', which must then be 'python -m M ...' or 'python FILE ...')")
+
+
+def module_list(text: str) -> tuple[str, ...]:
+    """``--preload``: comma-separated module names, or 'none'."""
+    if text.strip() == "none":
+        return ()
+    names = tuple(n.strip() for n in text.split(","))
+    bad = [n for n in names if not all(part.isidentifier() for part in n.split("."))]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"not a module name: {bad[0] if bad else text!r}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +82,7 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None) -> int:
     from model.__main__ import job_argv
 
     from .policy import RetryPolicy
-    from .supervisor import Supervisor, WorkerSpec, default_worker_cmd
+    from .supervisor import DEFAULT_PRELOAD, Supervisor, WorkerSpec, default_worker_cmd
     from .view import make_view
 
     if ns.run_dir is None:
@@ -79,7 +94,8 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None) -> int:
     env = {"RUNNER_RUN_DIR": str(run_dir), "PYTHONPATH": _pythonpath()}
     spec = WorkerSpec(cmd=cmd, run_dir=run_dir, env=env, hang_timeout=ns.hang_timeout, grace=ns.grace,
                       policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop),
-                      standby=ns.standby if ns.standby is not None else command is None)
+                      standby=ns.standby if ns.standby is not None else command is None,
+                      preload=ns.preload if ns.preload is not None else () if command else DEFAULT_PRELOAD)
     outcome = Supervisor(spec, view=make_view()).run()
     if outcome.code is not ExitCode.OK:
         print(f"error: {outcome.message}", file=sys.stderr, flush=True)

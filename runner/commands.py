@@ -149,7 +149,7 @@ def run_trial(ns: argparse.Namespace, schedule: Any, run_dir: Path, ref: Path, *
 
     from .policy import RetryPolicy
     from .report import build_report
-    from .supervisor import Supervisor, WorkerSpec, default_worker_cmd
+    from .supervisor import DEFAULT_PRELOAD, Supervisor, WorkerSpec, default_worker_cmd
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +167,7 @@ def run_trial(ns: argparse.Namespace, schedule: Any, run_dir: Path, ref: Path, *
         cmd=default_worker_cmd(run_dir, job_argv(ns)), run_dir=run_dir,
         env={"PYTHONPATH": _pythonpath()}, hang_timeout=ns.hang_timeout, grace=ns.grace,
         policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop), standby=ns.standby is not False,
+        preload=ns.preload if ns.preload is not None else DEFAULT_PRELOAD,
     )
     injector = Injector(schedule, run_dir, grace=ns.grace)
     outcome = Supervisor(spec, view=view, chaos=injector).run()

@@ -1,8 +1,10 @@
 """The one place that starts worker processes and sends them signals.
 
-A worker runs in its own session and process group, dies with the supervisor (``PR_SET_PDEATHSIG``),
-and is reaped with ``wait4`` as soon as its pidfd becomes readable, which also yields its peak RSS
-and CPU time. Stopping is SIGTERM, a grace period, then SIGKILL to the whole tree.
+A worker runs in its own session and process group and dies with the supervisor
+(``PR_SET_PDEATHSIG``). One started with exec is reaped with ``wait4`` as soon as its pidfd becomes
+readable, which also yields its peak RSS and CPU time; one forked by the fork server
+(:mod:`runner.forkserver`) is reaped there, and the server reports the same. Stopping is SIGTERM,
+a grace period, then SIGKILL to the whole tree.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["WorkerProcess", "Usage"]
+from .forkserver import ForkServer, ForkServerError, ForkTarget
+
+__all__ = ["WorkerProcess", "Usage", "die_with_parent", "ForkServerError"]
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child between fork and exec: if the supervisor dies, so does the worker.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -37,13 +41,27 @@ class Usage:
 
 
 class WorkerProcess:
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    """A worker started here with exec (:meth:`start`) or forked by the run's fork server
+    (:meth:`fork`). An exec'd worker is reaped here; a forked one by the server, which reports how
+    it exited."""
+
+    def __init__(self, pid: int, *, stdin: int | None = None, popen: subprocess.Popen[bytes] | None = None,
+                 server: ForkServer | None = None) -> None:
+        self.pid = pid
         self.popen = popen
-        self.pid = popen.pid
-        self.pidfd = os.pidfd_open(self.pid)
+        self.server = server
+        self._stdin = stdin  # the write end of the worker's stdin, if it has a pipe
+        try:
+            self.pidfd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:  # a forked worker already exited and was reaped by the server
+            self.pidfd = None
         self.returncode: int | None = None
         self.usage: Usage | None = None
         self.started = time.monotonic()
+
+    @property
+    def forked(self) -> bool:
+        return self.server is not None
 
     @classmethod
     def start(
@@ -51,22 +69,51 @@ class WorkerProcess:
         stdin_pipe: bool = False,
     ) -> WorkerProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            popen = subprocess.Popen(
-                list(cmd), env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )
-        return cls(popen)
+        r, w = os.pipe2(os.O_CLOEXEC) if stdin_pipe else (subprocess.DEVNULL, None)
+        try:
+            with open(log_path, "ab") as log:
+                popen = subprocess.Popen(
+                    list(cmd), env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=r,
+                    start_new_session=True, preexec_fn=die_with_parent,
+                )
+        except BaseException:
+            if w is not None:
+                os.close(w)
+            raise
+        finally:
+            if w is not None:
+                os.close(r)
+        return cls(popen.pid, stdin=w, popen=popen)
+
+    @classmethod
+    def fork(cls, server: ForkServer, target: ForkTarget, *, env: Mapping[str, str], log_path: Path,
+             stdin_pipe: bool = False, title: str = "") -> WorkerProcess:
+        """Have ``server`` fork the worker; raises :class:`ForkServerError` if it did not."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if stdin_pipe:
+            r, w = os.pipe2(os.O_CLOEXEC)
+        else:
+            r, w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), None
+        try:
+            with open(log_path, "ab") as log:
+                pid = server.spawn(target, env, stdin=r, log=log.fileno(), title=title)
+        except BaseException:
+            if w is not None:
+                os.close(w)
+            raise
+        finally:
+            os.close(r)
+        return cls(pid, stdin=w, server=server)
 
     def tell(self, data: bytes) -> bool:
         """Write ``data`` to the worker's stdin (a spare's go message); False if it is gone."""
-        if self.popen.stdin is None:
+        if self._stdin is None:
             return False
+        view = memoryview(data)
         try:
-            self.popen.stdin.write(data)
-            self.popen.stdin.flush()
-        except (BrokenPipeError, OSError):
+            while view:
+                view = view[os.write(self._stdin, view):]
+        except OSError:
             return False
         return True
 
@@ -74,22 +121,52 @@ class WorkerProcess:
         """Wait up to ``timeout`` s for the worker to exit (or a wake fd); True once it has exited."""
         if self.returncode is not None:
             return True
-        ready, _, _ = select.select([self.pidfd, *wake_fds], [], [], timeout)
-        if self.pidfd in ready:
+        if self.server is not None and self.server.alive:
+            return self._wait_forked(self.server, timeout, wake_fds)
+        fds = [*wake_fds] if self.pidfd is None else [self.pidfd, *wake_fds]
+        ready, _, _ = select.select(fds, [], [], timeout)
+        if self.pidfd is None or self.pidfd in ready:
             self._reap()
         return self.returncode is not None
 
+    def _wait_forked(self, server: ForkServer, timeout: float, wake_fds: Sequence[int]) -> bool:
+        deadline = time.monotonic() + timeout
+        while server.alive:
+            server.pump()
+            done = server.exit_of(self.pid)
+            if done is not None:
+                self._exited(done.returncode, Usage(peak_rss_mb=done.peak_rss_mb, cpu_s=done.cpu_s))
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready, _, _ = select.select([server.fileno(), *wake_fds], [], [], left)
+            if ready and server.fileno() not in ready:
+                return False
+        return self.wait(max(0.0, deadline - time.monotonic()), wake_fds)  # the server is gone
+
     def _reap(self) -> None:
-        pid, status, ru = os.wait4(self.pid, 0)
-        self.returncode = os.waitstatus_to_exitcode(status)
-        self.popen.returncode = self.returncode  # keep Popen from reaping again
-        self.usage = Usage(peak_rss_mb=ru.ru_maxrss / 1024.0, cpu_s=ru.ru_utime + ru.ru_stime)
-        os.close(self.pidfd)
-        if self.popen.stdin is not None:
-            try:
-                self.popen.stdin.close()
-            except OSError:
-                pass
+        if self.server is None:
+            _, status, ru = os.wait4(self.pid, 0)
+            self._exited(os.waitstatus_to_exitcode(status), Usage(ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime))
+            return
+        # Its server died, and took it along (PR_SET_PDEATHSIG). As a subreaper we may have
+        # inherited it: then its status is ours to read.
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = 0, 0
+        self._exited(os.waitstatus_to_exitcode(status) if pid else -signal.SIGKILL, Usage(0.0, 0.0))
+
+    def _exited(self, returncode: int, usage: Usage) -> None:
+        self.returncode = returncode
+        self.usage = usage
+        if self.popen is not None:
+            self.popen.returncode = returncode  # keep Popen from reaping again
+        for fd in (self.pidfd, self._stdin):
+            if fd is not None:
+                os.close(fd)
+        self.pidfd = self._stdin = None
 
     def send(self, sig: int) -> None:
         """Signal the worker's whole process group (and any descendant that left it)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shlex
 import signal
 import sys
 import time
@@ -23,10 +24,11 @@ from tenacity import RetryCallState
 
 from .classify import ExitClass, classify_exit, signal_name
 from .exitcodes import ExitCode
+from .forkserver import ForkServer, ForkTarget, forkable
 from .journal import append_record, iter_records
 from .lock import RunLock
 from .policy import AttemptResult, RetryPolicy, WorkerFailed, build_retrying, give_up_reason, unproductive_restarts
-from .process import WorkerProcess
+from .process import ForkServerError, WorkerProcess
 from .rundir import ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY, EVENTS, HEARTBEAT, LOSSES, read_heartbeat
 from .view import PlainView, View, describe_exit
 
@@ -44,6 +46,9 @@ class WorkerSpec:
     grace: float = 30.0
     policy: RetryPolicy = RetryPolicy()
     standby: bool = True  # keep a warm spare worker ready to take over
+    #: Modules a fork server imports once; workers are then forked from it (see
+    #: :mod:`runner.forkserver`). Empty, or a command it cannot run: every worker starts with exec.
+    preload: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,8 @@ class Supervisor:
         self.spare: WorkerProcess | None = None
         self.spare_log = self.run_dir / "logs" / "standby.log"
         self._spares = 0
+        self._target: ForkTarget | None = forkable(spec.cmd) if spec.preload else None
+        self._server: ForkServer | None = None
 
     # -- effects at the edge -------------------------------------------------------------------------
 
@@ -164,6 +171,8 @@ class Supervisor:
                 code, message = self._retry_loop()
             finally:
                 self._discard_spare()
+                if self._server is not None:
+                    self._server.close()
                 for s, h in old.items():
                     signal.signal(s, h)
                 signal.set_wakeup_fd(old_wakeup)
@@ -242,14 +251,44 @@ class Supervisor:
             env.pop(k, None)
         return env
 
+    def _fork_server(self) -> ForkServer | None:
+        """The run's fork server, started on first use; None where workers start with exec."""
+        if self._target is None:
+            return None
+        if self._server is None:
+            self._server = ForkServer(self.spec.preload, env=self._base_env(), label=str(self.run_dir),
+                                      log_path=self.run_dir / "logs" / f"forkserver-{os.getpid()}.log")
+            self.log_event("fork-server-started", pid=self._server.pid, preload=list(self.spec.preload))
+        return self._server
+
+    def _start(self, env: Mapping[str, str], log: Path, *, stdin_pipe: bool = False) -> WorkerProcess:
+        """Start a worker: forked by the fork server if there is one, else with exec."""
+        server = self._fork_server()
+        if server is not None and self._target is not None:
+            ready = server.import_s is not None
+            try:
+                proc = WorkerProcess.fork(server, self._target, env=env, log_path=log, stdin_pipe=stdin_pipe,
+                                          title=shlex.join(self.spec.cmd))
+            except ForkServerError as exc:
+                # Not worth a failed attempt: this worker, and the rest, start with exec instead.
+                self.log_event("fork-server-failed", pid=server.pid, error=str(exc))
+                self.view.note(f"{exc}; starting workers with exec")
+                server.close()
+                self._target = None
+            else:
+                if not ready and server.import_s is not None:
+                    self.log_event("fork-server-ready", pid=server.pid, import_s=round(server.import_s, 3))
+                return proc
+        return WorkerProcess.start(self.spec.cmd, env=env, log_path=log, stdin_pipe=stdin_pipe)
+
     def _spawn_spare(self) -> None:
         env = self._base_env()
         env[ENV_STANDBY] = "1"
         self._spares += 1
         log = self.run_dir / "logs" / f"standby-{os.getpid()}-{self._spares:03d}.log"
-        self.spare = WorkerProcess.start(self.spec.cmd, env=env, log_path=log, stdin_pipe=True)
+        self.spare = self._start(env, log, stdin_pipe=True)
         self.spare_log = log
-        self.log_event("standby-spawned", pid=self.spare.pid)
+        self.log_event("standby-spawned", pid=self.spare.pid, forked=self.spare.forked)
 
     def _take_spare(self, attempt: int, extra_env: Mapping[str, str], log: Path) -> WorkerProcess | None:
         """Hand the run to the warm spare, if there is a live one; it becomes attempt ``attempt``."""
@@ -301,8 +340,9 @@ class Supervisor:
             env = self._base_env()
             env[ENV_ATTEMPT] = str(n)
             env.update(extra)
-            proc = WorkerProcess.start(self.spec.cmd, env=env, log_path=log)
-        self.log_event("attempt-spawned", attempt=n, pid=proc.pid, warm=warm, log=str(log.relative_to(self.run_dir)))
+            proc = self._start(env, log)
+        self.log_event("attempt-spawned", attempt=n, pid=proc.pid, warm=warm, forked=proc.forked,
+                       log=str(log.relative_to(self.run_dir)))
         self.view.attempt_started(n, proc.pid)
 
         high_water_before = self.high_water
@@ -400,3 +440,7 @@ def last_error_line(log: Path, tail_bytes: int = 8192) -> str | None:
 
 def default_worker_cmd(run_dir: Path, job_args: Sequence[str]) -> tuple[str, ...]:
     return (sys.executable, "-m", "model", "--run-dir", str(run_dir), *job_args)
+
+
+#: What the built-in job's fork server imports: the job's training module, and with it Paddle.
+DEFAULT_PRELOAD = ("model.train",)

@@ -445,13 +445,16 @@ def test_a_paused_checkpoint_stays_torn_after_the_writer_is_killed(writer: Check
 # -- the process -----------------------------------------------------------------------------------------
 
 PARENT = """
-import sys
+import sys, threading, time
 import numpy as np
 from pathlib import Path
 from checkpoint.state import StateArrays
 from checkpoint.writer import CheckpointWriter
 
-root, pause = Path(sys.argv[1]), sys.argv[2] == "pause"
+root, pause, start = Path(sys.argv[1]), sys.argv[2] == "pause", sys.argv[3]
+held = open(root / "held-by-the-parent", "w")
+if start == "exec":  # a second thread: forking is not safe, so the writer is started with exec
+    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
 w = CheckpointWriter(root, keep=3, events=root / "events.jsonl")
 state = StateArrays({"a.safetensors": {"x": np.arange(10.0)}, "b.safetensors": {"y": np.arange(3)}}, {"n": 1})
 w.submit(1, state, event={}, started=0.0)
@@ -459,24 +462,35 @@ assert w.wait(60) is not None
 if pause:
     w.submit(2, state, event={}, started=0.0, pause={"event": "paused"})
     assert w.wait(60).paused
-print(w.pid, flush=True)
+print(w.pid, type(w._proc).__name__, flush=True)
 sys.stdin.read()  # until killed
 """
 
 
+@pytest.fixture(params=["fork", "exec"])
+def start_mode(request: pytest.FixtureRequest) -> str:
+    """How the writer is started: forked from a single-threaded parent, or with exec from one with threads."""
+    return str(request.param)
+
+
 @contextmanager
-def parent_of_a_writer(root: Path, mode: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def parent_of_a_writer(root: Path, mode: str, start: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """A real process that starts a writer, has it commit checkpoint 1 (and pause in checkpoint 2)."""
     root.mkdir()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-c", PARENT, str(root), mode], cwd=REPO, env=env, text=True,
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               OPENBLAS_NUM_THREADS="1")  # else NumPy's BLAS starts a thread on import
+    proc = subprocess.Popen([sys.executable, "-c", PARENT, str(root), mode, start], cwd=REPO, env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line.strip().isdigit(), f"the parent exited with {proc.wait(WAIT)} before printing the writer's pid"
-        writer_pid = int(line)
-        assert psutil.Process(writer_pid).ppid() == proc.pid
+        assert line.strip(), f"the parent exited with {proc.wait(WAIT)} before printing the writer's pid"
+        pid, how = line.split()
+        writer_pid = int(pid)
+        writer = psutil.Process(writer_pid)
+        assert writer.ppid() == proc.pid and "checkpoint.writer" in " ".join(writer.cmdline())
+        assert how == ("_ForkedWriter" if start == "fork" else "Popen")
+        assert not [f for f in writer.open_files() if f.path.endswith("held-by-the-parent")]
         yield proc, writer_pid
     finally:
         if proc.poll() is None:
@@ -484,8 +498,8 @@ def parent_of_a_writer(root: Path, mode: str) -> Iterator[tuple[subprocess.Popen
         proc.wait(WAIT)
 
 
-def test_the_writer_dies_when_its_parent_is_sigkilled(root: Path) -> None:
-    with parent_of_a_writer(root, "idle") as (proc, writer_pid):
+def test_the_writer_dies_when_its_parent_is_sigkilled(root: Path, start_mode: str) -> None:
+    with parent_of_a_writer(root, "idle", start_mode) as (proc, writer_pid):
         assert alive(writer_pid)
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(WAIT) == -signal.SIGKILL
@@ -493,8 +507,10 @@ def test_the_writer_dies_when_its_parent_is_sigkilled(root: Path) -> None:
     assert CheckpointStore(LocalStorage(root)).committed() == [checkpoint_name(1)]
 
 
-def test_a_writer_paused_mid_checkpoint_leaves_no_checkpoint_when_its_parent_is_sigkilled(root: Path) -> None:
-    with parent_of_a_writer(root, "pause") as (proc, writer_pid):
+def test_a_writer_paused_mid_checkpoint_leaves_no_checkpoint_when_its_parent_is_sigkilled(
+    root: Path, start_mode: str
+) -> None:
+    with parent_of_a_writer(root, "pause", start_mode) as (proc, writer_pid):
         torn = root / "checkpoints" / checkpoint_name(2)
         assert (torn / "a.safetensors").is_file() and not (torn / MANIFEST).exists()
         os.kill(proc.pid, signal.SIGKILL)

@@ -260,6 +260,11 @@ def test_three_sigkills_each_restart_warm_and_bit_exact(
 
     att = spawned(run_dir)
     assert [(e["attempt"], e["warm"]) for e in att] == [(1, False), (2, True), (3, True), (4, True)]
+    # Every worker and spare is a fork of the one server, which imported Paddle once.
+    (server,) = events(run_dir, "fork-server-started")
+    (ready,) = events(run_dir, "fork-server-ready")
+    assert ready["pid"] == server["pid"] and ready["import_s"] > 0
+    assert all(e["forked"] for e in att + events(run_dir, "standby-spawned"))
     spare_pids = spares(run_dir)
     assert len(spare_pids) in (3, 4)  # a 4th spare may have started warming during the last attempt
     assert [e["pid"] for e in att[1:]] == spare_pids[:3]  # each restart is the spare that was ready
@@ -283,20 +288,48 @@ def test_three_sigkills_each_restart_warm_and_bit_exact(
     assert_nothing_left(run_dir, *killed, *spare_pids)
 
 
-def test_no_standby_restarts_cold_and_exact(reference: Path, tmp_path: Path, procs: list[subprocess.Popen]) -> None:
+@pytest.mark.parametrize("preload", [None, "none"], ids=["forked", "exec"])
+def test_no_standby_restarts_cold_and_exact(reference: Path, tmp_path: Path, procs: list[subprocess.Popen],
+                                            preload: str | None) -> None:
     run_dir = seed_data(tmp_path / "run", reference)
-    sup = start(runner_cmd(run_dir, *JOB, "--no-standby"))
+    sup = start(runner_cmd(run_dir, *JOB, "--no-standby", *(("--preload", preload) if preload else ())))
     procs.append(sup)
     pid = wait_for_worker(run_dir, 1, 7, sup, timeout=STEP_TIMEOUT)
     os.kill(pid, signal.SIGKILL)
     p = finish(sup)
     assert p.returncode == 0, explain(p, run_dir)
 
-    assert [(e["attempt"], e["warm"]) for e in spawned(run_dir)] == [(1, False), (2, False)]
+    forked = preload is None
+    assert [(e["attempt"], e["warm"], e["forked"]) for e in spawned(run_dir)] == [
+        (1, False, forked), (2, False, forked)]
+    assert len(events(run_dir, "fork-server-ready")) == int(forked)
     assert events(run_dir, "standby-spawned") == [] and events(run_dir, "standby-ready") == []
     assert not list((run_dir / "logs").glob("standby-*.log"))
     exits = events(run_dir, "attempt-exited", source="supervisor")
     assert [(e["attempt"], e["exit_class"]) for e in exits] == [(1, "killed"), (2, "completed")]
+    assert_exact(run_dir, reference)
+    assert_nothing_left(run_dir, pid)
+
+
+def test_a_fork_server_that_cannot_import_is_replaced_by_exec(
+    reference: Path, tmp_path: Path, procs: list[subprocess.Popen]
+) -> None:
+    run_dir = seed_data(tmp_path / "run", reference)
+    sup = start(runner_cmd(run_dir, *JOB, "--preload", "model.train,no_such_module_here"))
+    procs.append(sup)
+    pid = wait_for_worker(run_dir, 1, 7, sup, timeout=STEP_TIMEOUT)
+    os.kill(pid, signal.SIGKILL)
+    p = finish(sup)
+    assert p.returncode == 0, explain(p, run_dir)
+
+    (failed,) = events(run_dir, "fork-server-failed")
+    assert "importing no_such_module_here: ModuleNotFoundError" in failed["error"]
+    assert "no_such_module_here" in p.stdout + p.stderr  # said once, not hidden
+    assert events(run_dir, "fork-server-ready") == []
+    assert not [e for e in spawned(run_dir) + events(run_dir, "standby-spawned") if e["forked"]]
+    exits = events(run_dir, "attempt-exited", source="supervisor")
+    assert [(e["attempt"], e["exit_class"]) for e in exits][:1] == [(1, "killed")]
+    assert exits[-1]["exit_class"] == "completed"
     assert_exact(run_dir, reference)
     assert_nothing_left(run_dir, pid)
 

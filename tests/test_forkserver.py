@@ -1,0 +1,195 @@
+"""The fork server with real processes: what a command becomes when forked, how its exit is reported,
+and that workers die with the server. Which commands can be forked is a table.
+
+The servers here preload a small standard module, not Paddle; the built-in job forked from a server
+that preloaded Paddle is in tests/e2e/test_standby.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from runner.cli import module_list
+from runner.forkserver import ForkServer, ForkServerError, ForkTarget, forkable
+from runner.process import WorkerProcess
+from tests.helpers import REPO
+from tests.supervisor_helpers import wait_gone
+
+PY = sys.executable
+
+
+@pytest.mark.parametrize(
+    ("cmd", "expected"),
+    [
+        ([PY, "-m", "model", "--epochs", "2"], ForkTarget("module", "model", ("--epochs", "2"))),
+        ([PY, "-m", "pkg.mod"], ForkTarget("module", "pkg.mod", ())),
+        ([PY, "train.py", "-m", "x"], ForkTarget("path", "train.py", ("-m", "x"))),
+        ([PY, "-u", "-m", "model"], None),  # interpreter options: exec
+        ([PY, "-c", "print(1)"], None),
+        ([PY, "-m"], None),
+        ([PY], None),
+        (["/bin/sh", "-c", "true"], None),  # another program
+        (["no-such-program-here", "-m", "model"], None),
+    ],
+)
+def test_which_commands_a_fork_can_run(cmd: list[str], expected: ForkTarget | None) -> None:
+    assert forkable(cmd, PY) == expected
+
+
+def test_another_name_for_the_same_interpreter_is_forkable(tmp_path: Path) -> None:
+    link = tmp_path / "python-link"
+    link.symlink_to(os.path.realpath(PY))
+    assert forkable([str(link), "-m", "m"], PY) == ForkTarget("module", "m", ())
+
+
+JOB = """\
+import json, os, sys, time
+cmd = sys.argv[1] if len(sys.argv) > 1 else "report"
+if cmd == "report":
+    line = sys.stdin.readline()
+    print(json.dumps({"argv": sys.argv, "env": os.environ.get("JOB_VALUE"), "name": __name__,
+                      "stdin": line, "sid": os.getsid(0), "pid": os.getpid(), "preloaded": "decimal" in sys.modules,
+                      "path0": sys.path[0]}), flush=True)
+    sys.exit(int(os.environ.get("JOB_EXIT", "0")))
+if cmd == "sleep":
+    print("sleeping", flush=True)
+    time.sleep(60)
+if cmd == "raise":
+    raise ValueError("the job failed")
+"""
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Path:
+    path = tmp_path / "jobs" / "forkjob.py"
+    path.parent.mkdir()
+    path.write_text(JOB)
+    return path
+
+
+@pytest.fixture
+def server(tmp_path: Path, job: Path) -> Iterator[ForkServer]:
+    env = dict(os.environ, PYTHONPATH=str(job.parent))
+    s = ForkServer(("decimal",), env=env, log_path=tmp_path / "server.log")
+    yield s
+    s.close()
+
+
+def start(server: ForkServer, target: ForkTarget, log: Path, *, stdin_pipe: bool = False,
+          **env: str) -> WorkerProcess:
+    return WorkerProcess.fork(server, target, env=dict(os.environ, **env), log_path=log, stdin_pipe=stdin_pipe)
+
+
+def wait(proc: WorkerProcess, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while not proc.wait(0.2):
+        assert time.monotonic() < deadline, f"worker {proc.pid} still running"
+    assert proc.returncode is not None
+    return proc.returncode
+
+
+@pytest.mark.parametrize("kind", ["path", "module"])
+def test_a_forked_worker_is_the_command_it_stands_for(server: ForkServer, job: Path, tmp_path: Path,
+                                                       kind: str) -> None:
+    target = ForkTarget(kind, str(job) if kind == "path" else "forkjob", ("report", "--flag"))
+    log = tmp_path / "w.log"
+    proc = start(server, target, log, stdin_pipe=True, JOB_VALUE="given", JOB_EXIT="7")
+    assert proc.forked and psutil.Process(proc.pid).ppid() == server.pid
+    assert proc.tell(b"the go line\n")
+    assert wait(proc) == 7
+    out = json.loads(log.read_text().splitlines()[-1])
+    assert out["argv"][1:] == ["report", "--flag"] and out["argv"][0].endswith("forkjob.py")
+    assert out["env"] == "given" and out["stdin"] == "the go line\n" and out["name"] == "__main__"
+    assert out["sid"] == out["pid"] == proc.pid  # its own session, so its signals reach only it
+    assert out["preloaded"]  # imported once, by the server
+    if kind == "path":
+        assert out["path0"] == str(job.parent)
+    assert proc.usage is not None and proc.usage.cpu_s > 0 and proc.usage.peak_rss_mb > 1
+    assert server.import_s is not None
+
+
+def test_exits_are_reported_as_exec_would_give_them(server: ForkServer, job: Path, tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    raised = start(server, ForkTarget("path", str(job), ("raise",)), log)
+    assert wait(raised) == 1
+    assert "ValueError: the job failed" in log.read_text()
+    sleeper = start(server, ForkTarget("path", str(job), ("sleep",)), tmp_path / "s.log")
+    deadline = time.monotonic() + 30
+    while "sleeping" not in (tmp_path / "s.log").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    sleeper.send(signal.SIGTERM)
+    assert wait(sleeper) == -signal.SIGTERM
+
+
+def test_workers_die_with_the_server(server: ForkServer, job: Path, tmp_path: Path) -> None:
+    procs = [start(server, ForkTarget("path", str(job), ("sleep",)), tmp_path / f"s{i}.log") for i in range(2)]
+    server.proc.kill()
+    for p in procs:
+        wait_gone(p.pid)
+        assert wait(p) == -signal.SIGKILL
+    with pytest.raises(ForkServerError):
+        start(server, ForkTarget("path", str(job), ("report",)), tmp_path / "late.log")
+
+
+def test_closing_the_server_kills_what_it_still_runs(server: ForkServer, job: Path, tmp_path: Path) -> None:
+    p = start(server, ForkTarget("path", str(job), ("sleep",)), tmp_path / "s.log")
+    server.close()
+    wait_gone(p.pid)
+    assert server.proc.returncode == 0
+
+
+def test_a_failed_preload_is_reported_not_hidden(tmp_path: Path, job: Path) -> None:
+    s = ForkServer(("no_such_module_here",), env=dict(os.environ), log_path=tmp_path / "server.log")
+    try:
+        with pytest.raises(ForkServerError, match="importing no_such_module_here: ModuleNotFoundError"):
+            start(s, ForkTarget("path", str(job), ("report",)), tmp_path / "w.log")
+        assert not s.alive
+    finally:
+        s.close()
+
+
+def test_workers_forked_in_turn_each_report_their_own_exit(server: ForkServer, job: Path, tmp_path: Path) -> None:
+    procs = [start(server, ForkTarget("path", str(job), ("report",)), tmp_path / f"w{i}.log", JOB_EXIT=str(i))
+             for i in range(4)]
+    assert [wait(p) for p in reversed(procs)] == [3, 2, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("model.train", ("model.train",)),
+        ("paddle, numpy", ("paddle", "numpy")),
+        ("none", ()),
+        ("a b", None),
+        ("", None),
+        ("pkg.", None),
+        ("1pkg", None),
+    ],
+)
+def test_preload_flag_values(text: str, want: tuple[str, ...] | None) -> None:
+    if want is None:
+        with pytest.raises(argparse.ArgumentTypeError, match="not a module name"):
+            module_list(text)
+    else:
+        assert module_list(text) == want
+
+
+def test_a_bad_preload_flag_exits_2_with_one_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    p = subprocess.run([PY, "-m", "runner", "--run-dir", str(run_dir), "--preload", "model train"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.splitlines() == [
+        "error: argument --preload: not a module name: 'model train' (see python -m runner --help)"]
+    assert not run_dir.exists()
