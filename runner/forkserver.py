@@ -44,7 +44,7 @@ from typing import Any
 
 import setproctitle
 
-__all__ = ["ForkTarget", "forkable", "ForkServer", "ForkServerError", "Exit"]
+__all__ = ["ForkTarget", "forkable", "environment", "ForkServer", "ForkServerError", "Exit"]
 
 _PR_SET_PDEATHSIG = 1
 _MAX_MESSAGE = 1 << 20
@@ -118,21 +118,39 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _import(preload: Sequence[str], sock: socket.socket) -> bool:
+def _import(preload: Sequence[str], sock: socket.socket) -> dict[str, str | None] | None:
+    """Import the modules; what they changed in the environment (None: unset), or None if one failed."""
     t0 = time.monotonic()
+    before = dict(os.environ)
     for name in preload:
         try:
             importlib.import_module(name)
         except BaseException as exc:  # noqa: BLE001 - reported; the supervisor then starts workers with exec
             _send(sock, ("failed", f"importing {name}: {type(exc).__name__}: {exc}"))
-            return False
+            return None
     _send(sock, ("ready", time.monotonic() - t0))
-    return True
+    changed: dict[str, str | None] = {k: v for k, v in os.environ.items() if before.get(k) != v}
+    changed.update((k, None) for k in before.keys() - os.environ.keys())
+    return changed
+
+
+def environment(given: Mapping[str, str], changed: Mapping[str, str | None]) -> dict[str, str]:
+    """A forked worker's environment: the one it was given, with what the preloaded modules changed
+    on import (Paddle sets ``OMP_NUM_THREADS``, read later by its OpenMP runtime) as an exec'd
+    worker's own imports would have changed it."""
+    env = dict(given)
+    for k, v in changed.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
 
 
 def _serve(sock: socket.socket, preload: Sequence[str]) -> _Launch | int:
     """Fork a worker per request until the socket ends; returns the child's launch in a child."""
-    if not _import(preload, sock):
+    changed = _import(preload, sock)
+    if changed is None:
         return 1
     me = os.getpid()
     children: dict[int, int] = {}  # pidfd -> pid
@@ -166,7 +184,8 @@ def _serve(sock: socket.socket, preload: Sequence[str]) -> _Launch | int:
                 sock.close()
                 for f in children:
                     os.close(f)
-                return _Launch(ForkTarget(kind, target, tuple(args)), env, title, fds[0], fds[1], me)
+                return _Launch(ForkTarget(kind, target, tuple(args)), environment(env, changed), title, fds[0],
+                               fds[1], me)
             for f in fds:
                 os.close(f)
             if pid > 0:
@@ -215,7 +234,11 @@ def main(argv: Sequence[str]) -> int:
         warnings.filterwarnings("ignore", message=".*ccache.*")
         result = _serve(socket.socket(fileno=int(fd)), preload)
     if isinstance(result, int):
-        return result
+        # Nothing here needs finalizing, and tearing down an interpreter that imported Paddle takes
+        # about 0.4 s, which the supervisor would wait for.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(result)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     return _run(result)
 

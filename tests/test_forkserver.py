@@ -1,7 +1,7 @@
 """The fork server with real processes: what a command becomes when forked, how its exit is reported,
 and that workers die with the server. Which commands can be forked is a table.
 
-The servers here preload a small standard module, not Paddle; the built-in job forked from a server
+The servers here preload a small module of the test's, not Paddle; the built-in job forked from a server
 that preloaded Paddle is in tests/e2e/test_standby.py."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from runner.cli import module_list
-from runner.forkserver import ForkServer, ForkServerError, ForkTarget, forkable
+from runner.forkserver import ForkServer, ForkServerError, ForkTarget, environment, forkable
 from runner.process import WorkerProcess
 from tests.helpers import REPO
 from tests.supervisor_helpers import wait_gone
@@ -58,8 +58,9 @@ cmd = sys.argv[1] if len(sys.argv) > 1 else "report"
 if cmd == "report":
     line = sys.stdin.readline()
     print(json.dumps({"argv": sys.argv, "env": os.environ.get("JOB_VALUE"), "name": __name__,
-                      "stdin": line, "sid": os.getsid(0), "pid": os.getpid(), "preloaded": "decimal" in sys.modules,
-                      "path0": sys.path[0]}), flush=True)
+                      "stdin": line, "sid": os.getsid(0), "pid": os.getpid(), "preloaded": "envsetter" in sys.modules,
+                      "path0": sys.path[0], "set": os.environ.get("SET_ON_IMPORT"),
+                      "unset": os.environ.get("UNSET_ON_IMPORT")}), flush=True)
     sys.exit(int(os.environ.get("JOB_EXIT", "0")))
 if cmd == "sleep":
     print("sleeping", flush=True)
@@ -69,18 +70,28 @@ if cmd == "raise":
 """
 
 
+# Preloaded: changes the environment on import, as Paddle does (it sets OMP_NUM_THREADS).
+ENV_SETTER = """\
+import os
+os.environ.setdefault("SET_ON_IMPORT", "by-import")
+os.environ.pop("UNSET_ON_IMPORT", None)
+"""
+
+
 @pytest.fixture
 def job(tmp_path: Path) -> Path:
     path = tmp_path / "jobs" / "forkjob.py"
     path.parent.mkdir()
     path.write_text(JOB)
+    (path.parent / "envsetter.py").write_text(ENV_SETTER)
     return path
 
 
 @pytest.fixture
 def server(tmp_path: Path, job: Path) -> Iterator[ForkServer]:
-    env = dict(os.environ, PYTHONPATH=str(job.parent))
-    s = ForkServer(("decimal",), env=env, log_path=tmp_path / "server.log")
+    env = dict(os.environ, PYTHONPATH=str(job.parent), UNSET_ON_IMPORT="x")
+    env.pop("SET_ON_IMPORT", None)
+    s = ForkServer(("envsetter",), env=env, log_path=tmp_path / "server.log")
     yield s
     s.close()
 
@@ -103,7 +114,7 @@ def test_a_forked_worker_is_the_command_it_stands_for(server: ForkServer, job: P
                                                        kind: str) -> None:
     target = ForkTarget(kind, str(job) if kind == "path" else "forkjob", ("report", "--flag"))
     log = tmp_path / "w.log"
-    proc = start(server, target, log, stdin_pipe=True, JOB_VALUE="given", JOB_EXIT="7")
+    proc = start(server, target, log, stdin_pipe=True, JOB_VALUE="given", JOB_EXIT="7", UNSET_ON_IMPORT="x")
     assert proc.forked and psutil.Process(proc.pid).ppid() == server.pid
     assert proc.tell(b"the go line\n")
     assert wait(proc) == 7
@@ -112,10 +123,25 @@ def test_a_forked_worker_is_the_command_it_stands_for(server: ForkServer, job: P
     assert out["env"] == "given" and out["stdin"] == "the go line\n" and out["name"] == "__main__"
     assert out["sid"] == out["pid"] == proc.pid  # its own session, so its signals reach only it
     assert out["preloaded"]  # imported once, by the server
+    # What the import did to the environment holds in the fork, as it would in an exec'd worker.
+    assert out["set"] == "by-import" and out["unset"] is None
     if kind == "path":
         assert out["path0"] == str(job.parent)
     assert proc.usage is not None and proc.usage.cpu_s > 0 and proc.usage.peak_rss_mb > 1
     assert server.import_s is not None
+
+
+@pytest.mark.parametrize(
+    ("given", "changed", "want"),
+    [
+        ({"A": "1"}, {}, {"A": "1"}),
+        ({"A": "1"}, {"OMP_NUM_THREADS": "1"}, {"A": "1", "OMP_NUM_THREADS": "1"}),
+        ({"A": "1", "B": "2"}, {"B": None}, {"A": "1"}),
+        ({"A": "1"}, {"A": "3", "C": None}, {"A": "3"}),
+    ],
+)
+def test_a_forked_workers_environment(given: dict, changed: dict, want: dict) -> None:
+    assert environment(given, changed) == want
 
 
 def test_exits_are_reported_as_exec_would_give_them(server: ForkServer, job: Path, tmp_path: Path) -> None:
