@@ -1,7 +1,8 @@
 """Recovery: restart latency and goodput under periodic SIGKILLs, ours vs torchrun, side by side.
 
 (a) restart latency, from SIGKILL of the worker to the first step its replacement completes, median
-    of --kills kills: ours with the warm spare, ours without it, and torchrun (--monitor-interval 0.1)
+    of --kills kills: ours with the warm spare, ours without it (a new worker forked from the fork
+    server, and one started with exec: --preload none), and torchrun (--monitor-interval 0.1)
     running the seed's CNN in PyTorch with a checkpoint every step;
 (d) goodput under one SIGKILL every 10 s (and every 60 s with --long): the uninterrupted wall time of
     a fixed job (--duration s long; 4x that for the 60 s interval) divided by its wall time under the
@@ -58,9 +59,10 @@ def _fresh(tmp: Path, name: str, data: Path) -> Path:
     return d
 
 
-def _supervise(run_dir: Path, epochs: int, standby: bool) -> subprocess.Popen[bytes]:
+def _supervise(run_dir: Path, epochs: int, standby: bool, exec_: bool = False) -> subprocess.Popen[bytes]:
     cmd = [PY, "-m", "runner", "--run-dir", str(run_dir), "--epochs", str(epochs), "--checkpoint-every", "1",
-           "--max-restarts", "1000", "--grace", "5", "--standby" if standby else "--no-standby"]
+           "--max-restarts", "1000", "--grace", "5", "--standby" if standby else "--no-standby",
+           *(["--preload", "none"] if exec_ else [])]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 
@@ -75,10 +77,11 @@ def _stop(p: subprocess.Popen[bytes]) -> None:
             p.wait()
 
 
-def ours_restart_latency(tmp: Path, data: Path, kills: int, standby: bool) -> tuple[list[float], float]:
+def ours_restart_latency(tmp: Path, data: Path, kills: int, standby: bool,
+                         exec_: bool = False) -> tuple[list[float], float]:
     """Latencies of ``kills`` restarts, and the median step time seen on the way."""
-    run_dir = _fresh(tmp, f"latency-{'warm' if standby else 'cold'}", data)
-    p = _supervise(run_dir, epochs=100000, standby=standby)
+    run_dir = _fresh(tmp, f"latency-{'warm' if standby else 'exec' if exec_ else 'cold'}", data)
+    p = _supervise(run_dir, epochs=100000, standby=standby, exec_=exec_)
     losses, events = run_dir / "losses.jsonl", run_dir / "events.jsonl"
     out = []
     try:
@@ -208,6 +211,8 @@ def main() -> int:
         data = _prepared(tmp)
         res["ours_warm_latency_s"], step_s = ours_restart_latency(tmp, data, ns.kills, standby=True)
         res["ours_cold_latency_s"], _ = ours_restart_latency(tmp, data, max(3, ns.kills // 3), standby=False)
+        res["ours_cold_exec_latency_s"], _ = ours_restart_latency(tmp, data, max(3, ns.kills // 3), standby=False,
+                                                                  exec_=True)
         res["ours_step_s"] = step_s
         for iv in intervals:
             duration = ns.duration if iv < 60 else 4 * ns.duration
@@ -223,7 +228,9 @@ def main() -> int:
                                                                    duration_s=duration, data=data)
     med = statistics.median
     rows = [("restart latency, ours (warm spare), median", f"{med(res['ours_warm_latency_s']):.3f} s"),
-            ("restart latency, ours (cold start), median", f"{med(res['ours_cold_latency_s']):.3f} s")]
+            ("restart latency, ours (no spare: forked), median", f"{med(res['ours_cold_latency_s']):.3f} s"),
+            ("restart latency, ours (no spare, exec: --preload none), median",
+             f"{med(res['ours_cold_exec_latency_s']):.3f} s")]
     if "torch_latency_s" in res:
         rows.append(("restart latency, torchrun, median", f"{med(res['torch_latency_s']):.3f} s"))
         rows.append(("torchrun / ours (warm)", f"{med(res['torch_latency_s']) / med(res['ours_warm_latency_s']):.1f}x"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
 from checkpoint.cadence import DEFAULT_DURABLE_EVERY_S
 from runner.argparsing import OneLineParser, non_negative, positive, seconds, seconds_or_zero
@@ -58,6 +60,11 @@ def job_argv(ns: argparse.Namespace) -> list[str]:
     if ns.break_resume is not None:
         argv += ["--break-resume", ns.break_resume]
     return argv
+
+
+def job_command(run_dir: Path, job_args: Sequence[str]) -> tuple[str, ...]:
+    """The command line of the built-in job on ``run_dir``, as the supervisor starts it."""
+    return (sys.executable, "-m", "model", "--run-dir", str(run_dir), *job_args)
 
 
 def job_config(ns: argparse.Namespace) -> TrainConfig:

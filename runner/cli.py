@@ -22,6 +22,9 @@ __all__ = ["main", "build_parser"]
 
 _PR_SET_CHILD_SUBREAPER = 36
 
+#: What the built-in job's fork server imports: the job's training module, and with it Paddle.
+BUILTIN_PRELOAD = ("model.train",)
+
 
 def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("supervisor")
@@ -79,24 +82,35 @@ def _split_command(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
 
 
 def run_supervised(ns: argparse.Namespace, command: list[str] | None) -> int:
-    from model.__main__ import job_argv
+    from model.__main__ import job_argv, job_command
 
-    from .policy import RetryPolicy
-    from .supervisor import DEFAULT_PRELOAD, Supervisor, WorkerSpec, default_worker_cmd
-    from .view import make_view
+    from .forkserver import ForkServer, forkable
+    from .lock import RunLock
+    from .rundir import worker_env
 
     if ns.run_dir is None:
         raise UserError("--run-dir is required", ExitCode.USAGE)
     if command is not None and not command:
         raise UserError("nothing after '--': give the command to supervise", ExitCode.USAGE)
     run_dir = ns.run_dir.resolve()
-    cmd = tuple(command) if command else default_worker_cmd(run_dir, job_argv(ns))
+    cmd = tuple(command) if command else job_command(run_dir, job_argv(ns))
     env = {"RUNNER_RUN_DIR": str(run_dir), "PYTHONPATH": _pythonpath()}
-    spec = WorkerSpec(cmd=cmd, run_dir=run_dir, env=env, hang_timeout=ns.hang_timeout, grace=ns.grace,
-                      policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop),
-                      standby=ns.standby if ns.standby is not None else command is None,
-                      preload=ns.preload if ns.preload is not None else () if command else DEFAULT_PRELOAD)
-    outcome = Supervisor(spec, view=make_view()).run()
+    preload = ns.preload if ns.preload is not None else () if command else BUILTIN_PRELOAD
+    with RunLock(run_dir) as lock:
+        # The fork server starts importing Paddle now, while this process imports the rest of itself.
+        server = ForkServer.for_run(run_dir, preload, worker_env(env)) if preload and forkable(cmd) else None
+        try:
+            from .policy import RetryPolicy
+            from .supervisor import Supervisor, WorkerSpec
+            from .view import make_view
+
+            spec = WorkerSpec(cmd=cmd, run_dir=run_dir, env=env, hang_timeout=ns.hang_timeout, grace=ns.grace,
+                              policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop),
+                              standby=ns.standby if ns.standby is not None else command is None, preload=preload)
+            outcome = Supervisor(spec, view=make_view(), lock=lock, fork_server=server).run()
+        finally:
+            if server is not None:
+                server.close()
     if outcome.code is not ExitCode.OK:
         print(f"error: {outcome.message}", file=sys.stderr, flush=True)
     return int(outcome.code)

@@ -8,7 +8,6 @@ import json
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,7 +83,7 @@ def reference_key(identity: dict[str, Any], data: str | None) -> str:
 
 def ensure_reference(ns: argparse.Namespace, cache: Path, console: Console) -> Path:
     """An uninterrupted run of the job, reused when one with the same configuration exists."""
-    from model.__main__ import job_argv, job_identity
+    from model.__main__ import job_argv, job_command, job_identity
 
     ref = cache / reference_key(job_identity(ns), ns.data)
     if (ref / FINAL).is_file():
@@ -97,7 +96,7 @@ def ensure_reference(ns: argparse.Namespace, cache: Path, console: Console) -> P
         raise UserError(f"cannot create reference directory {ref}: {exc.strerror}", ExitCode.UNWRITABLE) from None
     console.print(f"reference: running the uninterrupted job in {ref}", highlight=False)
     clean = argparse.Namespace(**{**vars(ns), "break_resume": None})
-    cmd = [sys.executable, "-m", "model", "--run-dir", str(ref), *job_argv(clean)]
+    cmd = list(job_command(ref, job_argv(clean)))
     with open(ref / "reference.log", "wb") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     if rc != 0:
@@ -144,12 +143,13 @@ def run_trial(ns: argparse.Namespace, schedule: Any, run_dir: Path, ref: Path, *
     """Run the job under the supervisor with ``schedule``'s faults and verify it against ``ref``."""
     from chaos.inject import Injector
     from chaos.schedule import SCHEDULE_FILE
-    from model.__main__ import job_argv, job_identity
+    from model.__main__ import job_argv, job_command, job_identity
     from model.data import CACHE
 
+    from .cli import BUILTIN_PRELOAD
     from .policy import RetryPolicy
     from .report import build_report
-    from .supervisor import DEFAULT_PRELOAD, Supervisor, WorkerSpec, default_worker_cmd
+    from .supervisor import Supervisor, WorkerSpec
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -164,10 +164,10 @@ def run_trial(ns: argparse.Namespace, schedule: Any, run_dir: Path, ref: Path, *
     from .cli import _pythonpath
 
     spec = WorkerSpec(
-        cmd=default_worker_cmd(run_dir, job_argv(ns)), run_dir=run_dir,
+        cmd=job_command(run_dir, job_argv(ns)), run_dir=run_dir,
         env={"PYTHONPATH": _pythonpath()}, hang_timeout=ns.hang_timeout, grace=ns.grace,
         policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop), standby=ns.standby is not False,
-        preload=ns.preload if ns.preload is not None else DEFAULT_PRELOAD,
+        preload=ns.preload if ns.preload is not None else BUILTIN_PRELOAD,
     )
     injector = Injector(schedule, run_dir, grace=ns.grace)
     outcome = Supervisor(spec, view=view, chaos=injector).run()

@@ -274,6 +274,11 @@ class ForkServer:
         self._exits: dict[int, Exit] = {}
         self._started: list[tuple[str, Any]] = []
 
+    @classmethod
+    def for_run(cls, run_dir: Path, preload: Sequence[str], env: Mapping[str, str]) -> ForkServer:
+        """The fork server of the run in ``run_dir``, logging to its ``logs/``."""
+        return cls(preload, env=env, label=str(run_dir), log_path=run_dir / "logs" / f"forkserver-{os.getpid()}.log")
+
     @property
     def alive(self) -> bool:
         return self.error is None

@@ -4,6 +4,8 @@ and the heartbeat reader. Light on purpose: the supervisor imports it before it 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ __all__ = [
     "PAUSED_PHASE",
     "PAUSED_EVENT",
     "read_heartbeat",
+    "worker_env",
 ]
 
 ENV_ATTEMPT = "RUNNER_ATTEMPT"
@@ -42,3 +45,13 @@ def read_heartbeat(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def worker_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """A worker's environment before its attempt's own variables: ours, with ``extra`` on top and
+    no attempt, chaos or standby variable of ours left over."""
+    env = dict(os.environ)
+    env.update(extra)
+    for k in (ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY):
+        env.pop(k, None)
+    return env

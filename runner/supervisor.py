@@ -2,7 +2,8 @@
 
 A :class:`WorkerSpec` says what to run and is only read; the :class:`Supervisor` holds the live
 state. Each attempt is ``start -> monitor -> classify``; the monitor wakes when the worker exits
-(pidfd), when a signal arrives, or every ``TICK`` seconds to read the journal and heartbeat.
+(pidfd), when a signal arrives, or every ``TICK`` seconds to read the journal and heartbeat
+(``CHAOS_TICK`` under chaos, whose faults aim at steps and phases).
 Chaos, if any, decides *what* to do to the worker; this module does it.
 """
 
@@ -13,7 +14,6 @@ import os
 import select
 import shlex
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,12 +29,13 @@ from .journal import append_record, iter_records
 from .lock import RunLock
 from .policy import AttemptResult, RetryPolicy, WorkerFailed, build_retrying, give_up_reason, unproductive_restarts
 from .process import ForkServerError, WorkerProcess
-from .rundir import ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY, EVENTS, HEARTBEAT, LOSSES, read_heartbeat
+from .rundir import ENV_ATTEMPT, ENV_STANDBY, EVENTS, HEARTBEAT, LOSSES, read_heartbeat, worker_env
 from .view import PlainView, View, describe_exit
 
 __all__ = ["WorkerSpec", "Supervisor", "SendSignal", "FileEffect", "Observation", "Chaos", "Outcome"]
 
-TICK = 0.02
+TICK = 0.1
+CHAOS_TICK = 0.02
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,10 @@ class _Tail:
 
 class Supervisor:
     def __init__(self, spec: WorkerSpec, *, view: View | None = None, chaos: Chaos | None = None,
-                 sleep: Callable[[float], None] | None = None) -> None:
+                 sleep: Callable[[float], None] | None = None, lock: RunLock | None = None,
+                 fork_server: ForkServer | None = None) -> None:
+        """``lock``: the run directory's lock, if the caller took it already; ``fork_server``: one
+        the caller started early, for ``spec.preload`` (see :func:`start_fork_server`)."""
         self.spec = spec
         self.run_dir = Path(spec.run_dir)
         self.view = view or PlainView()
@@ -126,7 +130,8 @@ class Supervisor:
         self.spare_log = self.run_dir / "logs" / "standby.log"
         self._spares = 0
         self._target: ForkTarget | None = forkable(spec.cmd) if spec.preload else None
-        self._server: ForkServer | None = None
+        self._server: ForkServer | None = fork_server if self._target is not None else None
+        self._lock = lock
 
     # -- effects at the edge -------------------------------------------------------------------------
 
@@ -162,7 +167,12 @@ class Supervisor:
     def run(self) -> Outcome:
         """Run the job to completion or until the policy gives up. Takes the run directory's lock."""
         t0 = time.monotonic()
-        with RunLock(self.run_dir):
+        lock = self._lock or RunLock(self.run_dir)
+        try:
+            if lock.fd is None:
+                lock.acquire()
+            if self._server is not None:
+                self.log_event("fork-server-started", pid=self._server.pid, preload=list(self.spec.preload))
             self._catch_up()
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             old_wakeup = signal.set_wakeup_fd(self._wake_w)
@@ -171,14 +181,16 @@ class Supervisor:
                 code, message = self._retry_loop()
             finally:
                 self._discard_spare()
-                if self._server is not None:
-                    self._server.close()
                 for s, h in old.items():
                     signal.signal(s, h)
                 signal.set_wakeup_fd(old_wakeup)
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 self.view.close()
+        finally:
+            if self._server is not None:
+                self._server.close()
+            lock.release()
         wall = time.monotonic() - t0
         self.log_event("supervisor-exit", code=int(code), message=message, wall_s=round(wall, 3),
                        attempts=len(self.history), restarts=max(0, len(self.history) - 1))
@@ -245,19 +257,14 @@ class Supervisor:
     # -- the warm spare ------------------------------------------------------------------------------
 
     def _base_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(self.spec.env)
-        for k in (ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY):
-            env.pop(k, None)
-        return env
+        return worker_env(self.spec.env)
 
     def _fork_server(self) -> ForkServer | None:
         """The run's fork server, started on first use; None where workers start with exec."""
         if self._target is None:
             return None
         if self._server is None:
-            self._server = ForkServer(self.spec.preload, env=self._base_env(), label=str(self.run_dir),
-                                      log_path=self.run_dir / "logs" / f"forkserver-{os.getpid()}.log")
+            self._server = ForkServer.for_run(self.run_dir, self.spec.preload, self._base_env())
             self.log_event("fork-server-started", pid=self._server.pid, preload=list(self.spec.preload))
         return self._server
 
@@ -368,7 +375,8 @@ class Supervisor:
                 self.view.step(rec, restarts=len(self.history))
             return steps, events
 
-        while not proc.wait(TICK, wake_fds=[self._wake_r]):
+        tick = TICK if self.chaos is None else CHAOS_TICK
+        while not proc.wait(tick, wake_fds=[self._wake_r]):
             self._drain_wake()
             now = time.monotonic()
             steps, events = drain()
@@ -436,11 +444,3 @@ def last_error_line(log: Path, tail_bytes: int = 8192) -> str | None:
         if line.strip():
             return line.strip()
     return None
-
-
-def default_worker_cmd(run_dir: Path, job_args: Sequence[str]) -> tuple[str, ...]:
-    return (sys.executable, "-m", "model", "--run-dir", str(run_dir), *job_args)
-
-
-#: What the built-in job's fork server imports: the job's training module, and with it Paddle.
-DEFAULT_PRELOAD = ("model.train",)
