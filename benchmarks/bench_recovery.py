@@ -194,6 +194,25 @@ def ours_goodput(tmp: Path, data: Path, epochs: int, kill_every: float, tag: str
                 lost_to_kills(d)["step_efficiency"] for d in (clean, clean_after))}
 
 
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One goodput measurement, or the medians of several (with every run kept under "runs")."""
+    if len(runs) == 1:
+        return runs[0]
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k, v in runs[0].items()
+                           if isinstance(v, (int, float))}
+    out["uninterrupted_before_after_s"] = [statistics.median(r["uninterrupted_before_after_s"][i] for r in runs)
+                                           for i in (0, 1)]
+    out["runs"] = runs
+    return out
+
+
+def _spread(g: dict[str, Any], key: str) -> str:
+    runs = g.get("runs")
+    if not runs:
+        return ""
+    return f" (median of {len(runs)}; {min(r[key] for r in runs):.3f} .. {max(r[key] for r in runs):.3f})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=10)
@@ -201,6 +220,9 @@ def main() -> int:
                     help="uninterrupted length of the goodput jobs, both sides (default 60 s)")
     ap.add_argument("--long", action="store_true", help="also measure one kill every 60 s (jobs of 4 x --duration)")
     ap.add_argument("--no-torch", action="store_true", help="skip the torchrun side")
+    ap.add_argument("--goodput-repeats", type=int, default=1,
+                    help="measure our goodput at one kill every 10 s this many times (default 1); the table "
+                         "gives the medians and ranges")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "recovery.json")
     ns = ap.parse_args()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -217,7 +239,9 @@ def main() -> int:
         for iv in intervals:
             duration = ns.duration if iv < 60 else 4 * ns.duration
             epochs = max(1, round(duration / (15 * step_s)))
-            res[f"ours_goodput_{int(iv)}s"] = ours_goodput(tmp, data, epochs, iv, f"{int(iv)}")
+            runs = [ours_goodput(tmp, data, epochs, iv, f"{int(iv)}-{i}")
+                    for i in range(ns.goodput_repeats if iv < 60 else 1)]
+            res[f"ours_goodput_{int(iv)}s"] = summarize(runs)
         if not ns.no_torch:
             from benchmarks.torch_baseline import harness
 
@@ -236,14 +260,15 @@ def main() -> int:
         rows.append(("torchrun / ours (warm)", f"{med(res['torch_latency_s']) / med(res['ours_warm_latency_s']):.1f}x"))
     for iv in intervals:
         g = res[f"ours_goodput_{int(iv)}s"]
-        rows.append((f"goodput, one SIGKILL every {int(iv)} s, ours", f"{g['goodput']:.3f} ({g['kills']} kills)"))
+        rows.append((f"goodput, one SIGKILL every {int(iv)} s, ours",
+                     f"{g['goodput']:.3f} ({g['kills']:g} kills){_spread(g, 'goodput')}"))
         rows.append(("  ours, from the journal: 1 - (restart gaps + steps redone) / wall",
                      f"{g['goodput_from_journal']:.3f} ({g['restart_gaps_s']:.2f} s + {g['redone_s']:.2f} s "
-                     f"of {g['training_wall_s']:.1f} s)"))
+                     f"of {g['training_wall_s']:.1f} s){_spread(g, 'goodput_from_journal')}"))
         rows.append(("  ours, from both journals: (steps x settled step time / wall), killed / uninterrupted",
-                     f"{g['goodput_from_steps']:.3f}"))
+                     f"{g['goodput_from_steps']:.3f}{_spread(g, 'goodput_from_steps')}"))
         rows.append(("  median step time, killed run / uninterrupted run (the drift between them)",
-                     f"{g['step_time_killed_over_clean']:.3f}x"))
+                     f"{g['step_time_killed_over_clean']:.3f}x{_spread(g, 'step_time_killed_over_clean')}"))
         rows.append(("  uninterrupted wall, before / after the killed run",
                      "{:.2f} s / {:.2f} s".format(*g["uninterrupted_before_after_s"])))
         if f"torch_goodput_{int(iv)}s" in res:

@@ -18,6 +18,9 @@ Safety:
 - The buffer is written only while no persist is in flight: :meth:`CheckpointWriter.submit` refuses
   to start while the previous one is unacknowledged, so one checkpoint never starts before the last
   one finished.
+- The writer is forked from the training process if that has one thread (a worker forked from the
+  supervisor's fork server does, when it starts), else started with exec; a forked one closes
+  every descriptor but its socket, so it holds none of the worker's locks or files.
 - The writer dies with the training process (``PR_SET_PDEATHSIG``). A SIGKILLed worker leaves at
   most a torn checkpoint: no manifest, so not a checkpoint. When the worker exits normally it waits
   for the writer to finish first.

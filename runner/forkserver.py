@@ -25,6 +25,7 @@ The protocol, over a ``SOCK_SEQPACKET`` socket pair, pickled tuples:
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
 import os
 import pickle
@@ -37,14 +38,15 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import setproctitle
 
-__all__ = ["ForkTarget", "forkable", "environment", "ForkServer", "ForkServerError", "Exit"]
+__all__ = ["ForkTarget", "forkable", "environment", "open_devices", "DEVICE_FILES", "ForkServer", "ForkServerError",
+           "Exit"]
 
 _PR_SET_PDEATHSIG = 1
 _MAX_MESSAGE = 1 << 20
@@ -118,8 +120,30 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+#: Device files a GPU or accelerator driver keeps open once initialized. A fork of a process that
+#: initialized one cannot use it (CUDA and ROCm are not fork-safe), and Paddle's GPU builds
+#: initialize their devices on import.
+DEVICE_FILES = ("/dev/nvidia", "/dev/dri/", "/dev/kfd", "/dev/accel", "/dev/davinci")
+
+
+def open_devices(paths: Iterable[str]) -> list[str]:
+    """Which of ``paths`` (what this process's descriptors point at) are accelerator devices."""
+    return sorted({p for p in paths if p.startswith(DEVICE_FILES)})
+
+
+def _open_files() -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
 def _import(preload: Sequence[str], sock: socket.socket) -> dict[str, str | None] | None:
-    """Import the modules; what they changed in the environment (None: unset), or None if one failed."""
+    """Import the modules; what they changed in the environment (None: unset), or None if one failed
+    or left a device open."""
     t0 = time.monotonic()
     before = dict(os.environ)
     for name in preload:
@@ -128,6 +152,14 @@ def _import(preload: Sequence[str], sock: socket.socket) -> dict[str, str | None
         except BaseException as exc:  # noqa: BLE001 - reported; the supervisor then starts workers with exec
             _send(sock, ("failed", f"importing {name}: {type(exc).__name__}: {exc}"))
             return None
+    devices = open_devices(_open_files())
+    if devices:
+        _send(sock, ("failed", f"importing {', '.join(preload)} opened {', '.join(devices)}: a forked worker "
+                               "could not use the device"))
+        return None
+    # Objects made so far are never collected: a child's collections then neither walk them nor
+    # touch (and so copy) the pages they live on.
+    gc.freeze()
     _send(sock, ("ready", time.monotonic() - t0))
     changed: dict[str, str | None] = {k: v for k, v in os.environ.items() if before.get(k) != v}
     changed.update((k, None) for k in before.keys() - os.environ.keys())

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,8 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from runner import forkserver
 from runner.cli import module_list
-from runner.forkserver import ForkServer, ForkServerError, ForkTarget, environment, forkable
+from runner.forkserver import ForkServer, ForkServerError, ForkTarget, environment, forkable, open_devices
 from runner.process import WorkerProcess
 from tests.helpers import REPO
 from tests.supervisor_helpers import wait_gone
@@ -142,6 +145,32 @@ def test_a_forked_worker_is_the_command_it_stands_for(server: ForkServer, job: P
 )
 def test_a_forked_workers_environment(given: dict, changed: dict, want: dict) -> None:
     assert environment(given, changed) == want
+
+
+@pytest.mark.parametrize(
+    ("paths", "want"),
+    [
+        (["/dev/null", "pipe:[123]", "/tmp/x.log", "socket:[9]"], []),
+        (["/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia-uvm", "/dev/null"],
+         ["/dev/nvidia-uvm", "/dev/nvidia0", "/dev/nvidiactl"]),
+        (["/dev/dri/renderD128", "/dev/kfd"], ["/dev/dri/renderD128", "/dev/kfd"]),
+        (["/dev/accel/accel0", "/dev/davinci0", "/dev/davinci_manager"],
+         ["/dev/accel/accel0", "/dev/davinci0", "/dev/davinci_manager"]),
+        (["/home/dev/nvidia-notes.txt", "/dev/driver"], []),
+    ],
+)
+def test_which_open_files_make_a_fork_unusable(paths: list[str], want: list[str]) -> None:
+    assert open_devices(paths) == want
+
+
+def test_a_server_whose_imports_opened_a_device_refuses_to_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forkserver, "_open_files", lambda: ["/dev/null", "/dev/nvidiactl"])
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        assert forkserver._serve(theirs, ["json"]) == 1  # no fork: it returns, it does not serve
+        kind, message = pickle.loads(ours.recv(1 << 16))
+    assert kind == "failed"
+    assert message == "importing json opened /dev/nvidiactl: a forked worker could not use the device"
 
 
 def test_exits_are_reported_as_exec_would_give_them(server: ForkServer, job: Path, tmp_path: Path) -> None:

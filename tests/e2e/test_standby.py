@@ -1,6 +1,7 @@
 """The warm standby with real processes, and the asynchronous/auto checkpoint cadence end to end.
 
-A spare (``python -m model`` with ``RUNNER_STANDBY=1``, stdin a pipe) warms up and then touches nothing
+A spare (``python -m model`` with ``RUNNER_STANDBY=1``, stdin a pipe; under the supervisor a fork
+of its fork server) warms up and then touches nothing
 until it gets its go line; it never trains next to a live worker; under the supervisor every restart
 after a warm spare is ready is warm and bit-exact; without standby, or after the spare died, restarts
 are cold and still exact; no spare outlives the supervisor.
