@@ -53,8 +53,8 @@ def module_list(text: str) -> tuple[str, ...]:
         return ()
     names = tuple(n.strip() for n in text.split(","))
     bad = [n for n in names if not all(part.isidentifier() for part in n.split("."))]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"not a module name: {bad[0] if bad else text!r}")
+    if bad:
+        raise argparse.ArgumentTypeError(f"not a module name: {bad[0]!r}")
     return names
 
 

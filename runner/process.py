@@ -21,9 +21,9 @@ from pathlib import Path
 
 import psutil
 
-from .forkserver import ForkServer, ForkServerError, ForkTarget
+from .forkserver import ForkServer, ForkTarget
 
-__all__ = ["WorkerProcess", "Usage", "die_with_parent", "ForkServerError"]
+__all__ = ["WorkerProcess", "Usage", "die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -88,7 +88,8 @@ class WorkerProcess:
     @classmethod
     def fork(cls, server: ForkServer, target: ForkTarget, *, env: Mapping[str, str], log_path: Path,
              stdin_pipe: bool = False, title: str = "") -> WorkerProcess:
-        """Have ``server`` fork the worker; raises :class:`ForkServerError` if it did not."""
+        """Have ``server`` fork the worker; raises :class:`~runner.forkserver.ForkServerError` if it
+        did not."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if stdin_pipe:
             r, w = os.pipe2(os.O_CLOEXEC)

@@ -24,11 +24,11 @@ from tenacity import RetryCallState
 
 from .classify import ExitClass, classify_exit, signal_name
 from .exitcodes import ExitCode
-from .forkserver import ForkServer, ForkTarget, forkable
+from .forkserver import ForkServer, ForkServerError, ForkTarget, forkable
 from .journal import append_record, iter_records
 from .lock import RunLock
 from .policy import AttemptResult, RetryPolicy, WorkerFailed, build_retrying, give_up_reason, unproductive_restarts
-from .process import ForkServerError, WorkerProcess
+from .process import WorkerProcess
 from .rundir import ENV_ATTEMPT, ENV_STANDBY, EVENTS, HEARTBEAT, LOSSES, read_heartbeat, worker_env
 from .view import PlainView, View, describe_exit
 
@@ -113,7 +113,8 @@ class Supervisor:
                  sleep: Callable[[float], None] | None = None, lock: RunLock | None = None,
                  fork_server: ForkServer | None = None) -> None:
         """``lock``: the run directory's lock, if the caller took it already; ``fork_server``: one
-        the caller started early, for ``spec.preload`` (see :func:`start_fork_server`)."""
+        the caller started for ``spec.preload`` (the CLI does, so that it imports while the rest of
+        the supervisor does); it is closed when :meth:`run` ends."""
         self.spec = spec
         self.run_dir = Path(spec.run_dir)
         self.view = view or PlainView()
