@@ -231,13 +231,18 @@ CRASH_LOOP_JOB = """\
 """
 
 
-@pytest.mark.parametrize("from_zero", [False, True], ids=["resumes-from-checkpoint", "restarts-from-zero"])
-def test_crash_loop_gives_up_naming_the_step(tmp_path: Path, tracker: Tracker, from_zero: bool) -> None:
+@pytest.mark.parametrize(("from_zero", "preload"), [(False, None), (True, None), (False, "runner.worker")],
+                         ids=["resumes-from-checkpoint", "restarts-from-zero", "forked-from-a-fork-server"])
+def test_crash_loop_gives_up_naming_the_step(tmp_path: Path, tracker: Tracker, from_zero: bool,
+                                              preload: str | None) -> None:
     run_dir = tmp_path / "run"
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(CRASH_LOOP_JOB).format(from_zero=from_zero))
-    p = finish(tracker.start(runner_cmd(run_dir, "--crash-loop", 3, command=[sys.executable, script])))
+    flags = ("--preload", preload) if preload else ()
+    p = finish(tracker.start(runner_cmd(run_dir, "--crash-loop", 3, *flags, command=[sys.executable, script])))
     assert p.returncode == ExitCode.GAVE_UP == 70, explain(p, run_dir)
+    # A command of one's own is started with exec unless --preload says what to import first.
+    assert {e["forked"] for e in events(run_dir, "attempt-spawned")} == {preload is not None}
 
     # Attempt 1 completes steps 0-2 (new: progress, so it does not count); attempts 2, 3 and 4 complete
     # nothing new, and the third of those in a row is the crash loop.
