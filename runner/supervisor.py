@@ -303,6 +303,8 @@ class Supervisor:
         spare, self.spare = self.spare, None
         if spare is None:
             return None
+        if spare.server is not None and not spare.server.alive:
+            spare.kill()  # it is dying with its fork server (PR_SET_PDEATHSIG), if not dead yet
         if spare.wait(0):
             self.log_event("standby-lost", pid=spare.pid, returncode=spare.returncode)
             return None

@@ -335,6 +335,32 @@ def test_a_fork_server_that_cannot_import_is_replaced_by_exec(
     assert_nothing_left(run_dir, pid)
 
 
+def test_a_fork_server_killed_mid_run_takes_its_workers_and_exec_takes_over(
+    reference: Path, tmp_path: Path, procs: list[subprocess.Popen]
+) -> None:
+    run_dir = seed_data(tmp_path / "run", reference)
+    sup = start(runner_cmd(run_dir, *JOB))
+    procs.append(sup)
+    worker = stop_at(run_dir, 1, 7, sup)
+    spare = wait_ready_spare(run_dir, 1, sup)
+    (server,) = events(run_dir, "fork-server-started")
+    os.kill(server["pid"], signal.SIGKILL)  # as the OOM killer would
+    wait_gone(worker)  # both die with it
+    wait_gone(spare)
+    p = finish(sup)
+    assert p.returncode == 0, explain(p, run_dir)
+
+    (failed,) = events(run_dir, "fork-server-failed")
+    assert failed["error"] == "the fork server exited"
+    exits = events(run_dir, "attempt-exited", source="supervisor")
+    assert [(e["attempt"], e["exit_class"]) for e in exits] == [(1, "killed"), (2, "completed")]
+    assert [(e["attempt"], e["forked"]) for e in spawned(run_dir)] == [(1, True), (2, False)]
+    (lost,) = events(run_dir, "standby-lost")
+    assert lost["pid"] == spare
+    assert_exact(run_dir, reference)
+    assert_nothing_left(run_dir, worker, spare)
+
+
 def test_a_spare_that_died_is_replaced_by_a_cold_start(
     reference: Path, tmp_path: Path, procs: list[subprocess.Popen]
 ) -> None:
