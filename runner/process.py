@@ -87,9 +87,9 @@ class WorkerProcess:
 
     @classmethod
     def fork(cls, server: ForkServer, target: ForkTarget, *, env: Mapping[str, str], log_path: Path,
-             stdin_pipe: bool = False, title: str = "") -> WorkerProcess:
+             stdin_pipe: bool = False, title: str = "", timeout: float = 300.0) -> WorkerProcess:
         """Have ``server`` fork the worker; raises :class:`~runner.forkserver.ForkServerError` if it
-        did not."""
+        did not, or did not answer within ``timeout`` seconds (its imports included)."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if stdin_pipe:
             r, w = os.pipe2(os.O_CLOEXEC)
@@ -97,7 +97,7 @@ class WorkerProcess:
             r, w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), None
         try:
             with open(log_path, "ab") as log:
-                pid = server.spawn(target, env, stdin=r, log=log.fileno(), title=title)
+                pid = server.spawn(target, env, stdin=r, log=log.fileno(), title=title, timeout=timeout)
         except BaseException:
             if w is not None:
                 os.close(w)

@@ -275,8 +275,9 @@ class Supervisor:
         if server is not None and self._target is not None:
             ready = server.import_s is not None
             try:
+                # A server stuck in its imports is given the time a silent worker would be.
                 proc = WorkerProcess.fork(server, self._target, env=env, log_path=log, stdin_pipe=stdin_pipe,
-                                          title=shlex.join(self.spec.cmd))
+                                          title=shlex.join(self.spec.cmd), timeout=self.spec.hang_timeout)
             except ForkServerError as exc:
                 # Not worth a failed attempt: this worker, and the rest, start with exec instead.
                 self.log_event("fork-server-failed", pid=server.pid, error=str(exc))

@@ -214,6 +214,18 @@ def test_a_failed_preload_is_reported_not_hidden(tmp_path: Path, job: Path) -> N
         s.close()
 
 
+def test_a_server_stuck_in_its_imports_is_given_up_on(tmp_path: Path, job: Path) -> None:
+    (job.parent / "stuck.py").write_text("import time\ntime.sleep(600)\n")
+    s = ForkServer(("stuck",), env=dict(os.environ, PYTHONPATH=str(job.parent)), log_path=tmp_path / "server.log")
+    try:
+        with pytest.raises(ForkServerError, match="the fork server did not answer in 1 s"):
+            s.spawn(ForkTarget("path", str(job), ()), dict(os.environ), stdin=0, log=1, timeout=1.0)
+        assert not s.alive
+    finally:
+        s.close(timeout=0.5)
+    assert s.proc.returncode == -signal.SIGKILL  # it did not stop on its own; close() killed it
+
+
 def test_workers_forked_in_turn_each_report_their_own_exit(server: ForkServer, job: Path, tmp_path: Path) -> None:
     procs = [start(server, ForkTarget("path", str(job), ("report",)), tmp_path / f"w{i}.log", JOB_EXIT=str(i))
              for i in range(4)]
