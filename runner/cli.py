@@ -44,7 +44,8 @@ def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preload", type=module_list, default=None, metavar="M[,M...]|none",
                    help="import these modules once in a fork server and fork every worker from it, instead of "
                         "starting each with exec (default: model.train for the built-in job, none for a command "
-                        "after '--', which must then be 'python -m M ...' or 'python FILE ...')")
+                        "after '--', which must then be 'PYTHON -m M ...' or 'PYTHON FILE ...', PYTHON being "
+                        "the path of this interpreter)")
 
 
 def module_list(text: str) -> tuple[str, ...]:

@@ -74,17 +74,16 @@ class Exit:
 
 
 def _same_program(a: str, b: str) -> bool:
-    found = shutil.which(a) or a
-    try:
-        return os.path.samefile(found, b)
-    except OSError:
-        return False
+    # By path, not by the file it resolves to: a virtual environment's python is a link to its base
+    # interpreter, with other packages.
+    found = shutil.which(a)
+    return found is not None and os.path.abspath(found) == os.path.abspath(b)
 
 
 def forkable(cmd: Sequence[str], python: str = sys.executable) -> ForkTarget | None:
     """The target of ``cmd`` if a fork of a ``python`` process can run it: ``python -m M ...`` or
-    ``python FILE ...`` with no interpreter options. None for anything else, which is started with
-    exec."""
+    ``python FILE ...`` with no interpreter options, ``python`` found at the same path. None for
+    anything else, which is started with exec."""
     if len(cmd) < 2 or not _same_program(cmd[0], python):
         return None
     if cmd[1] == "-m":

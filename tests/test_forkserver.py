@@ -49,10 +49,13 @@ def test_which_commands_a_fork_can_run(cmd: list[str], expected: ForkTarget | No
     assert forkable(cmd, PY) == expected
 
 
-def test_another_name_for_the_same_interpreter_is_forkable(tmp_path: Path) -> None:
-    link = tmp_path / "python-link"
+def test_a_link_to_the_interpreter_is_another_program(tmp_path: Path) -> None:
+    # A virtual environment's python is such a link, and it sees other packages: exec it.
+    (tmp_path / "bin").mkdir()
+    link = tmp_path / "bin" / "python"
     link.symlink_to(os.path.realpath(PY))
-    assert forkable([str(link), "-m", "m"], PY) == ForkTarget("module", "m", ())
+    assert forkable([str(link), "-m", "m"], PY) is None
+    assert forkable([str(link), "-m", "m"], str(link)) == ForkTarget("module", "m", ())
 
 
 JOB = """\
