@@ -36,7 +36,6 @@ The protocol, over a ``SOCK_SEQPACKET`` socket pair, one message each way per ch
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import pickle
@@ -56,6 +55,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from runner.children import die_with, project_pythonpath
 from runner.journal import append_record
 
 from .state import StateArrays, pack_chunks
@@ -66,7 +66,6 @@ __all__ = ["CheckpointWriter", "Saved", "WriterError"]
 
 _ALIGN = 64
 _MAX_MESSAGE = 1 << 20
-_PR_SET_PDEATHSIG = 1
 
 
 class WriterError(RuntimeError):
@@ -190,8 +189,7 @@ class CheckpointWriter:
             if _single_threaded():
                 self._proc = _ForkedWriter.start(args, keep_fd=child.fileno())
             else:
-                src = str(Path(__file__).resolve().parent.parent)
-                env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
+                env = dict(os.environ, PYTHONPATH=project_pythonpath(os.environ.get("PYTHONPATH")))
                 self._proc = subprocess.Popen([sys.executable, "-m", "checkpoint.writer", *args],
                                               pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env)
         self._mm: mmap.mmap | None = None
@@ -474,13 +472,6 @@ class _ForkedWriter:
 # -- the writer process -------------------------------------------------------------------------------
 
 
-def _die_with(parent: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(0)
-
-
 def _files(mm: mmap.mmap, layout: list[list[Any]]) -> dict[str, dict[str, np.ndarray]]:
     """The buffer's arrays by file and name."""
     files: dict[str, dict[str, np.ndarray]] = {}
@@ -533,7 +524,7 @@ def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
 
 def main(argv: list[str]) -> int:
     fd, parent, root, keep, events = argv
-    _die_with(int(parent))
+    die_with(int(parent), exit_code=0)
     # SIGTERM and Ctrl-C reach the worker's whole process group: the worker decides what happens (it
     # waits for this process, then checkpoints); this process ends with it either way.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -120,9 +120,9 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None) -> int:
 def _pythonpath() -> str:
     import os
 
-    root = str(Path(__file__).resolve().parent.parent)
-    old = os.environ.get("PYTHONPATH")
-    return root if not old else f"{root}{os.pathsep}{old}"
+    from .children import project_pythonpath
+
+    return project_pythonpath(os.environ.get("PYTHONPATH"))
 
 
 def _become_subreaper() -> None:

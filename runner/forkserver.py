@@ -24,7 +24,6 @@ The protocol, over a ``SOCK_SEQPACKET`` socket pair, pickled tuples:
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import importlib
 import os
@@ -40,15 +39,17 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import setproctitle
 
+from .children import die_with, project_pythonpath
+
 __all__ = ["ForkTarget", "forkable", "environment", "open_devices", "DEVICE_FILES", "ForkServer", "ForkServerError",
            "Exit"]
 
-_PR_SET_PDEATHSIG = 1
 _MAX_MESSAGE = 1 << 20
 
 
@@ -110,13 +111,6 @@ class _Launch:
     stdin: int
     log: int
     server: int
-
-
-def _die_with_parent(parent: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(1)
 
 
 #: Device files a GPU or accelerator driver keeps open once initialized. A fork of a process that
@@ -227,7 +221,7 @@ def _serve(sock: socket.socket, preload: Sequence[str]) -> _Launch | int:
 def _become(launch: _Launch) -> None:
     """In the child: take the worker's session, descriptors, environment and arguments."""
     os.setsid()
-    _die_with_parent(launch.server)
+    die_with(launch.server)
     setproctitle.setproctitle(launch.title)
     os.dup2(launch.stdin, 0)
     os.dup2(launch.log, 1)
@@ -258,7 +252,7 @@ def main(argv: Sequence[str]) -> int:
     """``python -m runner.forkserver FD PARENT LABEL MODULE...``: serve the supervisor ``PARENT`` on
     ``FD``; ``LABEL`` (the run directory) goes into the process title."""
     fd, parent, label, *preload = argv
-    _die_with_parent(int(parent))
+    die_with(int(parent))
     setproctitle.setproctitle(f"runner fork server: {label}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides what a Ctrl-C does
     with warnings.catch_warnings():  # a child leaves with the filters as they were
@@ -289,15 +283,12 @@ class ForkServer:
         self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock.setblocking(False)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        src = str(Path(__file__).resolve().parent.parent)
-        env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")])))
-        from .process import die_with_parent
-
+        env = dict(env, PYTHONPATH=project_pythonpath(env.get("PYTHONPATH")))
         with child, open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [python, "-m", "runner.forkserver", str(child.fileno()), str(os.getpid()), label, *self.preload],
                 pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, preexec_fn=die_with_parent,
+                env=env, start_new_session=True, preexec_fn=partial(die_with, os.getpid()),
             )
         self.pid = self.proc.pid
         self.import_s: float | None = None  # once ready

@@ -9,7 +9,6 @@ a grace period, then SIGKILL to the whole tree.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import signal
@@ -17,21 +16,15 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psutil
 
+from .children import die_with
 from .forkserver import ForkServer, ForkTarget
 
-__all__ = ["WorkerProcess", "Usage", "die_with_parent"]
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the supervisor dies, so does the worker.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+__all__ = ["WorkerProcess", "Usage"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +67,8 @@ class WorkerProcess:
             with open(log_path, "ab") as log:
                 popen = subprocess.Popen(
                     list(cmd), env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=r,
-                    start_new_session=True, preexec_fn=die_with_parent,
+                    # Runs in the child between fork and exec: if the supervisor dies, so does the worker.
+                    start_new_session=True, preexec_fn=partial(die_with, os.getpid()),
                 )
         except BaseException:
             if w is not None:

@@ -111,6 +111,20 @@ def wait_ready_spare(run_dir: Path, n: int, sup: subprocess.Popen) -> int:
                     what=f"spare {n} to be ready")
 
 
+def run_killing_the_first_worker(
+    run_dir: Path, procs: list[subprocess.Popen], *flags: object
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Supervise the job with ``flags``, SIGKILL attempt 1's worker once it reached step 7, and let
+    the run finish; its result (asserted to be exit 0) and the killed pid."""
+    sup = start(runner_cmd(run_dir, *JOB, *flags))
+    procs.append(sup)
+    pid = wait_for_worker(run_dir, 1, 7, sup, timeout=STEP_TIMEOUT)
+    os.kill(pid, signal.SIGKILL)
+    p = finish(sup)
+    assert p.returncode == 0, explain(p, run_dir)
+    return p, pid
+
+
 def stop_at(run_dir: Path, attempt: int, min_step: int, sup: subprocess.Popen) -> int:
     """SIGSTOP attempt ``attempt``'s worker once it reached ``min_step``; returns its pid."""
     pid = wait_for_worker(run_dir, attempt, min_step, sup, timeout=STEP_TIMEOUT)
@@ -293,12 +307,7 @@ def test_three_sigkills_each_restart_warm_and_bit_exact(
 def test_no_standby_restarts_cold_and_exact(reference: Path, tmp_path: Path, procs: list[subprocess.Popen],
                                             preload: str | None) -> None:
     run_dir = seed_data(tmp_path / "run", reference)
-    sup = start(runner_cmd(run_dir, *JOB, "--no-standby", *(("--preload", preload) if preload else ())))
-    procs.append(sup)
-    pid = wait_for_worker(run_dir, 1, 7, sup, timeout=STEP_TIMEOUT)
-    os.kill(pid, signal.SIGKILL)
-    p = finish(sup)
-    assert p.returncode == 0, explain(p, run_dir)
+    _, pid = run_killing_the_first_worker(run_dir, procs, "--no-standby", *(("--preload", preload) if preload else ()))
 
     forked = preload is None
     assert [(e["attempt"], e["warm"], e["forked"]) for e in spawned(run_dir)] == [
@@ -316,12 +325,7 @@ def test_a_fork_server_that_cannot_import_is_replaced_by_exec(
     reference: Path, tmp_path: Path, procs: list[subprocess.Popen]
 ) -> None:
     run_dir = seed_data(tmp_path / "run", reference)
-    sup = start(runner_cmd(run_dir, *JOB, "--preload", "model.train,no_such_module_here"))
-    procs.append(sup)
-    pid = wait_for_worker(run_dir, 1, 7, sup, timeout=STEP_TIMEOUT)
-    os.kill(pid, signal.SIGKILL)
-    p = finish(sup)
-    assert p.returncode == 0, explain(p, run_dir)
+    p, pid = run_killing_the_first_worker(run_dir, procs, "--preload", "model.train,no_such_module_here")
 
     (failed,) = events(run_dir, "fork-server-failed")
     assert "importing no_such_module_here: ModuleNotFoundError" in failed["error"]
