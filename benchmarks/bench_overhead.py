@@ -54,7 +54,7 @@ def ab_pairs(losses: Path, per_epoch: int, warmup: int = 15) -> tuple[list[float
     """From a ``_ab_job.py`` journal: for each pair of neighbouring steps, the first after a step
     checkpoint and the second after none, (the time the checkpoint added, the plain step's time).
     Steps next to an epoch end (a checkpoint in both modes) and the first ``warmup`` are left out."""
-    from runner.journal import read_records
+    from rundir.journal import read_records
 
     t = {int(r["step"]): float(r["time"]) for r in read_records(losses)}
     added, plain = [], []
@@ -128,7 +128,7 @@ def main() -> int:
                               "--checkpoint-every", "1"], ROOT))
             every_sync.append(run([py, "-m", "model", "--run-dir", str(fresh(f"sync{i}")), "--epochs", str(ns.epochs),
                                    "--checkpoint-every", "1", "--sync-checkpoints"], ROOT))
-        from runner.journal import read_records
+        from rundir.journal import read_records
 
         step_ratio, bare_dt = [], []
         for i in range(ns.pairs):  # back to back, taking turns at going first

@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner.journal import read_records  # noqa: E402
+from rundir.journal import read_records  # noqa: E402
 
 PY = sys.executable
 

@@ -8,7 +8,6 @@ worker's environment before it starts.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Sequence
@@ -16,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.policy import AttemptResult
-from runner.rundir import ENV_CHAOS_ARM, PAUSED_EVENT, PAUSED_PHASE
-from runner.supervisor import FileEffect, Observation, SendSignal
+from rundir.classify import ExitClass
+from rundir.contract import PAUSED_EVENT, PAUSED_PHASE, Arm, AttemptEnd, FileEffect, Observation, SendSignal
+from rundir.events import EventKind
 
 from .faults import ARMED_KINDS, Fault, FaultKind
 from .schedule import Schedule
@@ -72,7 +71,7 @@ class Injector:
         f = self.current
         if f is None or f.kind not in ARMED_KINDS:
             return {}
-        return {ENV_CHAOS_ARM: json.dumps({"kind": f.kind.value, "step": f.step})}
+        return Arm(f.kind.value, f.step).to_env()
 
     def _fire(self, obs: Observation, effect: str | None = None) -> dict[str, Any]:
         f = self.current
@@ -96,7 +95,7 @@ class Injector:
             return [SendSignal(signal.SIGKILL, fault=self._fire(obs))]
         if f.kind is FaultKind.CORRUPT_CHECKPOINT:
             for e in obs.new_events:
-                if e.get("event") == "checkpoint-saved" and int(e.get("step", -1)) >= f.step:
+                if e.get("event") == EventKind.CHECKPOINT_SAVED and int(e.get("step", -1)) >= f.step:
                     fname = str(f.detail.get("file", "model.safetensors"))
                     path = self.run_dir / "checkpoints" / str(e["name"]) / fname
 
@@ -110,15 +109,15 @@ class Injector:
                     return [FileEffect(apply, fault=fault), SendSignal(signal.SIGKILL, fault=fault)]
         return []
 
-    def on_exit(self, result: AttemptResult) -> None:
+    def on_exit(self, result: AttemptEnd) -> None:
         f = self.current
         if f is None:
             return
-        completed = result.exit_class.value == "completed"
+        completed = result.exit_class is ExitClass.COMPLETED
         if self._fired is not None:
             attempt, t, step, effect = self._fired
             self.hits.append(FaultHit(f.kind.value, f.step, attempt, step, t, effect))
-        elif f.kind is FaultKind.CRASH and result.exit_class.value == "crashed":
+        elif f.kind is FaultKind.CRASH and result.exit_class is ExitClass.CRASHED:
             self.hits.append(FaultHit(f.kind.value, f.step, result.attempt, result.last_step, result.ended))
         elif not completed:
             return  # the attempt died of something else: the fault is still due

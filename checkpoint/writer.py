@@ -55,8 +55,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from runner.children import die_with, project_pythonpath
-from runner.journal import append_record
+from rundir.children import die_with, project_pythonpath
+from rundir.journal import append_record
 
 from .state import StateArrays, pack_chunks
 from .storage import LocalStorage

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from checkpoint.cadence import DEFAULT_DURABLE_EVERY_S
-from runner.argparsing import OneLineParser, non_negative, positive, seconds, seconds_or_zero
-from runner.exitcodes import ExitCode, UserError
+from rundir.argparsing import OneLineParser, non_negative, positive, seconds, seconds_or_zero
+from rundir.exitcodes import ExitCode, UserError
 
 from .config import AUTO, BREAK_RESUME_KINDS, JOB_NAME, TrainConfig
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.exitcodes import ExitCode, UserError
+from rundir.exitcodes import ExitCode, UserError
 
 __all__ = ["Dataset", "DataError", "prepare", "source_id", "cache_key", "load_source", "CACHE", "NUM_CLASSES"]
 

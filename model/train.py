@@ -18,7 +18,7 @@ import paddle.nn.functional as F
 
 from checkpoint import paddle_state as ps
 from checkpoint.state import RngState, StateArrays, TrainState, params_digest
-from runner.exitcodes import ExitCode
+from rundir.exitcodes import ExitCode
 from runner.worker import Worker
 
 from .config import AUTO, TrainConfig, steps_per_epoch

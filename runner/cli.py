@@ -10,58 +10,33 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .argparsing import OneLineParser, non_negative, positive, seconds
-from .exitcodes import ExitCode, UserError
+from rundir.argparsing import OneLineParser
+from rundir.children import project_pythonpath
+from rundir.exitcodes import ExitCode, UserError
+from rundir.names import ENV_RUN_DIR
 
-__all__ = ["main", "build_parser"]
+from .adapter import JobAdapter
+from .options import add_supervisor_arguments
+
+__all__ = ["main", "build_parser", "builtin_job"]
 
 _PR_SET_CHILD_SUBREAPER = 36
 
-#: What the built-in job's fork server imports: the job's training module, and with it Paddle.
-BUILTIN_PRELOAD = ("model.train",)
+
+def builtin_job() -> JobAdapter:
+    """The built-in job: the only place the runner names it."""
+    from model.job import BUILTIN
+
+    return BUILTIN
 
 
-def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("supervisor")
-    g.add_argument("--max-restarts", type=non_negative, default=20, metavar="N",
-                   help="restarts without progress allowed over the whole job (default 20); "
-                        "restarts after progress are free")
-    g.add_argument("--crash-loop", type=positive, default=3, metavar="N",
-                   help="stop after N failures in a row with no new step (default 3)")
-    g.add_argument("--hang-timeout", type=seconds, default=300.0, metavar="S",
-                   help="kill and restart a worker silent for S seconds (default 300)")
-    g.add_argument("--grace", type=seconds, default=30.0, metavar="S",
-                   help="on SIGINT/SIGTERM, give the worker S seconds to checkpoint before SIGKILL (default 30)")
-    g.add_argument("--standby", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep a warm spare worker (Paddle imported, data loaded, model built) ready to take "
-                        "over on a restart; it waits in Worker.restore() (default: on for the built-in job, "
-                        "off for a command after '--')")
-    g.add_argument("--preload", type=module_list, default=None, metavar="M[,M...]|none",
-                   help="import these modules once in a fork server and fork every worker from it, instead of "
-                        "starting each with exec (default: model.train for the built-in job, none for a command "
-                        "after '--', which must then be 'PYTHON -m M ...' or 'PYTHON FILE ...', PYTHON being "
-                        "the path of this interpreter)")
-
-
-def module_list(text: str) -> tuple[str, ...]:
-    """``--preload``: comma-separated module names, or 'none'."""
-    if text.strip() == "none":
-        return ()
-    names = tuple(n.strip() for n in text.split(","))
-    bad = [n for n in names if not all(part.isidentifier() for part in n.split("."))]
-    if bad:
-        raise argparse.ArgumentTypeError(f"not a module name: {bad[0]!r}")
-    return names
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from model.__main__ import add_job_arguments
-
+def build_parser(job: JobAdapter | None = None) -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m runner",
         description="Run a training job under a supervisor that restarts it from its newest checkpoint.",
@@ -69,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                "After '--', a command of your own that uses runner.worker replaces the built-in job.",
     )
     p.add_argument("--run-dir", type=Path, default=None, help="the job's state: checkpoints, journals, logs")
-    add_job_arguments(p)
+    (job or builtin_job()).add_arguments(p)
     add_supervisor_arguments(p)
     return p
 
@@ -82,21 +57,20 @@ def _split_command(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
     return argv, None
 
 
-def run_supervised(ns: argparse.Namespace, command: list[str] | None) -> int:
-    from model.__main__ import job_argv, job_command
+def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAdapter) -> int:
+    from rundir.lock import RunLock
+    from rundir.names import worker_env
 
     from .forkserver import ForkServer, forkable
-    from .lock import RunLock
-    from .rundir import worker_env
 
     if ns.run_dir is None:
         raise UserError("--run-dir is required", ExitCode.USAGE)
     if command is not None and not command:
         raise UserError("nothing after '--': give the command to supervise", ExitCode.USAGE)
     run_dir = ns.run_dir.resolve()
-    cmd = tuple(command) if command else job_command(run_dir, job_argv(ns))
-    env = {"RUNNER_RUN_DIR": str(run_dir), "PYTHONPATH": _pythonpath()}
-    preload = ns.preload if ns.preload is not None else () if command else BUILTIN_PRELOAD
+    cmd = tuple(command) if command else job.command(run_dir, job.argv(ns))
+    env = {ENV_RUN_DIR: str(run_dir), "PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH"))}
+    preload = ns.preload if ns.preload is not None else () if command else job.preload
     with RunLock(run_dir) as lock:
         # The fork server starts importing Paddle now, while this process imports the rest of itself.
         server = ForkServer.for_run(run_dir, preload, worker_env(env)) if preload and forkable(cmd) else None
@@ -115,14 +89,6 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None) -> int:
     if outcome.code is not ExitCode.OK:
         print(f"error: {outcome.message}", file=sys.stderr, flush=True)
     return int(outcome.code)
-
-
-def _pythonpath() -> str:
-    import os
-
-    from .children import project_pythonpath
-
-    return project_pythonpath(os.environ.get("PYTHONPATH"))
 
 
 def _become_subreaper() -> None:
@@ -148,22 +114,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] == "verify":
-            from .commands import verify_main
+            from .verify import verify_main
 
             return verify_main(args[1:])
+        job = builtin_job()
         if args and args[0] == "campaign":
-            from .commands import campaign_main
+            from chaos.campaign import campaign_main
 
-            return campaign_main(args[1:])
+            return campaign_main(args[1:], job)
         own, command = _split_command(args)
         if "--simulate-preemption" in own:
-            from .commands import simulate_main
+            from chaos.simulate import simulate_main
 
-            return simulate_main([a for a in own if a != "--simulate-preemption"])
-        ns = build_parser().parse_args(own)
+            return simulate_main([a for a in own if a != "--simulate-preemption"], job)
+        ns = build_parser(job).parse_args(own)
         _become_subreaper()
         try:
-            return run_supervised(ns, command)
+            return run_supervised(ns, command, job)
         finally:
             _reap_all_children()
     except UserError as exc:

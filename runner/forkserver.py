@@ -45,7 +45,7 @@ from typing import Any
 
 import setproctitle
 
-from .children import die_with, project_pythonpath
+from rundir.children import die_with, project_pythonpath
 
 __all__ = ["ForkTarget", "forkable", "environment", "open_devices", "DEVICE_FILES", "ForkServer", "ForkServerError",
            "Exit"]

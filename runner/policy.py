@@ -3,7 +3,7 @@
 Every attempt's result is kept; a failure raises :class:`WorkerFailed` carrying the whole history, so
 each strategy is a pure function of it:
 
-* retry only the retriable exit classes (see :mod:`runner.classify`);
+* retry only the retriable exit classes (see :mod:`rundir.classify`);
 * an attempt *made progress* if it completed a step no earlier attempt had reached; restarts after
   such attempts are free;
 * stop on a crash loop: ``crash_loop`` consecutive failures without progress;
@@ -22,7 +22,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from .classify import ExitClass
+from rundir.classify import ExitClass
 
 __all__ = [
     "AttemptResult",

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import psutil
 
-from .children import die_with
+from rundir.children import die_with
+
 from .forkserver import ForkServer, ForkTarget
 
 __all__ = ["WorkerProcess", "Usage"]

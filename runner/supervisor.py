@@ -18,21 +18,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tenacity import RetryCallState
 
-from .classify import ExitClass, classify_exit, signal_name
-from .exitcodes import ExitCode
+from rundir.classify import ExitClass, classify_exit, signal_name
+from rundir.contract import Chaos, FileEffect, Observation, SendSignal
+from rundir.exitcodes import ExitCode
+from rundir.journal import append_record, iter_records
+from rundir.lock import RunLock
+from rundir.names import ENV_ATTEMPT, ENV_STANDBY, EVENTS, HEARTBEAT, LOSSES, read_heartbeat, worker_env
+
 from .forkserver import ForkServer, ForkServerError, ForkTarget, forkable
-from .journal import append_record, iter_records
-from .lock import RunLock
 from .policy import AttemptResult, RetryPolicy, WorkerFailed, build_retrying, give_up_reason, unproductive_restarts
 from .process import WorkerProcess
-from .rundir import ENV_ATTEMPT, ENV_STANDBY, EVENTS, HEARTBEAT, LOSSES, read_heartbeat, worker_env
 from .view import PlainView, View, describe_exit
 
-__all__ = ["WorkerSpec", "Supervisor", "SendSignal", "FileEffect", "Observation", "Chaos", "Outcome"]
+__all__ = ["WorkerSpec", "Supervisor", "Outcome"]
 
 TICK = 0.1
 CHAOS_TICK = 0.02
@@ -50,39 +52,6 @@ class WorkerSpec:
     #: Modules a fork server imports once; workers are then forked from it (see
     #: :mod:`runner.forkserver`). Empty, or a command it cannot run: every worker starts with exec.
     preload: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SendSignal:
-    """Send ``sig`` to the worker; if ``kill_after`` is set, SIGKILL it if still alive that much later."""
-
-    sig: int
-    kill_after: float | None = None
-    fault: dict[str, Any] | None = None  # what to record in events.jsonl
-
-
-@dataclass(frozen=True)
-class FileEffect:
-    """Change files in the run directory (e.g. corrupt a checkpoint); ``apply`` returns a description."""
-
-    apply: Callable[[], str]
-    fault: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Observation:
-    attempt: int
-    pid: int
-    new_steps: Sequence[dict[str, Any]]
-    new_events: Sequence[dict[str, Any]]
-    last_step: int | None
-    phase: str | None
-
-
-class Chaos(Protocol):
-    def env_for(self, attempt: int) -> dict[str, str]: ...
-    def on_tick(self, obs: Observation) -> Sequence[SendSignal | FileEffect]: ...
-    def on_exit(self, result: AttemptResult) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .journal import read_records
-from .rundir import FINAL, LOSSES
+from rundir.journal import read_records
+from rundir.names import FINAL, LOSSES
 
 __all__ = ["Trace", "Comparison", "stitch", "load_trace", "compare"]
 

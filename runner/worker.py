@@ -42,23 +42,10 @@ from checkpoint.state import StateArrays, pack_chunks
 from checkpoint.storage import Data, LocalStorage
 from checkpoint.store import Checkpoint, CheckpointStore
 from checkpoint.writer import CheckpointWriter, Saved
-
-from .exitcodes import ExitCode, UserError
-from .journal import JsonlWriter, append_record, read_records
-from .rundir import (
-    ENV_ATTEMPT,
-    ENV_CHAOS_ARM,
-    ENV_STANDBY,
-    EVENTS,
-    FINAL,
-    HEARTBEAT,
-    JOB,
-    LOSSES,
-    PAUSED_EVENT,
-    PAUSED_PHASE,
-    WORKER_LOCK,
-    read_heartbeat,
-)
+from rundir.contract import ENV_CHAOS_ARM, PAUSED_EVENT, PAUSED_PHASE
+from rundir.exitcodes import ExitCode, UserError
+from rundir.journal import JsonlWriter, append_record, read_records
+from rundir.names import ENV_ATTEMPT, ENV_STANDBY, EVENTS, FINAL, HEARTBEAT, JOB, LOSSES, WORKER_LOCK, read_heartbeat
 
 __all__ = [
     "Worker",

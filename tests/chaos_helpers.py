@@ -14,9 +14,9 @@ from typing import Any
 
 from chaos.faults import Fault, FaultKind
 from chaos.schedule import Schedule
-from runner.classify import ExitClass
+from rundir.classify import ExitClass
+from rundir.contract import Observation
 from runner.policy import AttemptResult
-from runner.supervisor import Observation
 from runner.trace import Trace, stitch
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from runner.journal import read_records
+from rundir.journal import read_records
 from runner.worker import ENV_ATTEMPT, ENV_CHAOS_ARM, EVENTS, FINAL, LOSSES
 
 REPO = Path(__file__).resolve().parents[1]

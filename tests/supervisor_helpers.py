@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from runner.journal import read_records
+from rundir.journal import read_records
 from runner.worker import ENV_ATTEMPT, ENV_CHAOS_ARM, EVENTS, FINAL, LOSSES
 from runner.worker import read_heartbeat as heartbeat  # noqa: F401  (re-exported for the tests)
 from tests.helpers import wait_for  # noqa: F401  (re-exported for the tests)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runner.classify import ExitClass, classify_exit, signal_name
-from runner.exitcodes import ExitCode
+from rundir.classify import ExitClass, classify_exit, signal_name
+from rundir.exitcodes import ExitCode
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import pytest
 
 import model.data as md
 from model.data import CACHE, DataError, Dataset, load_source, prepare
-from runner.exitcodes import ExitCode
+from rundir.exitcodes import ExitCode
 from runner.worker import JOB, WORKER_LOCK
 from tests.helpers import describe, final, losses, run_job
 

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from runner import forkserver
-from runner.cli import module_list
+from runner.options import module_list
 from runner.forkserver import ForkServer, ForkServerError, ForkTarget, environment, forkable, open_devices
 from runner.process import WorkerProcess
 from tests.helpers import REPO

@@ -11,8 +11,8 @@ import pytest
 
 from chaos.faults import ARMED_KINDS, Fault, FaultKind
 from chaos.inject import FaultHit, Injector, corrupt_file
-from runner.classify import ExitClass
-from runner.supervisor import FileEffect, SendSignal
+from rundir.classify import ExitClass
+from rundir.contract import FileEffect, SendSignal
 from runner.worker import ENV_CHAOS_ARM, PAUSED_PHASE
 from tests.chaos_helpers import attempt_result, obs, saved, schedule_of
 

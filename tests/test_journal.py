@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.journal import JsonlWriter, append_record, iter_records, read_records
+from rundir.journal import JsonlWriter, append_record, iter_records, read_records
 
 RECORDS = [{"step": 0, "loss": 2.25}, {"step": 1, "loss": 1.5, "note": "ünïcode"}, {"step": 2, "loss": None}]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from tenacity import RetryCallState
 
-from runner.classify import ExitClass
+from rundir.classify import ExitClass
 from runner.policy import (
     AttemptResult,
     RetryPolicy,

@@ -10,7 +10,7 @@ import re
 import pytest
 from rich.console import Console
 
-from runner.report import (
+from chaos.report import (
     ChaosReport,
     EpochRow,
     ReportView,

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from rich.console import Console
 
+from rundir.classify import ExitClass
 from runner import view as view_mod
-from runner.classify import ExitClass
 from runner.policy import AttemptResult
 from runner.view import PlainView, RichView, describe_exit, make_view
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from checkpoint.cadence import DEFAULT_MTBF_S
-from runner.exitcodes import ExitCode, UserError
-from runner.journal import append_record
+from rundir.exitcodes import ExitCode, UserError
+from rundir.journal import append_record
 from runner.worker import (
     ENV_ATTEMPT,
     ENV_CHAOS_ARM,

@@ -15,7 +15,7 @@ import pytest
 from checkpoint.state import TrainState, params_digest
 from checkpoint.storage import LocalStorage
 from checkpoint.store import MANIFEST, CheckpointStore, checkpoint_name
-from runner.exitcodes import ExitCode
+from rundir.exitcodes import ExitCode
 from runner.worker import EVENTS, LOSSES, PAUSED_PHASE, read_heartbeat
 from tests.e2e.runs import (
     ARGS2,

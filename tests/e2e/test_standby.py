@@ -26,7 +26,7 @@ import pytest
 
 from checkpoint.storage import LocalStorage
 from checkpoint.store import CheckpointStore, checkpoint_name
-from runner.exitcodes import ExitCode
+from rundir.exitcodes import ExitCode
 from runner.worker import ENV_STANDBY, EVENTS, FINAL, HEARTBEAT, LOSSES, WORKER_LOCK
 from tests.helpers import job_cmd, job_env, run_job
 from tests.helpers import resumed_from as started_from

@@ -21,8 +21,8 @@ import pytest
 
 from checkpoint.storage import LocalStorage
 from checkpoint.store import CheckpointStore, checkpoint_name
-from runner.exitcodes import ExitCode
-from runner.lock import LOCK_FILE
+from rundir.exitcodes import ExitCode
+from rundir.lock import LOCK_FILE
 from tests.supervisor_helpers import (
     events,
     explain,

@@ -20,7 +20,16 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .exitcodes import ExitCode, UserError
+from rundir.exitcodes import ExitCode, UserError
+from runner.adapter import JobAdapter
+from runner.options import write_json
+from runner.trace import load_trace
+from runner.view import PlainView, make_console
+
+from .report import ChaosReport
+from .schedule import ScheduleError, checkpoint_steps, draw_schedule
+from .simulate import chaos_parser, chosen_kinds
+from .trial import ensure_reference, run_trial
 
 __all__ = ["campaign_main", "deal_kinds", "trial_seeds", "junit_xml", "campaign_json", "summary_table",
            "plot_campaign", "Trial"]
@@ -31,7 +40,7 @@ class Trial:
     index: int
     seed: int
     run_dir: Path
-    report: Any  # runner.report.ChaosReport
+    report: ChaosReport
     schedule_path: Path
 
     @property
@@ -120,8 +129,6 @@ def plot_campaign(trials: Sequence[Trial], reference: Any, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .trace import load_trace
-
     n = max(1, len(trials))
     cols = min(3, n)
     rows = (n + cols - 1) // cols
@@ -159,14 +166,8 @@ def plot_campaign(trials: Sequence[Trial], reference: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def campaign_main(argv: Sequence[str]) -> int:
-    from chaos.schedule import ScheduleError, checkpoint_steps, draw_schedule
-
-    from .commands import _common_parser, _kinds, _write_json, ensure_reference, job_total_steps, run_trial
-    from .trace import load_trace
-    from .view import PlainView, make_console
-
-    p = _common_parser("python -m runner campaign", "Run many seeded chaos trials against one reference.")
+def campaign_main(argv: Sequence[str], job: JobAdapter) -> int:
+    p = chaos_parser(job, "python -m runner campaign", "Run many seeded chaos trials against one reference.")
     p.add_argument("--trials", type=int, required=True, help="number of chaos trials")
     p.add_argument("--faults-per-trial", type=int, default=3, metavar="N", help="faults in each trial (default 3)")
     p.add_argument("--out", type=Path, default=None, help="a new directory for the trials (default runs/campaign-TIME)")
@@ -182,11 +183,11 @@ def campaign_main(argv: Sequence[str]) -> int:
     out = (ns.out or Path("runs") / time.strftime("campaign-%Y%m%d-%H%M%S")).resolve()
     if out.exists() and any(out.iterdir()):
         raise UserError(f"campaign directory {out} is not empty; choose a new --out", ExitCode.BAD_CONFIG)
-    ref = ensure_reference(ns, ns.reference_cache.resolve(), console)
-    per, total = job_total_steps(ref, ns.epochs)
+    ref = ensure_reference(job, ns, ns.reference_cache.resolve(), console)
+    per, total = job.total_steps(ref, ns)
     ckpts = checkpoint_steps(total, per, max(0, ns.checkpoint_every_steps))
     seeds = trial_seeds(ns.chaos_seed, ns.trials)
-    hands = deal_kinds(ns.chaos_seed, ns.trials, ns.faults_per_trial, _kinds(ns))
+    hands = deal_kinds(ns.chaos_seed, ns.trials, ns.faults_per_trial, chosen_kinds(ns))
     try:
         schedules = [draw_schedule(s, len(h), h, total, ckpts) for s, h in zip(seeds, hands)]
     except ScheduleError as exc:
@@ -200,7 +201,7 @@ def campaign_main(argv: Sequence[str]) -> int:
             run_dir = out / f"trial-{i:03d}"
             run_dir.mkdir(parents=True, exist_ok=True)
             with open(out / f"trial-{i:03d}.supervisor.log", "w") as log:
-                tr = run_trial(ns, schedule, run_dir, ref, view=PlainView(out=log))
+                tr = run_trial(job, ns, schedule, run_dir, ref, view=PlainView(out=log))
             trial = Trial(i, seed, run_dir, tr.report, tr.schedule_path)
             trials.append(trial)
             line = f"{trial.name}: {tr.report.verdict} ({len(tr.report.faults)} faults, {tr.report.restarts} restarts)"
@@ -210,8 +211,10 @@ def campaign_main(argv: Sequence[str]) -> int:
 
     console.print(summary_table(trials))
     failed = [t for t in trials if t.report.verdict != "pass"]
+    identity = job.identity(ns)
     config = {"seed": ns.chaos_seed, "trials": ns.trials, "faults_per_trial": ns.faults_per_trial,
-              "epochs": ns.epochs, "data": ns.data, "reference_dir": str(ref), "out": str(out)}
+              "epochs": identity.get("epochs"), "data": identity.get("data"), "job": identity,
+              "reference_dir": str(ref), "out": str(out)}
     if ns.junit:
         try:
             ns.junit.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +222,7 @@ def campaign_main(argv: Sequence[str]) -> int:
         except OSError as exc:
             raise UserError(f"cannot write {ns.junit}: {exc.strerror}", ExitCode.UNWRITABLE) from None
     if ns.json:
-        _write_json(ns.json, campaign_json(trials, config))
+        write_json(ns.json, campaign_json(trials, config))
     if ns.plot:
         plot_campaign(trials, load_trace(ref), ns.plot)
     for t in failed:

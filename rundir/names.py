@@ -9,9 +9,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .contract import ENV_CHAOS_ARM
+
 __all__ = [
+    "ENV_RUN_DIR",
     "ENV_ATTEMPT",
-    "ENV_CHAOS_ARM",
     "ENV_STANDBY",
     "LOSSES",
     "EVENTS",
@@ -19,14 +21,13 @@ __all__ = [
     "FINAL",
     "JOB",
     "WORKER_LOCK",
-    "PAUSED_PHASE",
-    "PAUSED_EVENT",
     "read_heartbeat",
     "worker_env",
 ]
 
+#: The run directory of the job a supervisor runs (a job of one's own may read it instead of a flag).
+ENV_RUN_DIR = "RUNNER_RUN_DIR"
 ENV_ATTEMPT = "RUNNER_ATTEMPT"
-ENV_CHAOS_ARM = "RUNNER_CHAOS_ARM"
 ENV_STANDBY = "RUNNER_STANDBY"
 LOSSES = "losses.jsonl"
 EVENTS = "events.jsonl"
@@ -34,9 +35,6 @@ HEARTBEAT = "heartbeat"
 FINAL = "final.json"
 JOB = "job.json"
 WORKER_LOCK = "worker.lock"
-
-PAUSED_PHASE = "checkpoint-write-paused"
-PAUSED_EVENT = "chaos-paused-in-checkpoint-write"
 
 
 def read_heartbeat(run_dir: Path) -> dict[str, Any] | None:

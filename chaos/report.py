@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .trace import Comparison, Trace
+from runner.trace import Comparison, Trace
 
 __all__ = ["EpochRow", "ChaosReport", "build_report", "restart_latencies", "epoch_rows", "ReportView",
            "reference_compute_s"]

@@ -1,0 +1,100 @@
+"""``python -m runner --simulate-preemption``: kill the job at random points, recover it, and prove
+the stitched result equals an uninterrupted run. Also the options every chaos command shares."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rundir.argparsing import OneLineParser
+from rundir.exitcodes import ExitCode, UserError
+from runner.adapter import JobAdapter
+from runner.options import add_supervisor_arguments, write_json
+from runner.view import make_console, make_view
+
+from .faults import FaultKind
+from .report import ReportView
+from .schedule import Schedule, ScheduleError, checkpoint_steps, draw_schedule
+from .trial import ensure_reference, run_trial
+
+__all__ = ["simulate_main", "chaos_parser", "chosen_kinds", "SIMULATION_DEFAULTS"]
+
+DEFAULT_FAULTS = 6
+#: What a simulation uses in place of the supervisor's defaults: a checkpoint every 5 steps, a hang
+#: judged after 3 s of silence, 5 s for a SIGTERMed worker to save its state.
+SIMULATION_DEFAULTS = {"checkpoint_every_steps": 5, "hang_timeout": 3.0, "grace": 5.0}
+
+
+def _kind_list(text: str) -> list[str]:
+    kinds = [k.value for k in FaultKind]
+    out = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in out if k not in kinds]
+    if bad or not out:
+        what = bad[0] if bad else text
+        raise argparse.ArgumentTypeError(f"unknown fault kind {what!r}; choose from {', '.join(kinds)}")
+    return out
+
+
+def chosen_kinds(ns: argparse.Namespace) -> list[FaultKind]:
+    """The fault kinds of ``--fault-kinds`` (comma- or space-separated), each once; all by default."""
+    if not ns.fault_kinds:
+        return list(FaultKind)
+    flat = [k for group in ns.fault_kinds for k in group]
+    return [FaultKind(k) for k in dict.fromkeys(flat)]
+
+
+def chaos_parser(job: JobAdapter, prog: str, description: str) -> argparse.ArgumentParser:
+    """The options of every chaos command: the job's, the supervisor's (with the simulation's
+    defaults) and the chaos ones."""
+    p = OneLineParser(prog=prog, description=description)
+    job.add_arguments(p)
+    add_supervisor_arguments(p)
+    p.set_defaults(**SIMULATION_DEFAULTS)
+    g = p.add_argument_group("chaos")
+    kinds = ", ".join(k.value for k in FaultKind)
+    g.add_argument("--fault-kinds", type=_kind_list, nargs="+", default=None, metavar="KIND",
+                   help=f"kinds to draw from (default all): {kinds}")
+    g.add_argument("--chaos-seed", type=int, default=0, help="seed of the fault schedule (default 0)")
+    p.add_argument("--reference-cache", type=Path, default=Path("runs/references"),
+                   help="where uninterrupted reference runs are kept and reused (default runs/references)")
+    return p
+
+
+def _schedule(ns: argparse.Namespace, total: int, per: int) -> Schedule:
+    try:
+        if ns.chaos_replay is not None:
+            schedule = Schedule.load(ns.chaos_replay)
+            if schedule.total_steps != total:
+                raise ScheduleError(f"chaos schedule {ns.chaos_replay} is for a job of {schedule.total_steps} steps, "
+                                    f"this one has {total}")
+            return schedule
+        return draw_schedule(ns.chaos_seed, ns.faults, chosen_kinds(ns), total,
+                             checkpoint_steps(total, per, max(0, ns.checkpoint_every_steps)))
+    except ScheduleError as exc:
+        raise UserError(str(exc), ExitCode.BAD_CONFIG) from None
+
+
+def simulate_main(argv: Sequence[str], job: JobAdapter) -> int:
+    p = chaos_parser(job, "python -m runner --simulate-preemption",
+                     "Kill the job at random points, recover it, and prove the result equals an uninterrupted run.")
+    p.add_argument("--faults", type=int, default=DEFAULT_FAULTS, help=f"faults to inject (default {DEFAULT_FAULTS})")
+    p.add_argument("--chaos-replay", type=Path, default=None, metavar="FILE",
+                   help="replay the faults of a saved chaos-schedule.json instead of drawing them")
+    p.add_argument("--run-dir", type=Path, default=None, help="a new directory for the chaos run")
+    p.add_argument("--json-report", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
+    ns = p.parse_args(argv)
+    if ns.faults < 0:
+        p.error("--faults must be 0 or more")
+    console = make_console()
+    run_dir = (ns.run_dir or Path("runs") / time.strftime("chaos-%Y%m%d-%H%M%S")).resolve()
+    ref = ensure_reference(job, ns, ns.reference_cache.resolve(), console)
+    per, total = job.total_steps(ref, ns)
+    schedule = _schedule(ns, total, per)
+    console.print(f"chaos run in {run_dir}: {len(schedule.faults)} faults over {total} steps", highlight=False)
+    trial = run_trial(job, ns, schedule, run_dir, ref, view=make_view(console))
+    console.print(ReportView(trial.report))
+    if ns.json_report:
+        write_json(ns.json_report, trial.report.to_json())
+    return ExitCode.OK if trial.report.verdict == "pass" else ExitCode.VERIFY_FAILED

@@ -1,0 +1,6 @@
+"""The run-directory protocol and the plumbing every process shares: file names, the journal, exit
+codes and exit classes, event kinds, the run lock, child-process helpers and the chaos contract.
+
+This package is the ground floor: it imports only the standard library, so the worker, the
+checkpoint writer, chaos and the supervisor can all stand on it (see ``docs/design.md``).
+"""

@@ -1,0 +1,110 @@
+"""What chaos and the supervisor say to each other, and what chaos arms inside a worker.
+
+Chaos decides; the supervisor acts. Each tick the supervisor hands chaos an :class:`Observation`
+of the attempt it watches, and carries out the :class:`SendSignal` and :class:`FileEffect` values
+it gets back. Faults that must happen inside the worker (a crash in a step, a stop in the middle of
+a checkpoint write) are armed through the worker's environment as an :class:`Arm`.
+Standard library only: the worker, chaos and the supervisor all import it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .classify import ExitClass
+
+__all__ = [
+    "ENV_CHAOS_ARM",
+    "PAUSED_PHASE",
+    "PAUSED_EVENT",
+    "ARM_CRASH",
+    "ARM_CHECKPOINT_WRITE",
+    "Arm",
+    "SendSignal",
+    "FileEffect",
+    "Observation",
+    "AttemptEnd",
+    "Chaos",
+]
+
+#: The environment variable that arms a fault inside the worker: ``{"kind": K, "step": N}``.
+ENV_CHAOS_ARM = "RUNNER_CHAOS_ARM"
+#: The heartbeat phase, and the event, of a worker stopped by chaos in the middle of a checkpoint write.
+PAUSED_PHASE = "checkpoint-write-paused"
+PAUSED_EVENT = "chaos-paused-in-checkpoint-write"
+
+ARM_CRASH = "crash"
+ARM_CHECKPOINT_WRITE = "checkpoint-write"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A fault armed inside the worker: ``kind`` happens at the first of its points at or after ``step``."""
+
+    kind: str
+    step: int
+
+    def to_env(self) -> dict[str, str]:
+        return {ENV_CHAOS_ARM: json.dumps({"kind": self.kind, "step": self.step})}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Arm | None:
+        raw = env.get(ENV_CHAOS_ARM)
+        if not raw:
+            return None
+        d = json.loads(raw)
+        return cls(str(d["kind"]), int(d["step"]))
+
+    def fires(self, kind: str, step: int) -> bool:
+        return self.kind == kind and step >= self.step
+
+
+@dataclass(frozen=True)
+class SendSignal:
+    """Send ``sig`` to the worker; if ``kill_after`` is set, SIGKILL it if still alive that much later."""
+
+    sig: int
+    kill_after: float | None = None
+    fault: dict[str, Any] | None = None  # what to record in events.jsonl
+
+
+@dataclass(frozen=True)
+class FileEffect:
+    """Change files in the run directory (e.g. corrupt a checkpoint); ``apply`` returns a description."""
+
+    apply: Callable[[], str]
+    fault: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the supervisor saw of the attempt since the last tick."""
+
+    attempt: int
+    pid: int
+    new_steps: Sequence[dict[str, Any]]
+    new_events: Sequence[dict[str, Any]]
+    last_step: int | None
+    phase: str | None
+
+
+class AttemptEnd(Protocol):
+    """How an attempt ended, as far as chaos needs to know."""
+
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def exit_class(self) -> ExitClass: ...
+    @property
+    def last_step(self) -> int | None: ...
+    @property
+    def ended(self) -> float: ...
+
+
+class Chaos(Protocol):
+    def env_for(self, attempt: int) -> dict[str, str]: ...
+    def on_tick(self, obs: Observation) -> Sequence[SendSignal | FileEffect]: ...
+    def on_exit(self, result: AttemptEnd) -> None: ...

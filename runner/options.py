@@ -1,0 +1,55 @@
+"""Command-line pieces the front door's commands share: the supervisor's options and JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rundir.argparsing import non_negative, positive, seconds
+from rundir.exitcodes import ExitCode, UserError
+
+__all__ = ["add_supervisor_arguments", "module_list", "write_json"]
+
+
+def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("supervisor")
+    g.add_argument("--max-restarts", type=non_negative, default=20, metavar="N",
+                   help="restarts without progress allowed over the whole job (default 20); "
+                        "restarts after progress are free")
+    g.add_argument("--crash-loop", type=positive, default=3, metavar="N",
+                   help="stop after N failures in a row with no new step (default 3)")
+    g.add_argument("--hang-timeout", type=seconds, default=300.0, metavar="S",
+                   help="kill and restart a worker silent for S seconds (default %(default)g)")
+    g.add_argument("--grace", type=seconds, default=30.0, metavar="S",
+                   help="on SIGINT/SIGTERM, give the worker S seconds to checkpoint before SIGKILL "
+                        "(default %(default)g)")
+    g.add_argument("--standby", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep a warm spare worker (Paddle imported, data loaded, model built) ready to take "
+                        "over on a restart; it waits in Worker.restore() (default: on for the built-in job, "
+                        "off for a command after '--')")
+    g.add_argument("--preload", type=module_list, default=None, metavar="M[,M...]|none",
+                   help="import these modules once in a fork server and fork every worker from it, instead of "
+                        "starting each with exec (default: model.train for the built-in job, none for a command "
+                        "after '--', which must then be 'PYTHON -m M ...' or 'PYTHON FILE ...', PYTHON being "
+                        "the path of this interpreter)")
+
+
+def module_list(text: str) -> tuple[str, ...]:
+    """``--preload``: comma-separated module names, or 'none'."""
+    if text.strip() == "none":
+        return ()
+    names = tuple(n.strip() for n in text.split(","))
+    bad = [n for n in names if not all(part.isidentifier() for part in n.split("."))]
+    if bad:
+        raise argparse.ArgumentTypeError(f"not a module name: {bad[0]!r}")
+    return names
+
+
+def write_json(path: Path, obj: Any) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj, indent=1) + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}", ExitCode.UNWRITABLE) from None
