@@ -22,8 +22,8 @@ import psutil
 import pytest
 
 from runner import forkserver
-from runner.options import module_list
 from runner.forkserver import ForkServer, ForkServerError, ForkTarget, environment, forkable, open_devices
+from runner.options import module_list
 from runner.process import WorkerProcess
 from tests.helpers import REPO
 from tests.supervisor_helpers import wait_gone
