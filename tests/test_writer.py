@@ -488,8 +488,8 @@ def parent_of_a_writer(root: Path, mode: str, start: str) -> Iterator[tuple[subp
         pid, how = line.split()
         writer_pid = int(pid)
         writer = psutil.Process(writer_pid)
-        assert writer.ppid() == proc.pid and "checkpoint.writer" in " ".join(writer.cmdline())
-        assert how == ("_ForkedWriter" if start == "fork" else "Popen")
+        assert writer.ppid() == proc.pid and "checkpoint.writer_process" in " ".join(writer.cmdline())
+        assert how == ("ForkedWriter" if start == "fork" else "Popen")
         assert not [f for f in writer.open_files() if f.path.endswith("held-by-the-parent")]
         yield proc, writer_pid
     finally:
