@@ -125,6 +125,13 @@ class WorkerProcess:
             self._reap()
         return self.returncode is not None
 
+    def poll(self) -> bool:
+        """True if the worker has exited, or can only die: one whose fork server is gone is dying with
+        it (``PR_SET_PDEATHSIG``), so it is killed and reaped here rather than left to finish dying."""
+        if self.server is not None and not self.server.alive:
+            self.kill()
+        return self.wait(0)
+
     def _wait_forked(self, server: ForkServer, timeout: float, wake_fds: Sequence[int]) -> bool:
         deadline = time.monotonic() + timeout
         while server.alive:

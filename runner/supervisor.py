@@ -1,18 +1,18 @@
 """The supervisor: start the worker, watch it, classify its exit, restart it through the retry policy.
 
 A :class:`WorkerSpec` says what to run and is only read; the :class:`Supervisor` holds the live
-state. Each attempt is ``start -> monitor -> classify``; the monitor wakes when the worker exits
-(pidfd), when a signal arrives, or every ``TICK`` seconds to read the journal and heartbeat
-(``CHAOS_TICK`` under chaos, whose faults aim at steps and phases).
-Chaos, if any, decides *what* to do to the worker; this module does it.
+state. Each attempt is ``launch -> watch -> end -> classify``. The watch wakes when the worker exits,
+when a signal arrives, or every ``TICK`` seconds (``CHAOS_TICK`` under chaos, whose faults aim at
+steps and phases) to read the journal and heartbeat; what to do then is decided by the pure
+functions of :mod:`runner.watch` and done here. Workers come from a :mod:`runner.launcher`, the
+warm spare from :mod:`runner.standby`. Chaos, if any, decides *what* to do to the worker; this
+module does it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import select
-import shlex
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,15 +24,18 @@ from tenacity import RetryCallState
 
 from rundir.classify import ExitClass, classify_exit, signal_name
 from rundir.contract import Chaos, FileEffect, Observation, SendSignal
+from rundir.events import EventKind, Source, record_event
 from rundir.exitcodes import ExitCode
-from rundir.journal import append_record, iter_records
+from rundir.journal import iter_records
 from rundir.lock import RunLock
-from rundir.names import ENV_ATTEMPT, ENV_STANDBY, EVENTS, HEARTBEAT, LOSSES, read_heartbeat, worker_env
+from rundir.names import ENV_ATTEMPT, EVENTS, HEARTBEAT, LOSSES, read_heartbeat, worker_env
 
-from .forkserver import ForkServer, ForkServerError, ForkTarget, forkable
+from .forkserver import ForkServer
+from .launcher import Launcher, Worker, launcher_for
 from .policy import AttemptResult, RetryPolicy, WorkerFailed, build_retrying, give_up_reason, unproductive_restarts
-from .process import WorkerProcess
+from .standby import Standby
 from .view import PlainView, View, describe_exit
+from .watch import Action, Decision, Reading, Watch, arm_kill, begin, decide, observe
 
 __all__ = ["WorkerSpec", "Supervisor", "Outcome"]
 
@@ -78,17 +81,27 @@ class _Tail:
 
 
 class Supervisor:
+    """Runs one job: attempts through the retry policy, each one watched until it exits or is ended.
+
+    How a worker is started is the ``launcher``'s business (by default exec, or forks from a server
+    that preloaded ``spec.preload``); what to do each tick is :func:`runner.watch.decide`'s. This
+    class reads the run directory, carries out decisions, and records what it did."""
+
     def __init__(self, spec: WorkerSpec, *, view: View | None = None, chaos: Chaos | None = None,
                  sleep: Callable[[float], None] | None = None, lock: RunLock | None = None,
-                 fork_server: ForkServer | None = None) -> None:
+                 fork_server: ForkServer | None = None, launcher: Launcher | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         """``lock``: the run directory's lock, if the caller took it already; ``fork_server``: one
         the caller started for ``spec.preload`` (the CLI does, so that it imports while the rest of
-        the supervisor does); it is closed when :meth:`run` ends."""
+        the supervisor does), for the default launcher, which closes it when :meth:`run` ends;
+        ``launcher``: another way to start workers; ``sleep`` and ``clock`` (monotonic seconds):
+        the back-off's sleep and the watch's time, for tests."""
         self.spec = spec
         self.run_dir = Path(spec.run_dir)
         self.view = view or PlainView()
         self.chaos = chaos
         self._sleep = sleep or self._interruptible_sleep
+        self._clock = clock or time.monotonic
         self.history: list[AttemptResult] = []
         self._stop_signal: int | None = None
         self._wake_r, self._wake_w = -1, -1
@@ -96,22 +109,24 @@ class Supervisor:
         self.events = _Tail(self.run_dir / EVENTS)
         self.high_water = -1
         self.next_attempt = 1
-        self.spare: WorkerProcess | None = None
-        self.spare_log = self.run_dir / "logs" / "standby.log"
-        self._spares = 0
-        self._target: ForkTarget | None = forkable(spec.cmd) if spec.preload else None
-        self._server: ForkServer | None = fork_server if self._target is not None else None
+        self.launcher = launcher or launcher_for(
+            spec.cmd, spec.preload, run_dir=self.run_dir, env=spec.env, timeout=spec.hang_timeout,
+            record=self.record, note=self.view.note, server=fork_server,
+        )
+        self.standby = Standby(self.launcher, self.run_dir, spec.env, self.record)
         self._lock = lock
 
     # -- effects at the edge -------------------------------------------------------------------------
 
-    def log_event(self, kind: str, **fields: Any) -> None:
-        rec = {"time": time.time(), "source": "supervisor", "event": kind}
-        rec.update(fields)
-        append_record(self.run_dir / EVENTS, rec)
+    def record(self, kind: EventKind, /, **fields: Any) -> None:
+        record_event(self.run_dir / EVENTS, Source.SUPERVISOR, kind, **fields)
+
+    def request_stop(self, signum: int) -> None:
+        """Stop the job as if ``signum`` had arrived: the watch acts on it at its next tick."""
+        self._stop_signal = signum
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        self._stop_signal = signum  # only recorded; the monitor loop acts on it
+        self.request_stop(signum)  # only recorded; the monitor loop acts on it
 
     def _interruptible_sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -136,13 +151,12 @@ class Supervisor:
 
     def run(self) -> Outcome:
         """Run the job to completion or until the policy gives up. Takes the run directory's lock."""
-        t0 = time.monotonic()
+        t0 = self._clock()
         lock = self._lock or RunLock(self.run_dir)
         try:
             if lock.fd is None:
                 lock.acquire()
-            if self._server is not None:
-                self.log_event("fork-server-started", pid=self._server.pid, preload=list(self.spec.preload))
+            self.launcher.open()
             self._catch_up()
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             old_wakeup = signal.set_wakeup_fd(self._wake_w)
@@ -150,7 +164,7 @@ class Supervisor:
             try:
                 code, message = self._retry_loop()
             finally:
-                self._discard_spare()
+                self.standby.discard()
                 for s, h in old.items():
                     signal.signal(s, h)
                 signal.set_wakeup_fd(old_wakeup)
@@ -158,12 +172,11 @@ class Supervisor:
                 os.close(self._wake_w)
                 self.view.close()
         finally:
-            if self._server is not None:
-                self._server.close()
+            self.launcher.close()
             lock.release()
-        wall = time.monotonic() - t0
-        self.log_event("supervisor-exit", code=int(code), message=message, wall_s=round(wall, 3),
-                       attempts=len(self.history), restarts=max(0, len(self.history) - 1))
+        wall = self._clock() - t0
+        self.record(EventKind.SUPERVISOR_EXIT, code=int(code), message=message, wall_s=round(wall, 3),
+                    attempts=len(self.history), restarts=max(0, len(self.history) - 1))
         return Outcome(code, message, tuple(self.history), wall)
 
     def _catch_up(self) -> None:
@@ -171,7 +184,7 @@ class Supervisor:
         for rec in self.losses.read():
             self.high_water = max(self.high_water, int(rec.get("step", -1)))
         for rec in self.events.read():
-            if rec.get("source") == "supervisor" and "attempt" in rec:
+            if rec.get("source") == Source.SUPERVISOR and "attempt" in rec:
                 self.next_attempt = max(self.next_attempt, int(rec["attempt"]) + 1)
 
     def _retry_loop(self) -> tuple[ExitCode, str]:
@@ -180,7 +193,7 @@ class Supervisor:
             for attempt in retrying:
                 if self._stop_signal is not None:
                     # Stopped while backing off: end here, not start a worker only to stop it at once.
-                    return self._stopped(self.history[-1].exit_class.value if self.history else None)
+                    return self._stopped(self.history[-1].exit_class if self.history else None)
                 with attempt:
                     result = self._run_attempt()
                     self.history.append(result)
@@ -189,21 +202,21 @@ class Supervisor:
         except WorkerFailed as exc:
             return self._failure(exc.result)
         restarts = len(self.history) - 1
-        self.log_event("job-completed", attempts=len(self.history), restarts=restarts)
+        self.record(EventKind.JOB_COMPLETED, attempts=len(self.history), restarts=restarts)
         msg = f"job completed after {len(self.history)} attempt(s), {restarts} restart(s)"
         self.view.note(msg)
         return ExitCode.OK, msg
 
-    def _stopped(self, exit_class: str | None) -> tuple[ExitCode, str]:
+    def _stopped(self, exit_class: ExitClass | None) -> tuple[ExitCode, str]:
         by = signal_name(-(self._stop_signal or signal.SIGTERM))
         msg = f"stopped by {by}; rerun the same command to continue"
-        self.log_event("stopped", reason=msg, exit_class=exit_class)
+        self.record(EventKind.STOPPED, reason=msg, exit_class=exit_class.value if exit_class else None)
         self.view.note(msg)
         return ExitCode.INTERRUPTED, msg
 
     def _failure(self, r: AttemptResult) -> tuple[ExitCode, str]:
         if r.exit_class is ExitClass.USER_STOPPED:
-            return self._stopped(r.exit_class.value)
+            return self._stopped(r.exit_class)
         if r.exit_class is ExitClass.BAD_INPUT:
             said = (r.error or "no message").removeprefix("error: ")
             msg = f"the worker rejected its input (exit {r.returncode}), not retrying: {said}"
@@ -213,190 +226,130 @@ class Supervisor:
             if r.error:
                 msg += f"; last error: {r.error}"
             code = ExitCode.GAVE_UP
-        self.log_event("gave-up" if code is ExitCode.GAVE_UP else "stopped", reason=msg, exit_class=r.exit_class.value)
+        kind = EventKind.GAVE_UP if code is ExitCode.GAVE_UP else EventKind.STOPPED
+        self.record(kind, reason=msg, exit_class=r.exit_class.value)
         self.view.note(msg)
         return code, msg
 
     def _before_sleep(self, rs: RetryCallState) -> None:
         delay = rs.next_action.sleep if rs.next_action is not None else 0.0
         r = self.history[-1]
-        self.log_event("restart", after_attempt=r.attempt, exit_class=r.exit_class.value, delay_s=round(delay, 3),
-                       made_progress=r.made_progress, unproductive_restarts=unproductive_restarts(self.history))
+        self.record(EventKind.RESTART, after_attempt=r.attempt, exit_class=r.exit_class.value, delay_s=round(delay, 3),
+                    made_progress=r.made_progress, unproductive_restarts=unproductive_restarts(self.history))
         self.view.note(f"restarting in {delay:.2f} s after {describe_exit(r)}")
 
-    # -- the warm spare ------------------------------------------------------------------------------
-
-    def _base_env(self) -> dict[str, str]:
-        return worker_env(self.spec.env)
-
-    def _fork_server(self) -> ForkServer | None:
-        """The run's fork server, started on first use; None where workers start with exec."""
-        if self._target is None:
-            return None
-        if self._server is None:
-            self._server = ForkServer.for_run(self.run_dir, self.spec.preload, self._base_env())
-            self.log_event("fork-server-started", pid=self._server.pid, preload=list(self.spec.preload))
-        return self._server
-
-    def _start(self, env: Mapping[str, str], log: Path, *, stdin_pipe: bool = False) -> WorkerProcess:
-        """Start a worker: forked by the fork server if there is one, else with exec."""
-        server = self._fork_server()
-        if server is not None and self._target is not None:
-            ready = server.import_s is not None
-            try:
-                # A server stuck in its imports is given the time a silent worker would be.
-                proc = WorkerProcess.fork(server, self._target, env=env, log_path=log, stdin_pipe=stdin_pipe,
-                                          title=shlex.join(self.spec.cmd), timeout=self.spec.hang_timeout)
-            except ForkServerError as exc:
-                # Not worth a failed attempt: this worker, and the rest, start with exec instead.
-                self.log_event("fork-server-failed", pid=server.pid, error=str(exc))
-                self.view.note(f"{exc}; starting workers with exec")
-                server.close()
-                self._target = None
-            else:
-                if not ready and server.import_s is not None:
-                    self.log_event("fork-server-ready", pid=server.pid, import_s=round(server.import_s, 3))
-                return proc
-        return WorkerProcess.start(self.spec.cmd, env=env, log_path=log, stdin_pipe=stdin_pipe)
-
-    def _spawn_spare(self) -> None:
-        env = self._base_env()
-        env[ENV_STANDBY] = "1"
-        self._spares += 1
-        log = self.run_dir / "logs" / f"standby-{os.getpid()}-{self._spares:03d}.log"
-        self.spare = self._start(env, log, stdin_pipe=True)
-        self.spare_log = log
-        self.log_event("standby-spawned", pid=self.spare.pid, forked=self.spare.forked)
-
-    def _take_spare(self, attempt: int, extra_env: Mapping[str, str], log: Path) -> WorkerProcess | None:
-        """Hand the run to the warm spare, if there is a live one; it becomes attempt ``attempt``."""
-        spare, self.spare = self.spare, None
-        if spare is None:
-            return None
-        if spare.server is not None and not spare.server.alive:
-            spare.kill()  # it is dying with its fork server (PR_SET_PDEATHSIG), if not dead yet
-        if spare.wait(0):
-            self.log_event("standby-lost", pid=spare.pid, returncode=spare.returncode)
-            return None
-        os.replace(self.spare_log, log)  # the spare keeps writing to the same file, now the attempt's log
-        go = json.dumps({"attempt": attempt, "env": dict(extra_env)}) + "\n"
-        if not spare.tell(go.encode()):
-            spare.kill()
-            self.log_event("standby-lost", pid=spare.pid, returncode=spare.returncode)
-            return None
-        return spare
-
-    def _discard_spare(self) -> None:
-        if self.spare is not None:
-            self.spare.kill()
-            self.spare = None
-
-    def _carry_out(self, actions: Sequence[SendSignal | FileEffect], proc: WorkerProcess, attempt: int,
-                   last_step: int | None, now: float) -> float | None:
-        """Do what chaos decided; returns when to SIGKILL the worker if an action asked for that."""
-        kill_at = None
-        for action in actions:
-            if isinstance(action, SendSignal):
-                self.log_event("chaos-fault", attempt=attempt, pid=proc.pid, signal=signal.Signals(action.sig).name,
-                               last_step=last_step, **(action.fault or {}))
-                proc.send(action.sig)
-                if action.kill_after is not None:
-                    kill_at = now + action.kill_after
-            else:
-                what = action.apply()
-                self.log_event("chaos-fault", attempt=attempt, effect=what, last_step=last_step,
-                               **(action.fault or {}))
-        return kill_at
+    # -- one attempt: start, watch, end, classify ----------------------------------------------------
 
     def _run_attempt(self) -> AttemptResult:
         n = self.next_attempt
         self.next_attempt += 1
-        extra = dict(self.chaos.env_for(n)) if self.chaos is not None else {}
         log = self.run_dir / "logs" / f"attempt-{n:03d}.log"
         started = time.time()
-        proc = self._take_spare(n, extra, log)
+        proc = self._launch(n, log)
+        w = begin(n, proc.pid, self._clock(), heartbeat=self._heartbeat_mtime(), high_water=self.high_water)
+        w, ended_by = self._watch(proc, w)
+        proc.kill_leftovers()
+        w = observe(w, self._read(w), self._clock())  # what it wrote before it exited
+        return self._finish(proc, w, ended_by, log, started)
+
+    def _launch(self, n: int, log: Path) -> Worker:
+        """Attempt ``n``'s worker: the warm spare if a live one is up, else a new one."""
+        extra = dict(self.chaos.env_for(n)) if self.chaos is not None else {}
+        proc = self.standby.take(n, extra, log)
         warm = proc is not None
         if proc is None:
-            env = self._base_env()
+            env = worker_env(self.spec.env)
             env[ENV_ATTEMPT] = str(n)
             env.update(extra)
-            proc = self._start(env, log)
-        self.log_event("attempt-spawned", attempt=n, pid=proc.pid, warm=warm, forked=proc.forked,
-                       log=str(log.relative_to(self.run_dir)))
+            proc = self.launcher.start(env, log)
+        self.record(EventKind.ATTEMPT_SPAWNED, attempt=n, pid=proc.pid, warm=warm, forked=proc.forked,
+                    log=str(log.relative_to(self.run_dir)))
         self.view.attempt_started(n, proc.pid)
+        return proc
 
-        high_water_before = self.high_water
-        resumed_from: int | None = None
-        last_step: int | None = None
-        hb_mtime = self._heartbeat_mtime()
-        phase: str | None = None
-        last_alive = time.monotonic()
-        hung = user_stop = False
-        kill_at: float | None = None
+    def _read(self, w: Watch) -> Reading:
+        """What attempt ``w.attempt`` wrote since the last tick (shown as it is read), and its heartbeat."""
+        n = w.attempt
+        steps = [r for r in self.losses.read() if r.get("attempt") == n]
+        events = [e for e in self.events.read() if e.get("source") == Source.WORKER and e.get("attempt") == n]
+        for e in events:
+            if e.get("event") == EventKind.ATTEMPT_STARTED:
+                self.view.resumed(n, int(e.get("resumed_from_step") or 0), e.get("total_steps"))
+        for rec in steps:
+            self.high_water = max(self.high_water, int(rec["step"]))
+            self.view.step(rec, restarts=len(self.history))
+        mtime = self._heartbeat_mtime()
+        beat = read_heartbeat(self.run_dir) if mtime != w.heartbeat or steps else None
+        return Reading(steps, events, mtime, beat)
 
-        def drain() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-            nonlocal resumed_from, last_step
-            steps = [r for r in self.losses.read() if r.get("attempt") == n]
-            events = [e for e in self.events.read() if e.get("source") == "worker" and e.get("attempt") == n]
-            for e in events:
-                if e.get("event") == "attempt-started":
-                    resumed_from = int(e.get("resumed_from_step") or 0)
-                    self.view.resumed(n, resumed_from, e.get("total_steps"))
-            for rec in steps:
-                last_step = int(rec["step"]) if last_step is None else max(last_step, int(rec["step"]))
-                self.high_water = max(self.high_water, int(rec["step"]))
-                self.view.step(rec, restarts=len(self.history))
-            return steps, events
-
+    def _watch(self, proc: Worker, w: Watch) -> tuple[Watch, Action]:
+        """Watch the worker until it exits, or a decision ends it; returns that decision's action
+        (CONTINUE: it exited by itself). It wakes on the exit, on a signal, or every tick."""
         tick = TICK if self.chaos is None else CHAOS_TICK
         while not proc.wait(tick, wake_fds=[self._wake_r]):
             self._drain_wake()
-            now = time.monotonic()
-            steps, events = drain()
-            mtime = self._heartbeat_mtime()
-            if mtime != hb_mtime or steps:
-                hb_mtime, last_alive = mtime, now
-                hb = read_heartbeat(self.run_dir)
-                if hb is not None and hb.get("attempt") == n:
-                    phase = hb.get("phase")
-            if self._stop_signal is not None:
-                user_stop = True
-                self.log_event("stop-requested", attempt=n, signal=signal_name(-self._stop_signal),
-                               grace_s=self.spec.grace)
-                self.view.note(f"stopping: SIGTERM to the worker, SIGKILL after {self.spec.grace:g} s")
-                proc.stop(self.spec.grace)
-                break
-            if now - last_alive > self.spec.hang_timeout:
-                hung = True
-                self.log_event("hang-detected", attempt=n, pid=proc.pid, silent_s=round(now - last_alive, 3))
-                self.view.note(f"no heartbeat for {now - last_alive:.1f} s: killing the worker")
-                proc.kill()
-                break
-            if self.spec.standby and self.spare is None and last_step is not None:
-                self._spawn_spare()  # after the first step, so it does not slow the worker's start-up
-            if kill_at is not None and now >= kill_at:
-                proc.kill()
-                break
+            now = self._clock()
+            reading = self._read(w)
+            w = observe(w, reading, now)
+            d = decide(w, now, hang_timeout=self.spec.hang_timeout, stop_requested=self._stop_signal is not None,
+                       want_spare=self.spec.standby and not self.standby.up)
+            if d.spawn_spare:
+                self.standby.spawn()
+            if d.action is not Action.CONTINUE:
+                self._end(d, proc, w)
+                return w, d.action
             if self.chaos is not None:
-                actions = self.chaos.on_tick(Observation(n, proc.pid, steps, events, last_step, phase))
-                kill_at = self._carry_out(actions, proc, n, last_step, now) or kill_at
-        proc.kill_leftovers()
-        drain()
-        assert proc.returncode is not None
-        cls = classify_exit(proc.returncode, hung=hung, stopped_by_user=user_stop)
+                obs = Observation(w.attempt, proc.pid, reading.steps, reading.events, w.last_step, w.phase)
+                actions = self.chaos.on_tick(obs)
+                self._carry_out(actions, proc, w)
+                w = arm_kill(w, actions, now)
+        return w, Action.CONTINUE
+
+    def _end(self, d: Decision, proc: Worker, w: Watch) -> None:
+        """Carry out a decision that ends the attempt."""
+        if d.action is Action.STOP:
+            by = signal_name(-(self._stop_signal or signal.SIGTERM))
+            self.record(EventKind.STOP_REQUESTED, attempt=w.attempt, signal=by, grace_s=self.spec.grace)
+            self.view.note(f"stopping: SIGTERM to the worker, SIGKILL after {self.spec.grace:g} s")
+            proc.stop(self.spec.grace)
+        elif d.action is Action.KILL_HUNG:
+            silent = d.silent_s or 0.0
+            self.record(EventKind.HANG_DETECTED, attempt=w.attempt, pid=proc.pid, silent_s=round(silent, 3))
+            self.view.note(f"no heartbeat for {silent:.1f} s: killing the worker")
+            proc.kill()
+        else:
+            proc.kill()
+
+    def _carry_out(self, actions: Sequence[SendSignal | FileEffect], proc: Worker, w: Watch) -> None:
+        """Do what chaos decided: the one place its faults reach the worker and the run directory."""
+        for action in actions:
+            if isinstance(action, SendSignal):
+                self.record(EventKind.CHAOS_FAULT, attempt=w.attempt, pid=proc.pid,
+                            signal=signal.Signals(action.sig).name, last_step=w.last_step, **(action.fault or {}))
+                proc.send(action.sig)
+            else:
+                what = action.apply()
+                self.record(EventKind.CHAOS_FAULT, attempt=w.attempt, effect=what, last_step=w.last_step,
+                            **(action.fault or {}))
+
+    def _finish(self, proc: Worker, w: Watch, ended_by: Action, log: Path, started: float) -> AttemptResult:
+        """Classify the exit, record it, and tell the view and chaos."""
+        rc = proc.returncode
+        assert rc is not None
+        cls = classify_exit(rc, hung=ended_by is Action.KILL_HUNG, stopped_by_user=ended_by is Action.STOP)
         result = AttemptResult(
-            attempt=n, pid=proc.pid, exit_class=cls, returncode=proc.returncode,
-            signal=signal_name(proc.returncode), resumed_from=resumed_from, last_step=last_step,
-            made_progress=last_step is not None and last_step > high_water_before,
+            attempt=w.attempt, pid=proc.pid, exit_class=cls, returncode=rc, signal=signal_name(rc),
+            resumed_from=w.resumed_from, last_step=w.last_step, made_progress=w.made_progress,
             started=started, ended=time.time(),
             peak_rss_mb=proc.usage.peak_rss_mb if proc.usage else 0.0,
             cpu_s=proc.usage.cpu_s if proc.usage else 0.0,
             error=None if cls is ExitClass.COMPLETED else last_error_line(log),
         )
-        self.log_event(
-            "attempt-exited", attempt=n, pid=proc.pid, returncode=proc.returncode, signal=result.signal,
-            exit_class=cls.value, resumed_from=resumed_from, last_step=last_step, made_progress=result.made_progress,
-            peak_rss_mb=round(result.peak_rss_mb, 1), cpu_s=round(result.cpu_s, 3), error=result.error,
+        self.record(
+            EventKind.ATTEMPT_EXITED, attempt=w.attempt, pid=proc.pid, returncode=rc, signal=result.signal,
+            exit_class=cls.value, resumed_from=w.resumed_from, last_step=w.last_step,
+            made_progress=result.made_progress, peak_rss_mb=round(result.peak_rss_mb, 1),
+            cpu_s=round(result.cpu_s, 3), error=result.error,
         )
         self.view.attempt_ended(result)
         if self.chaos is not None:

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from rundir.classify import ExitClass
+
 from .policy import AttemptResult
 
 __all__ = ["View", "PlainView", "RichView", "make_view", "make_console", "describe_exit"]
@@ -65,14 +67,14 @@ class PlainView:
                   f"restarts {restarts}")
 
     def attempt_ended(self, r: AttemptResult) -> None:
-        if self._last is not None and r.exit_class.value == "completed":
+        if self._last is not None and r.exit_class is ExitClass.COMPLETED:
             self._epoch_line(self._last, self._restarts)
         msg = f"attempt {r.attempt} ended: {describe_exit(r)}"
         if r.last_step is not None:
             msg += f", last step {r.last_step}"
         msg += f", peak RSS {r.peak_rss_mb:.0f} MB, CPU {r.cpu_s:.1f} s"
         self._say(msg)
-        if r.error and r.exit_class.value not in ("completed", "preempted"):
+        if r.error and r.exit_class not in (ExitClass.COMPLETED, ExitClass.PREEMPTED):
             self._say(f"worker said: {r.error}")
         self._epoch = None
 
