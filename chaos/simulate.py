@@ -23,8 +23,9 @@ __all__ = ["simulate_main", "chaos_parser", "chosen_kinds", "SIMULATION_DEFAULTS
 
 DEFAULT_FAULTS = 6
 #: What a simulation uses in place of the supervisor's defaults: a checkpoint every 5 steps, a hang
-#: judged after 3 s of silence, 5 s for a SIGTERMed worker to save its state.
-SIMULATION_DEFAULTS = {"checkpoint_every_steps": 5, "hang_timeout": 3.0, "grace": 5.0}
+#: judged after 3 s of silence and idleness, 120 s for a start-up on a busy machine, 5 s for a
+#: SIGTERMed worker to save its state.
+SIMULATION_DEFAULTS = {"checkpoint_every_steps": 5, "hang_timeout": 3.0, "startup_timeout": 120.0, "grace": 5.0}
 
 
 def _kind_list(text: str) -> list[str]:

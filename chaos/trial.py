@@ -95,7 +95,7 @@ def run_trial(job: JobAdapter, ns: argparse.Namespace, schedule: Schedule, run_d
     spec = WorkerSpec(
         cmd=job.command(run_dir, job.argv(ns)), run_dir=run_dir,
         env={"PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH"))},
-        hang_timeout=ns.hang_timeout, grace=ns.grace,
+        hang_timeout=ns.hang_timeout, startup_timeout=ns.startup_timeout, grace=ns.grace,
         policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop), standby=ns.standby is not False,
         preload=ns.preload if ns.preload is not None else job.preload,
     )

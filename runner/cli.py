@@ -79,7 +79,8 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
             from .supervisor import Supervisor, WorkerSpec
             from .view import make_view
 
-            spec = WorkerSpec(cmd=cmd, run_dir=run_dir, env=env, hang_timeout=ns.hang_timeout, grace=ns.grace,
+            spec = WorkerSpec(cmd=cmd, run_dir=run_dir, env=env, hang_timeout=ns.hang_timeout,
+                              startup_timeout=ns.startup_timeout, grace=ns.grace,
                               policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop),
                               standby=ns.standby if ns.standby is not None else command is None, preload=preload)
             outcome = Supervisor(spec, view=make_view(), lock=lock, fork_server=server).run()

@@ -18,7 +18,7 @@ from rundir.events import EventKind
 from rundir.names import worker_env
 
 from .forkserver import ForkServer, ForkServerError, ForkTarget, forkable
-from .process import Usage, WorkerProcess
+from .process import Usage, Vitals, WorkerProcess
 
 __all__ = ["Worker", "Launcher", "Record", "ExecLauncher", "ForkLauncher", "launcher_for"]
 
@@ -46,6 +46,10 @@ class Worker(Protocol):
 
     def tell(self, data: bytes) -> bool:
         """Write to its stdin pipe; False if it has none or is gone."""
+        ...
+
+    def vitals(self) -> Vitals | None:
+        """Its CPU time and process state now; None if they cannot be read (a fake may not say)."""
         ...
 
     def send(self, sig: int) -> None: ...
@@ -101,7 +105,7 @@ class ForkLauncher:
                  env: Mapping[str, str], timeout: float, record: Record, note: Callable[[str], None],
                  server: ForkServer | None = None) -> None:
         self.target, self.preload, self.run_dir, self.env = target, tuple(preload), Path(run_dir), dict(env)
-        self.timeout = timeout  # a server stuck in its imports is given the time a silent worker would be
+        self.timeout = timeout  # a server still importing is given the time a worker's start-up is
         self.title = shlex.join(cmd)
         self.exec = ExecLauncher(cmd)
         self.server = server

@@ -21,7 +21,11 @@ def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crash-loop", type=positive, default=3, metavar="N",
                    help="stop after N failures in a row with no new step (default 3)")
     g.add_argument("--hang-timeout", type=seconds, default=300.0, metavar="S",
-                   help="kill and restart a worker silent for S seconds (default %(default)g)")
+                   help="kill and restart a training worker that gave no heartbeat, no step and used no CPU for S "
+                        "seconds, or was stopped (default %(default)g)")
+    g.add_argument("--startup-timeout", type=seconds, default=600.0, metavar="S",
+                   help="allow S seconds for a worker's start-up (imports, data, restore), for a checkpoint, and "
+                        "for a worker that is busy on the CPU but silent; slow is not stuck (default %(default)g)")
     g.add_argument("--grace", type=seconds, default=30.0, metavar="S",
                    help="on SIGINT/SIGTERM, give the worker S seconds to checkpoint before SIGKILL "
                         "(default %(default)g)")

@@ -25,13 +25,33 @@ from rundir.children import die_with
 
 from .forkserver import ForkServer, ForkTarget
 
-__all__ = ["WorkerProcess", "Usage"]
+__all__ = ["WorkerProcess", "Usage", "Vitals", "read_vitals"]
 
 
 @dataclass(frozen=True)
 class Usage:
     peak_rss_mb: float
     cpu_s: float
+
+
+@dataclass(frozen=True)
+class Vitals:
+    """A live worker's CPU time so far (user + system) and its process state, in psutil's names."""
+
+    cpu_s: float
+    state: str
+
+
+def read_vitals(pid: int) -> Vitals | None:
+    """``pid``'s vitals, or None if they cannot be read (it is gone). Two reads of ``/proc``: cheap
+    enough for every tick."""
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            t = p.cpu_times()
+            return Vitals(t.user + t.system, p.status())
+    except (psutil.Error, OSError):
+        return None
 
 
 class WorkerProcess:
@@ -170,6 +190,10 @@ class WorkerProcess:
             if fd is not None:
                 os.close(fd)
         self.pidfd = self._stdin = None
+
+    def vitals(self) -> Vitals | None:
+        """Its CPU time and state now; None once it has exited or where they cannot be read."""
+        return None if self.returncode is not None else read_vitals(self.pid)
 
     def send(self, sig: int) -> None:
         """Signal the worker's whole process group (and any descendant that left it)."""

@@ -48,7 +48,10 @@ class WorkerSpec:
     cmd: tuple[str, ...]
     run_dir: Path
     env: Mapping[str, str] = field(default_factory=dict)
-    hang_timeout: float = 300.0
+    hang_timeout: float = 300.0  # silent and idle for this long while training: hung (see runner.watch)
+    #: Start-up (interpreter, imports, data, restore), a checkpoint, or the fork server's imports may take
+    #: this long; so may a worker that is busy but silent.
+    startup_timeout: float = 600.0
     grace: float = 30.0
     policy: RetryPolicy = RetryPolicy()
     standby: bool = True  # keep a warm spare worker ready to take over
@@ -110,7 +113,7 @@ class Supervisor:
         self.high_water = -1
         self.next_attempt = 1
         self.launcher = launcher or launcher_for(
-            spec.cmd, spec.preload, run_dir=self.run_dir, env=spec.env, timeout=spec.hang_timeout,
+            spec.cmd, spec.preload, run_dir=self.run_dir, env=spec.env, timeout=spec.startup_timeout,
             record=self.record, note=self.view.note, server=fork_server,
         )
         self.standby = Standby(self.launcher, self.run_dir, spec.env, self.record)
@@ -267,7 +270,7 @@ class Supervisor:
         self.view.attempt_started(n, proc.pid)
         return proc
 
-    def _read(self, w: Watch) -> Reading:
+    def _read(self, w: Watch, proc: Worker | None = None) -> Reading:
         """What attempt ``w.attempt`` wrote since the last tick (shown as it is read), and its heartbeat."""
         n = w.attempt
         steps = [r for r in self.losses.read() if r.get("attempt") == n]
@@ -280,7 +283,10 @@ class Supervisor:
             self.view.step(rec, restarts=len(self.history))
         mtime = self._heartbeat_mtime()
         beat = read_heartbeat(self.run_dir) if mtime != w.heartbeat or steps else None
-        return Reading(steps, events, mtime, beat)
+        vitals = proc.vitals() if proc is not None else None
+        if vitals is None:
+            return Reading(steps, events, mtime, beat)
+        return Reading(steps, events, mtime, beat, cpu_s=vitals.cpu_s, state=vitals.state)
 
     def _watch(self, proc: Worker, w: Watch) -> tuple[Watch, Action]:
         """Watch the worker until it exits, or a decision ends it; returns that decision's action
@@ -289,10 +295,10 @@ class Supervisor:
         while not proc.wait(tick, wake_fds=[self._wake_r]):
             self._drain_wake()
             now = self._clock()
-            reading = self._read(w)
+            reading = self._read(w, proc)
             w = observe(w, reading, now)
-            d = decide(w, now, hang_timeout=self.spec.hang_timeout, stop_requested=self._stop_signal is not None,
-                       want_spare=self.spec.standby and not self.standby.up)
+            d = decide(w, now, hang_timeout=self.spec.hang_timeout, startup_timeout=self.spec.startup_timeout,
+                       stop_requested=self._stop_signal is not None, want_spare=self.spec.standby and not self.standby.up)
             if d.spawn_spare:
                 self.standby.spawn()
             if d.action is not Action.CONTINUE:
@@ -314,8 +320,9 @@ class Supervisor:
             proc.stop(self.spec.grace)
         elif d.action is Action.KILL_HUNG:
             silent = d.silent_s or 0.0
-            self.record(EventKind.HANG_DETECTED, attempt=w.attempt, pid=proc.pid, silent_s=round(silent, 3))
-            self.view.note(f"no heartbeat for {silent:.1f} s: killing the worker")
+            self.record(EventKind.HANG_DETECTED, attempt=w.attempt, pid=proc.pid, silent_s=round(silent, 3),
+                        reason=d.reason, phase=w.phase)
+            self.view.note(f"hung ({d.reason}): killing the worker")
             proc.kill()
         else:
             proc.kill()

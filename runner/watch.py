@@ -6,10 +6,20 @@ folds it into the attempt's :class:`Watch` with :func:`observe`, and asks :func:
 do. Both are pure, so the rules are tested as tables; :mod:`runner.supervisor` carries them out.
 
 A worker shows it is alive by a *sign of life*: a heartbeat whose file changed, or a new step.
-:func:`observe` is the one place that turns readings into ``last_alive``; :func:`decide` only
-compares silences with limits. A new sign (the worker's CPU time moving, say) is a new field of
-:class:`Reading` read in :func:`observe`; a new limit (a separate deadline for start-up, before the
-first sign, using ``spawned_at`` and ``heartbeat_moved``) is a new keyword of :func:`decide`.
+Slow is not stuck, so a silent worker is judged hung only when it is also *idle*:
+
+- while training (after its first step, in the ``train`` phase), when it has given no sign of life
+  and used no CPU for ``hang_timeout`` (a starved CPU slows a step; it does not stop the clock of
+  the process's CPU time), or when it is stopped (state ``T``, e.g. SIGSTOP);
+- in start-up (interpreter, imports, data, restore) and in the other phases (a checkpoint being
+  written), only past the generous ``startup_timeout``, or when it is stopped;
+- in any phase, when it has been silent for ``startup_timeout`` however busy it is (a spinning loop).
+
+Blocked in the kernel on I/O (state ``D``) counts as busy: a page cache dropped under memory
+pressure makes imports wait on the disk. :func:`observe` is the one place that turns readings into
+``last_alive`` and ``busy_at``; :func:`decide` only compares silences with limits. Hang limits do
+not adapt to the measured step time: the CPU test already keeps a slow step alive, and a longer
+limit would only delay catching a real hang.
 """
 
 from __future__ import annotations
@@ -22,7 +32,15 @@ from typing import Any
 from rundir.contract import FileEffect, SendSignal
 from rundir.events import EventKind
 
-__all__ = ["Watch", "Reading", "Action", "Decision", "begin", "observe", "decide", "silent_for", "arm_kill"]
+__all__ = ["Watch", "Reading", "Action", "Decision", "begin", "observe", "decide", "silent_for", "arm_kill",
+           "hung", "TRAIN_PHASE", "STOPPED_STATES", "BLOCKED_STATES"]
+
+#: The heartbeat phase of a worker between steps.
+TRAIN_PHASE = "train"
+#: Process states of a worker that cannot make progress until someone continues it.
+STOPPED_STATES = frozenset({"stopped", "tracing-stop"})
+#: Process states of a worker blocked in the kernel (on I/O): waiting, not stuck.
+BLOCKED_STATES = frozenset({"disk-sleep"})
 
 
 @dataclass(frozen=True)
@@ -38,8 +56,16 @@ class Watch:
     last_step: int | None = None  # the highest step this attempt completed
     phase: str | None = None  # the phase its heartbeat last named
     resumed_from: int | None = None  # the step it said it resumed from
-    heartbeat_moved: bool = False  # a sign of life seen since the spawn: start-up is over
+    heartbeat_moved: bool = False  # a sign of life seen since the spawn
     kill_at: float | None = None  # when to SIGKILL it, once chaos asked for that (``kill_after``)
+    cpu_s: float | None = None  # its CPU time (user + system) when last read; None: unknown
+    busy_at: float | None = None  # when its CPU time last moved (or it was blocked on I/O)
+    stopped: bool = False  # it was stopped (state T) when last read
+
+    @property
+    def training(self) -> bool:
+        """Past start-up and in the phase where steps and heartbeats flow every step."""
+        return self.last_step is not None and self.phase in (None, TRAIN_PHASE)
 
     @property
     def made_progress(self) -> bool:
@@ -55,6 +81,8 @@ class Reading:
     events: Sequence[dict[str, Any]] = ()  # new records in events.jsonl this attempt's worker wrote
     heartbeat: int | None = None  # the heartbeat file's mtime (ns) now; None: no file
     beat: Mapping[str, Any] | None = None  # its content, read when it changed or a step came
+    cpu_s: float | None = None  # the worker's CPU time now; None: not read
+    state: str | None = None  # its process state (psutil's names: running, sleeping, disk-sleep, stopped ...)
 
 
 class Action(Enum):
@@ -81,6 +109,7 @@ class Decision:
     action: Action
     spawn_spare: bool = False
     silent_s: float | None = None  # KILL_HUNG: how long the worker gave no sign of life
+    reason: str | None = None  # KILL_HUNG: why it is judged hung, in a few words
 
 
 def begin(attempt: int, pid: int, now: float, *, heartbeat: int | None, high_water: int) -> Watch:
@@ -100,6 +129,11 @@ def observe(w: Watch, r: Reading, now: float) -> Watch:
     for rec in r.steps:
         last_step = int(rec["step"]) if last_step is None else max(last_step, int(rec["step"]))
     w = replace(w, resumed_from=resumed_from, last_step=last_step)
+    if r.state is not None or r.cpu_s is not None:
+        moved = r.cpu_s is not None and w.cpu_s is not None and r.cpu_s > w.cpu_s
+        busy = moved or r.state in BLOCKED_STATES
+        w = replace(w, cpu_s=r.cpu_s if r.cpu_s is not None else w.cpu_s, stopped=r.state in STOPPED_STATES,
+                    busy_at=now if busy or w.busy_at is None else w.busy_at)
     if r.heartbeat == w.heartbeat and not r.steps:
         return w  # no sign of life
     phase = w.phase
@@ -113,14 +147,35 @@ def silent_for(w: Watch, now: float) -> float:
     return now - w.last_alive
 
 
-def decide(w: Watch, now: float, *, hang_timeout: float, stop_requested: bool, want_spare: bool) -> Decision:
+def hung(w: Watch, now: float, *, hang_timeout: float, startup_timeout: float) -> str | None:
+    """Why the worker is judged hung at ``now`` (see the module's docstring), or None if it is not."""
+    silent = silent_for(w, now)
+    if silent <= hang_timeout:
+        return None
+    if w.stopped:
+        return f"stopped and silent for {silent:.1f} s"
+    if silent > startup_timeout:
+        what = "training" if w.training else "start-up" if w.last_step is None else f"phase {w.phase!r}"
+        return f"silent for {silent:.1f} s in {what} (the limit is {startup_timeout:g} s)"
+    if not w.training:
+        return None  # slow start-up, or a long checkpoint: the start-up deadline applies
+    if w.cpu_s is None:
+        return f"no heartbeat or step for {silent:.1f} s"  # its CPU time cannot be read: silence decides
+    idle = now - (w.busy_at if w.busy_at is not None else w.spawned_at)
+    if idle > hang_timeout:
+        return f"no heartbeat, step or CPU progress for {min(silent, idle):.1f} s"
+    return None
+
+
+def decide(w: Watch, now: float, *, hang_timeout: float, stop_requested: bool, want_spare: bool,
+           startup_timeout: float) -> Decision:
     """What to do after the tick at ``now``. ``want_spare``: standby is on and no spare is up; one is
     started after the first step, so that it does not slow the worker's start-up."""
     if stop_requested:
         return Decision(Action.STOP)
-    silent = silent_for(w, now)
-    if silent > hang_timeout:
-        return Decision(Action.KILL_HUNG, silent_s=silent)
+    why = hung(w, now, hang_timeout=hang_timeout, startup_timeout=startup_timeout)
+    if why is not None:
+        return Decision(Action.KILL_HUNG, silent_s=silent_for(w, now), reason=why)
     spare = want_spare and w.last_step is not None
     if w.kill_at is not None and now >= w.kill_at:
         return Decision(Action.KILL_AFTER_CHAOS, spawn_spare=spare)

@@ -22,7 +22,7 @@ from rundir.events import EventKind, Source
 from rundir.journal import append_record
 from rundir.names import ENV_ATTEMPT, ENV_STANDBY, EVENTS, HEARTBEAT, LOSSES
 from runner.launcher import Worker
-from runner.process import Usage
+from runner.process import Usage, Vitals
 from runner.watch import Action, Decision, Watch, decide
 
 LIMIT = 120.0  # fake seconds: a run past this is a runaway (a decision that never ends a worker)
@@ -93,13 +93,19 @@ class SignalSupervisor:
     sig: int
 
 
-Op = Step | Beat | Started | Exit | SignalSupervisor
+@dataclass(frozen=True)
+class Freeze:
+    """The worker is stopped (state T), as by a SIGSTOP from someone else, and does nothing more."""
+
+
+Op = Step | Beat | Started | Exit | SignalSupervisor | Freeze
 
 
 @dataclass(frozen=True)
 class Script:
     ops: tuple[tuple[float, Op], ...]
     on_term: int | None = 75  # its exit status on SIGTERM; None: it ignores SIGTERM
+    busy: bool = False  # its CPU time runs with the clock (unless stopped); else it never moves
 
     def __post_init__(self) -> None:
         assert list(self.ops) == sorted(self.ops, key=lambda o: o[0])
@@ -159,6 +165,8 @@ class FakeWorker:
             append_record(self.run_dir / EVENTS, {"time": 0.0, "source": Source.WORKER.value,
                                                   "event": EventKind.ATTEMPT_STARTED.value, "attempt": self.attempt,
                                                   "resumed_from_step": op.resumed_from, "total_steps": 100})
+        elif isinstance(op, Freeze):
+            self._stopped = True
         elif isinstance(op, Exit):
             if op.said:
                 self._log.write(op.said.encode() + b"\n")
@@ -199,6 +207,12 @@ class FakeWorker:
         self.attempt = int(go["attempt"])
         self.script, self._next, self.t0 = self.launcher.script_for(self.attempt), 0, self.clock.now
         return True
+
+    def vitals(self) -> Vitals | None:
+        if self.returncode is not None:
+            return None
+        cpu = self.clock.now - self.t0 if self.script.busy and not self._stopped else 0.0
+        return Vitals(cpu_s=cpu, state="stopped" if self._stopped else "running" if self.script.busy else "sleeping")
 
     def send(self, sig: int) -> None:
         if self.returncode is not None:
@@ -294,7 +308,26 @@ def hang_from_the_spawn(w: Watch, now: float, **kwargs: Any) -> Decision:
     return decide(replace(w, last_alive=w.spawned_at), now, **kwargs)
 
 
+def ignores_cpu_progress(w: Watch, now: float, **kwargs: Any) -> Decision:
+    # slow is taken for stuck: a busy worker silent past the hang timeout is killed
+    return decide(replace(w, busy_at=None, cpu_s=None), now, **kwargs)
+
+
+def ignores_startup_timeout(w: Watch, now: float, **kwargs: Any) -> Decision:
+    return decide(w, now, **{**kwargs, "startup_timeout": math.inf})
+
+
+def hang_timeout_in_startup(w: Watch, now: float, **kwargs: Any) -> Decision:
+    # start-up judged by the step hang timeout, as if it were training
+    return decide(replace(w, last_step=w.last_step if w.last_step is not None else -1, phase=None), now, **kwargs)
+
+
+def ignores_stopped(w: Watch, now: float, **kwargs: Any) -> Decision:
+    return decide(replace(w, stopped=False), now, **kwargs)
+
+
 MUTANTS: dict[str, Decide] = {f.__name__.replace("_", "-"): f for f in (
     ignores_hang_timeout, ignores_stop, ignores_kill_at, never_spawns_a_spare, spawns_a_spare_at_once,
-    hangs_at_the_timeout, hang_from_the_spawn,
+    hangs_at_the_timeout, hang_from_the_spawn, ignores_cpu_progress, ignores_startup_timeout,
+    hang_timeout_in_startup, ignores_stopped,
 )}

@@ -7,10 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("rundir", "checkpoint", "runner", "chaos", "model")

@@ -39,9 +39,12 @@ from tests.supervisor_fakes import (
     Exit,
     FakeLauncher,
     FakeWorker,
+    Freeze,
     Runaway,
     Script,
     SignalSupervisor,
+    Started,
+    Step,
     training,
 )
 
@@ -81,13 +84,15 @@ class Run:
         return [(t, signal.Signals(s).name) for t, s in self.worker(attempt).signals]
 
 
-def supervise(tmp_path: Path, scripts: Sequence[Script], *, hang_timeout: float = 5.0, grace: float = 3.0,
+def supervise(tmp_path: Path, scripts: Sequence[Script], *, hang_timeout: float = 5.0, startup_timeout: float = 20.0,
+              grace: float = 3.0,
               standby: bool = False, spare: Script = SILENT, chaos: FakeChaos | None = None,
               crash_loop: int = 3, max_restarts: int = 20, on_sleep: Callable[[Supervisor], None] | None = None) -> Run:
     clock = Clock()
     run_dir = tmp_path / "run"
     launcher = FakeLauncher(run_dir, clock, scripts, spare)
-    spec = WorkerSpec(cmd=("fake-worker",), run_dir=run_dir, hang_timeout=hang_timeout, grace=grace,
+    spec = WorkerSpec(cmd=("fake-worker",), run_dir=run_dir, hang_timeout=hang_timeout,
+                      startup_timeout=startup_timeout, grace=grace,
                       policy=RetryPolicy(max_restarts=max_restarts, crash_loop=crash_loop, backoff_initial=0.5,
                                          backoff_max=30.0, jitter=0.0), standby=standby)
     sup = Supervisor(spec, view=PlainView(out=io.StringIO()), chaos=chaos, sleep=clock.sleep, launcher=launcher,
@@ -113,11 +118,21 @@ class HangCase:
     killed_at: float | None  # seconds into attempt 1 when it was killed as hung
     silent_s: float | None = None
     hang_timeout: float = 5.0
+    startup_timeout: float = 20.0
 
 
 HANG_CASES = {
     "silent-after-step-2": HangCase(training(0, 2, end=None), (ExitClass.HUNG, ExitClass.COMPLETED), 8.125, 5.125),
-    "silent-from-the-start": HangCase(SILENT, (ExitClass.HUNG, ExitClass.COMPLETED), 5.125, 5.125),
+    # slow is not stuck: start-up has its own deadline; a busy worker is alive; a stopped one is not
+    "silent-from-the-start": HangCase(SILENT, (ExitClass.HUNG, ExitClass.COMPLETED), 20.125, 20.125),
+    "a-slow-start-up-is-not-stuck": HangCase(Script(((0.5, Started(0)), (12.0, Step(0)), (13.0, Exit(0)))),
+                                             (ExitClass.COMPLETED,), None),
+    "stopped-in-start-up": HangCase(Script(((0.5, Started(0)), (1.0, Freeze()))),
+                                    (ExitClass.HUNG, ExitClass.COMPLETED), 5.125, 5.125),
+    "busy-slow-steps-are-not-stuck": HangCase(replace(training(0, 3, every=8.0), busy=True), (ExitClass.COMPLETED,),
+                                              None),
+    "busy-but-silent-past-the-startup-timeout": HangCase(replace(training(0, 2, end=None), busy=True),
+                                                         (ExitClass.HUNG, ExitClass.COMPLETED), 23.125, 20.125),
     "heartbeats-without-steps-are-life": HangCase(
         training(0, 2, end=None, extra=[(3.0 + 4 * i, Beat()) for i in range(1, 5)] + [(20.0, Exit(0))]),
         (ExitClass.COMPLETED,), None),
@@ -133,7 +148,8 @@ HANG_CASES = {
 
 
 def check_hang(tmp_path: Path, case: HangCase) -> None:
-    run = supervise(tmp_path, [case.first, HUNG_THEN_DONE], hang_timeout=case.hang_timeout)
+    run = supervise(tmp_path, [case.first, HUNG_THEN_DONE], hang_timeout=case.hang_timeout,
+                    startup_timeout=case.startup_timeout)
     assert run.classes == list(case.classes)
     assert run.outcome.code is ExitCode.OK
     hangs = run.events(EventKind.HANG_DETECTED)
@@ -417,6 +433,10 @@ CAUGHT_BY: dict[str, list[tuple[Check, Any]]] = {
                              (check_chaos, CHAOS_CASES["sigstop-is-a-hang"])],
     "hang-from-the-spawn": [(check_hang, HANG_CASES["heartbeats-without-steps-are-life"])],
     "hangs-at-the-timeout": [(check_hang, HANG_CASES["silent-for-exactly-the-timeout"])],
+    "ignores-cpu-progress": [(check_hang, HANG_CASES["busy-slow-steps-are-not-stuck"])],
+    "ignores-startup-timeout": [(check_hang, HANG_CASES["silent-from-the-start"])],
+    "hang-timeout-in-startup": [(check_hang, HANG_CASES["a-slow-start-up-is-not-stuck"])],
+    "ignores-stopped": [(check_hang, HANG_CASES["stopped-in-start-up"])],
     "ignores-stop": [(check_stop, STOP_CASES["sigterm-worker-saves-and-exits"])],
     "ignores-kill-at": [(check_chaos, CHAOS_CASES["sigterm-ignored-killed-after-2s"])],
     "never-spawns-a-spare": [(check_standby, STANDBY_CASES["spare-after-the-first-step-takes-over"])],
