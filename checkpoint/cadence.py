@@ -3,16 +3,22 @@
 Young (1974): the interval that minimises lost work plus checkpoint overhead is
 ``T = sqrt(2 * C * MTBF)``, with ``C`` the time a checkpoint costs the job and ``MTBF`` the mean time
 between failures. ``C`` is measured as the run goes (the stall an asynchronous checkpoint causes on
-the training thread); the MTBF is given, or estimated from the run's own history of failures.
+the training thread); the MTBF is given, or estimated from the run's own history of failures
+(:func:`failure_history`, read from the supervisor's records in ``events.jsonl``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["young_interval_s", "interval_steps", "estimate_mtbf", "durable_due", "Cadence", "DEFAULT_MTBF_S",
-           "DEFAULT_DURABLE_EVERY_S", "MIN_COST_S"]
+from rundir.classify import ExitClass
+from rundir.events import EventKind, Source
+
+__all__ = ["young_interval_s", "interval_steps", "estimate_mtbf", "failure_history", "durable_due", "Cadence",
+           "DEFAULT_MTBF_S", "DEFAULT_DURABLE_EVERY_S", "MIN_COST_S"]
 
 DEFAULT_MTBF_S = 3600.0  # no failures seen yet and none given: assume one an hour
 MIN_COST_S = 1e-3
@@ -46,6 +52,26 @@ def estimate_mtbf(elapsed_s: float, failures: int, given: float | None = None) -
     if failures > 0 and elapsed_s > 0:
         return elapsed_s / failures
     return DEFAULT_MTBF_S
+
+
+#: How attempts end without a failure: the job finished, or the user stopped it.
+_NOT_FAILED = frozenset({ExitClass.COMPLETED.value, ExitClass.USER_STOPPED.value})
+
+
+def failure_history(events: Iterable[Mapping[str, Any]], now: float) -> tuple[float, int]:
+    """(seconds from the run's first ``attempt-spawned`` to ``now``, attempts that ended in a failure),
+    from the supervisor's event records; the records of other sources are not its word on attempts."""
+    first: float | None = None
+    failures = 0
+    for e in events:
+        if e.get("source") != Source.SUPERVISOR.value:
+            continue
+        kind = e.get("event")
+        if kind == EventKind.ATTEMPT_SPAWNED.value and first is None:
+            first = float(e["time"])
+        elif kind == EventKind.ATTEMPT_EXITED.value and e.get("exit_class") not in _NOT_FAILED:
+            failures += 1
+    return (now - first if first is not None else 0.0), failures
 
 
 @dataclass

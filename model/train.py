@@ -18,6 +18,8 @@ import paddle.nn.functional as F
 
 from checkpoint import paddle_state as ps
 from checkpoint.state import RngState, StateArrays, TrainState, params_digest
+from checkpoint.store import Checkpoint
+from rundir.events import EventKind
 from rundir.exitcodes import ExitCode
 from runner.worker import Worker
 
@@ -108,6 +110,39 @@ def plain_step(model: MnistCNN, opt: paddle.optimizer.Adam, xb: np.ndarray, yb: 
     return logits, float(loss)
 
 
+class _Position(NamedTuple):
+    """Where training is: the steps done, the epoch, the batch in it, the epoch's order, and the data
+    generator's state after drawing that order."""
+
+    step: int
+    epoch: int
+    batch: int
+    order: np.ndarray
+    data_state: Mapping[str, Any]
+
+
+def _resume(cfg: TrainConfig, ckpt: Checkpoint | None, model: MnistCNN, opt: paddle.optimizer.Adam,
+            data_rng: np.random.Generator, n: int) -> _Position:
+    """Start afresh, or load the checkpoint's state into the model, the optimizer and every RNG (all
+    but what ``break_resume`` leaves out on purpose); where training goes on from."""
+    if ckpt is None:
+        return _Position(0, 0, 0, *_epoch_order(data_rng, n))
+    st = TrainState.from_checkpoint(ckpt)
+    brk = cfg.break_resume
+    ps.load_model(model, st.model)
+    ps.load_optimizer(opt, None if brk == "optimizer" else st.optimizer,
+                      None if brk == "lr-scheduler" else st.lr_scheduler)
+    order = _frozen(st.order.copy())
+    if brk == "rng":
+        order, data_state = _epoch_order(data_rng, n)  # a fresh generator, as if its state was never saved
+    else:
+        rng = st.rng_state()
+        ps.set_rng_states(rng)
+        data_rng.bit_generator.state = data_state = rng[1]["data"]
+    batch = st.batch + 1 if brk == "data-position" else st.batch  # reads one batch ahead of where it stopped
+    return _Position(st.step, st.epoch, batch, order, data_state)
+
+
 def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
     n = len(data.train_x)
     per_epoch = steps_per_epoch(n, cfg.batch_size)
@@ -122,24 +157,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
     worker.set_cadence("auto" if cfg.checkpoint_every_steps == AUTO else cfg.checkpoint_every_steps, cfg.mtbf_s)
     worker.durable_every_s = cfg.durable_every_s
     ckpt = worker.restore(total_steps=total)
-    if ckpt is None:
-        step, epoch, batch = 0, 0, 0
-        order, data_state = _epoch_order(data_rng, n)
-    else:
-        st = TrainState.from_checkpoint(ckpt)
-        brk = cfg.break_resume
-        ps.load_model(model, st.model)
-        ps.load_optimizer(opt, None if brk == "optimizer" else st.optimizer,
-                          None if brk == "lr-scheduler" else st.lr_scheduler)
-        step, epoch, batch, order = st.step, st.epoch, st.batch, _frozen(st.order.copy())
-        if brk == "rng":
-            order, data_state = _epoch_order(data_rng, n)  # a fresh generator, as if its state was never saved
-        else:
-            rng = st.rng_state()
-            ps.set_rng_states(rng)
-            data_rng.bit_generator.state = data_state = rng[1]["data"]
-        if brk == "data-position":
-            batch += 1  # reads one batch ahead of where it stopped
+    step, epoch, batch, order, data_state = _resume(cfg, ckpt, model, opt, data_rng, n)
 
     while epoch < cfg.epochs:
         idx = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
@@ -169,7 +187,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
             sync = cfg.sync_checkpoints or last or worker.preemption_requested
             worker.checkpoint(step, capture, wait=sync, deferred=not sync)
         if worker.preemption_requested and not last:
-            worker.event("preempted", step=step)
+            worker.event(EventKind.PREEMPTED, step=step)
             return ExitCode.PREEMPTED
 
     worker.complete(steps=step, params_sha256=params_digest(ps.model_arrays(model)))

@@ -1,5 +1,9 @@
-"""One supervisor per run directory: an exclusive ``flock`` that the kernel drops when its holder dies,
-so a lock left by a killed supervisor is simply taken over."""
+"""One supervisor, and one worker, per run directory: an exclusive ``flock`` on a file there that the
+kernel drops when its holder dies, so a lock left by a killed process is simply taken over.
+
+The supervisor holds ``supervisor.lock`` (with its pid in it, for the next one's message); the worker
+holds ``worker.lock``, so that a standby spare never trains next to a live worker.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,23 @@ from pathlib import Path
 
 from .exitcodes import ExitCode, UserError
 
-__all__ = ["RunLock", "LOCK_FILE"]
+__all__ = ["RunLock", "LOCK_FILE", "SUPERVISOR_IN_USE"]
 
 LOCK_FILE = "supervisor.lock"
+#: What a second supervisor is told: ``{run_dir}``, and ``{holder}``, the pid the lock file holds.
+SUPERVISOR_IN_USE = "run directory {run_dir} is in use by supervisor pid {holder}"
 
 
 class RunLock:
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK_FILE
+    """The lock file ``name`` in ``run_dir``. Taken, it refuses a second holder with ``in_use`` (exit
+    ``LOCKED``) and a directory it cannot write with exit ``UNWRITABLE``; ``record_pid`` writes the
+    holder's pid into the file."""
+
+    def __init__(self, run_dir: Path, name: str = LOCK_FILE, *, in_use: str = SUPERVISOR_IN_USE,
+                 record_pid: bool = True) -> None:
+        self.path = Path(run_dir) / name
+        self.in_use = in_use
+        self.record_pid = record_pid
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -31,10 +44,10 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise UserError(f"run directory {self.path.parent} is in use by supervisor pid {holder}",
-                            ExitCode.LOCKED) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise UserError(self.in_use.format(run_dir=self.path.parent, holder=holder), ExitCode.LOCKED) from None
+        if self.record_pid:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
 
     def release(self) -> None:

@@ -47,6 +47,8 @@ def test_the_tree_keeps_the_contract() -> None:
     ("model/train.py", "from runner import supervisor", "client of the worker API only"),
     ("rundir/journal.py", "import numpy", "standard library only"),
     ("runner/policy.py", "from runner import supervisor", "No import cycles"),
+    ("runner/worker/files.py", "from runner.worker import session", "facade over its parts"),
+    ("runner/worker/session.py", "from runner.worker import standby", "facade over its parts"),
 ])
 def test_a_planted_forbidden_import_breaks_the_contract(tmp_path: Path, module: str, planted: str,
                                                         contract: str) -> None:

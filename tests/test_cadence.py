@@ -1,5 +1,6 @@
-"""How often to checkpoint: Young's interval, the MTBF estimate, the step-by-step decision, the worker's
-reading of its own failure history, and the ``--checkpoint-every K|auto`` / ``--mtbf`` options.
+"""How often to checkpoint: Young's interval, the MTBF estimate, the step-by-step decision, a run's
+failure history (and the worker's cadence planned with it), and the ``--checkpoint-every K|auto`` /
+``--mtbf`` options.
 
 Pure tables, no Paddle. The end-to-end check of ``--checkpoint-every auto`` is in
 ``tests/e2e/test_standby.py``."""
@@ -21,6 +22,7 @@ from checkpoint.cadence import (
     Cadence,
     durable_due,
     estimate_mtbf,
+    failure_history,
     interval_steps,
     young_interval_s,
 )
@@ -199,7 +201,44 @@ def test_cadence_moving_averages() -> None:
     assert c.cost_s == pytest.approx(0.0651)
 
 
-# -- the worker's failure history --------------------------------------------------------------------------
+# -- the run's failure history ---------------------------------------------------------------------------
+
+
+def sup(event: str, t: float, **kw: object) -> dict:
+    return {"time": t, "source": "supervisor", "event": event, **kw}
+
+
+def exited(t: float, exit_class: str | None) -> dict:
+    return sup("attempt-exited", t, attempt=1, **({} if exit_class is None else {"exit_class": exit_class}))
+
+
+HISTORY_CASES: dict[str, tuple[list[dict], tuple[float, int]]] = {
+    # name: (records, (elapsed at now=100, failures))
+    "a new run": ([], (0.0, 0)),
+    "one attempt, still running": ([sup("attempt-spawned", 80)], (20.0, 0)),
+    "the first spawn starts the run": ([sup("attempt-spawned", 10), sup("attempt-spawned", 50)], (90.0, 0)),
+    "killed, crashed, hung, preempted and bad input are failures": (
+        [sup("attempt-spawned", 0)] + [exited(t, c) for t, c in
+                                       enumerate(["killed", "crashed", "hung", "preempted", "bad-input"], 1)],
+        (100.0, 5)),
+    "completed and user-stopped are not": ([sup("attempt-spawned", 0), exited(1, "completed"),
+                                            exited(2, "user-stopped")], (100.0, 0)),
+    "an exit of no known class is a failure": ([sup("attempt-spawned", 0), exited(1, None)], (100.0, 1)),
+    "only the supervisor's records count": (
+        [{"time": 5, "source": "worker", "event": "attempt-spawned"},
+         {"time": 60, "source": "worker", "event": "attempt-exited", "exit_class": "killed"},
+         {"time": 61, "source": "standby", "event": "standby-ready", "pid": 17},
+         sup("attempt-spawned", 40)],
+        (60.0, 0)),
+    "other supervisor records do not": ([sup("attempt-spawned", 0), sup("restart", 1, exit_class="killed"),
+                                         sup("hang-detected", 2)], (100.0, 0)),
+}
+
+
+@pytest.mark.parametrize("case", list(HISTORY_CASES))
+def test_failure_history_reads_the_supervisors_attempts(case: str) -> None:
+    records, want = HISTORY_CASES[case]
+    assert failure_history(records, now=100.0) == pytest.approx(want)
 
 
 @pytest.fixture
@@ -214,60 +253,33 @@ def write_events(run_dir: Path, records: list[dict], torn_tail: bytes = b"") -> 
     (run_dir / EVENTS).write_bytes(body + torn_tail)
 
 
-def test_failure_history_counts_failed_attempts_from_the_supervisors_events(tmp_path: Path, clean_env: None) -> None:
+def test_the_workers_auto_cadence_plans_with_the_runs_own_mtbf(tmp_path: Path, clean_env: None) -> None:
     run_dir = tmp_path / "run"
     now = time.time()
-
-    def sup(event: str, t: float, **kw: object) -> dict:
-        return {"time": t, "source": "supervisor", "event": event, **kw}
-
     write_events(run_dir, [
-        {"time": now - 500, "source": "worker", "event": "attempt-started", "attempt": 0},  # not the supervisor's
         sup("attempt-spawned", now - 100, attempt=1, pid=11, warm=False),  # the run's start
-        sup("attempt-exited", now - 90, attempt=1, exit_class="killed"),
+        exited(now - 90, "killed"),
         sup("attempt-spawned", now - 89, attempt=2, pid=12, warm=True),
-        sup("attempt-exited", now - 80, attempt=2, exit_class="crashed"),
+        exited(now - 80, "crashed"),
         sup("attempt-spawned", now - 79, attempt=3, pid=13, warm=True),
-        sup("attempt-exited", now - 70, attempt=3, exit_class="hung"),
-        sup("attempt-spawned", now - 69, attempt=4, pid=14, warm=True),
-        sup("attempt-exited", now - 60, attempt=4, exit_class="preempted"),
-        sup("attempt-spawned", now - 59, attempt=5, pid=15, warm=True),
-        sup("attempt-exited", now - 50, attempt=5, exit_class="user-stopped"),  # not a failure
-        sup("attempt-spawned", now - 40, attempt=6, pid=16, warm=False),
-        sup("attempt-exited", now - 30, attempt=6, exit_class="completed"),  # not a failure
-        {"time": now, "source": "worker", "event": "attempt-exited", "exit_class": "killed"},  # not the supervisor's
-        {"time": now, "source": "standby", "event": "standby-ready", "pid": 17},
+        exited(now - 70, "completed"),  # not a failure
     ], torn_tail=b'{"time": 1, "source": "supervisor", "event": "attempt-exi')  # a torn last line is skipped
 
     with Worker(run_dir, handle_signals=False) as w:
-        elapsed, failures = w._failure_history()
-        assert failures == 4
-        assert elapsed == pytest.approx(100.0, abs=30.0)  # since the first attempt-spawned, now-ish
-
         w.set_cadence("auto")  # no MTBF given: the run's own, elapsed / failures
         assert w.cadence.every == "auto"
-        assert w.cadence.mtbf_s == pytest.approx(elapsed / 4, rel=0.3)
+        assert w.cadence.mtbf_s == pytest.approx(100.0 / 2, abs=15)
         w.set_cadence("auto", 7.0)  # given: it wins
         assert w.cadence.mtbf_s == 7.0
         w.set_cadence(5)
         assert w.cadence.every == 5 and w.checkpoint_due(10) and not w.checkpoint_due(11)
 
 
-def test_failure_history_of_a_new_run_is_empty(tmp_path: Path, clean_env: None) -> None:
+@pytest.mark.parametrize("records", [[], [sup("attempt-spawned", 0.0)]], ids=["new run", "no failures"])
+def test_without_failures_the_workers_auto_cadence_assumes_the_default(tmp_path: Path, clean_env: None,
+                                                                        records: list[dict]) -> None:
+    write_events(tmp_path / "run", [dict(r, time=time.time() - 20) for r in records])
     with Worker(tmp_path / "run", handle_signals=False) as w:
-        assert w._failure_history() == (0.0, 0)
-        w.set_cadence("auto")
-        assert w.cadence.mtbf_s == DEFAULT_MTBF_S
-
-
-def test_failure_history_without_failures_falls_back_to_the_default(tmp_path: Path, clean_env: None) -> None:
-    run_dir = tmp_path / "run"
-    write_events(run_dir, [
-        {"time": time.time() - 20, "source": "supervisor", "event": "attempt-spawned", "attempt": 1},
-    ])
-    with Worker(run_dir, handle_signals=False) as w:
-        elapsed, failures = w._failure_history()
-        assert failures == 0 and elapsed > 0
         w.set_cadence("auto")
         assert w.cadence.mtbf_s == DEFAULT_MTBF_S
 

@@ -31,6 +31,7 @@ from runner.worker import (
     Worker,
     read_heartbeat,
 )
+from runner.worker.standby import go_env
 
 
 @pytest.fixture
@@ -62,6 +63,20 @@ def held_lock(run_dir: Path) -> Iterator[int]:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     yield fd
     os.close(fd)
+
+
+@pytest.mark.parametrize(("line", "want"), [
+    (b"", None),  # EOF: the supervisor no longer needs this spare
+    (b"\n", None),
+    (b"  \n", None),
+    (go(3), {"BASE": "b", ENV_ATTEMPT: "3"}),
+    (go(4, EXTRA="x", BASE="over"), {"BASE": "over", "EXTRA": "x", ENV_ATTEMPT: "4"}),  # the line's win
+    (b'{"attempt": 5, "env": {"N": 1}}\n', {"BASE": "b", "N": "1", ENV_ATTEMPT: "5"}),  # values as strings
+    (b'{"attempt": 6}\n', {"BASE": "b", ENV_ATTEMPT: "6"}),  # no variables
+    (go(7, **{ENV_ATTEMPT: "99"}), {"BASE": "b", ENV_ATTEMPT: "7"}),  # the attempt is the line's own
+])
+def test_the_go_line_gives_the_attempts_environment(line: bytes, want: dict[str, str] | None) -> None:
+    assert go_env(line, {"BASE": "b"}) == want
 
 
 def test_a_spare_touches_nothing_until_restore(run_dir: Path) -> None:

@@ -1,0 +1,258 @@
+"""The :class:`Worker` facade: one object for the job, each of its jobs done by a part -
+:mod:`.files` (lock, heartbeat, journals, ``job.json``, ``final.json``), :mod:`.session` (checkpoints),
+:mod:`.faults` (what chaos arms), :mod:`.standby` (the spare's handshake)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from checkpoint.cadence import Cadence, estimate_mtbf, failure_history
+from checkpoint.storage import Data, LocalStorage
+from checkpoint.store import Checkpoint, CheckpointStore
+from rundir.contract import Arm
+from rundir.events import EventKind
+from rundir.exitcodes import ExitCode, UserError
+from rundir.journal import read_records
+from rundir.names import ENV_STANDBY, EVENTS
+
+from .faults import FaultPoints
+from .files import (
+    TRAIN_PHASE,
+    AttemptFiles,
+    EventLog,
+    attempt_number,
+    bind_config,
+    read_final,
+    worker_lock,
+    write_final,
+)
+from .session import CheckpointSession, Snapshot
+from .standby import wait_for_go
+
+__all__ = ["Worker"]
+
+
+class Worker:
+    """One attempt of a supervised job. Create it before importing the framework: it starts the
+    heartbeat, takes the run directory's worker lock, starts the checkpoint writer process
+    (:mod:`checkpoint.writer`) and turns SIGTERM/SIGINT into a request (:meth:`request_preemption`).
+
+    A standby spare (``RUNNER_STANDBY=1``) warms up touching nothing shared, and waits in
+    :meth:`restore` for the supervisor's word that the previous worker is gone."""
+
+    def __init__(self, run_dir: Path | str, *, keep_checkpoints: int = 3, handle_signals: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.pid = os.getpid()
+        self.attempt = 0
+        self._handle_signals = handle_signals
+        self._preemption: str | None = None
+        self._cadence_args: tuple[int | str, float | None] | None = None
+        self._files: AttemptFiles | None = None  # held while this is the run's worker
+        self._events = EventLog(self.run_dir / EVENTS, pid=self.pid)
+        self._faults = FaultPoints(self._events, self.heartbeat)
+        self._session = CheckpointSession(LocalStorage(self.run_dir), keep=keep_checkpoints, events=self._events,
+                                          beat=self.heartbeat, faults=self._faults)
+        self.standby = os.environ.get(ENV_STANDBY) == "1"
+        if self.standby:
+            if not self.run_dir.is_dir():
+                raise UserError(f"run directory {self.run_dir} does not exist", ExitCode.BAD_CONFIG)
+            self._session.start_writer()  # a spare's waits with it
+            return
+        self._activate(os.environ)
+
+    def _activate(self, env: Mapping[str, str]) -> None:
+        """Take the run directory: the worker lock, the heartbeat, the journal and the signals."""
+        lock = worker_lock(self.run_dir)
+        lock.acquire()
+        # The checkpoint writer starts now, while the job imports its framework, so that it is ready
+        # for the first checkpoint.
+        self._session.start_writer()
+        self.attempt = self._events.attempt = attempt_number(env, self.run_dir)
+        self._faults.arm = Arm.from_env(env)
+        self._files = AttemptFiles.open(lock, self.run_dir, pid=self.pid, attempt=self.attempt)
+        self._take_signals()
+        self.heartbeat("starting")
+
+    @property
+    def active(self) -> bool:
+        """This is the run's worker: not (or no longer) a spare on standby."""
+        return self._files is not None
+
+    def _require_active(self) -> AttemptFiles:
+        if self._files is None:
+            raise RuntimeError("call Worker.restore() before training: a standby spare takes over the run there")
+        return self._files
+
+    # -- context -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+        if self._files is not None:
+            self._files.close()
+            self._files = None
+
+    # -- preemption ----------------------------------------------------------------------------------
+
+    def _take_signals(self) -> None:
+        if self._handle_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only record it: the training loop finishes its step and checkpoints at a safe point.
+        self.request_preemption(signal.Signals(signum).name)
+
+    def request_preemption(self, cause: str) -> None:
+        """Ask the job to checkpoint at its next safe point and exit with ``ExitCode.PREEMPTED``.
+        SIGTERM and SIGINT arrive here; so can a cloud provider's notice of a coming preemption."""
+        self._preemption = cause
+
+    @property
+    def preemption_requested(self) -> bool:
+        """True once a preemption was requested: checkpoint, then exit with ``ExitCode.PREEMPTED``."""
+        return self._preemption is not None
+
+    # -- the run directory -----------------------------------------------------------------------------
+
+    def heartbeat(self, phase: str = TRAIN_PHASE, step: int | None = None) -> None:
+        if self._files is not None:  # a spare on standby is not the run's worker yet
+            self._files.heartbeat.beat(phase, step)
+
+    def event(self, kind: EventKind | str, **fields: Any) -> None:
+        """Append a worker record of ``kind`` (an :class:`EventKind`) to ``events.jsonl``."""
+        self._events.record(EventKind(kind), **fields)
+
+    def bind_config(self, config: Mapping[str, Any]) -> None:
+        """Record the job's configuration, or refuse one that differs from the run directory's."""
+        bind_config(self.run_dir, config)
+
+    def finished(self) -> dict[str, Any] | None:
+        """The completion record if this run already finished."""
+        return read_final(self.run_dir)
+
+    def complete(self, **summary: Any) -> None:
+        """Mark the job done; a rerun sees :meth:`finished` and exits at once."""
+        self.flush_checkpoints()
+        write_final(self.run_dir, summary, attempt=self.attempt)
+        self.event(EventKind.JOB_COMPLETED, **summary)
+
+    # -- training --------------------------------------------------------------------------------------
+
+    def restore(self, total_steps: int | None = None) -> Checkpoint | None:
+        """The newest verified checkpoint, falling back past torn or corrupt ones with a warning.
+
+        ``total_steps``, if the job knows it, lets the supervisor show progress against it.
+        A standby spare waits here until the supervisor hands it the run."""
+        if not self.active:
+            self._activate(wait_for_go(self._events, os.environ))
+            if self._cadence_args is not None:
+                # Set while warming up, before the failure this spare replaces: estimate the MTBF again.
+                self.set_cadence(*self._cadence_args)
+        self.heartbeat("restoring")
+        # ``import paddle`` installs its own C-level SIGTERM handler, which aborts the process; the job
+        # imports its framework after creating the Worker, so take the signals back before training.
+        self._take_signals()
+
+        def warn(msg: str) -> None:
+            print(f"warning: {msg}", flush=True)
+            self.event(EventKind.CHECKPOINT_FALLBACK, reason=msg)
+
+        ckpt = self.store.load_latest(warn=warn)
+        self.event(EventKind.ATTEMPT_STARTED, resumed_from_step=ckpt.step if ckpt else 0,
+                   checkpoint=ckpt.name if ckpt else None, total_steps=total_steps)
+        self._session.steps_start()
+        return ckpt
+
+    def report_step(
+        self, step: int, *, loss: float, epoch: int = 0, batch: int = 0, acc: float | None = None,
+        lr: float | None = None,
+    ) -> None:
+        """Journal one completed step (global, 0-based) and beat the heart."""
+        files = self._require_active()
+        self._faults.step(step)
+        dt = self._session.step_done()
+        files.losses.write(step, loss=loss, epoch=epoch, batch=batch, acc=acc, lr=lr, dt=dt)
+        files.heartbeat.training(step)
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> CheckpointStore:
+        return self._session.store
+
+    @property
+    def cadence(self) -> Cadence:
+        return self._session.cadence
+
+    @property
+    def durable_every_s(self) -> float:
+        """Asynchronous checkpoints are fsynced at least this often; synchronous ones always are."""
+        return self._session.durable_every_s
+
+    @durable_every_s.setter
+    def durable_every_s(self, seconds: float) -> None:
+        self._session.durable_every_s = seconds
+
+    def save_checkpoint(self, step: int, files: Mapping[str, Data], meta: Mapping[str, Any]) -> str:
+        """Durably save a checkpoint taken after ``step`` completed steps, before returning."""
+        self._require_active()
+        return self._session.save(step, files, meta)
+
+    def checkpoint(self, step: int, capture: Callable[[], Snapshot], *, wait: bool = False,
+                   deferred: bool = False) -> None:
+        """Checkpoint after ``step`` completed steps. ``capture()`` runs now, on this thread; the
+        snapshot's arrays are copied into shared memory, and a writer process packs, writes and
+        commits them while training goes on. ``wait``: persist here and now, durably, before
+        returning.
+
+        ``deferred``: the snapshot's ``arrays()`` runs on the writer's copier thread, overlapping
+        the next step's backward pass (see :meth:`before_backward`), so the training thread only
+        pays for ``capture()``. The job promises that nothing those arrays read changes until it
+        calls :meth:`before_update`, which waits for the copy: call it before every optimizer step.
+
+        A checkpoint never starts while the previous one is unfinished. If the process is killed
+        before the manifest is written, the unfinished checkpoint simply does not exist."""
+        self._require_active()
+        self._session.checkpoint(step, capture, wait=wait, deferred=deferred)
+
+    def before_backward(self) -> None:
+        """Let a deferred checkpoint's copy run now: call it right before the backward pass. Paddle
+        holds the GIL between the forward pass's many small operations, but not during the backward
+        pass, so the copier thread's Python then runs beside training instead of between its
+        operations. Once a job calls this, deferred copies wait for it (or for :meth:`before_update`)."""
+        self._session.before_backward()
+
+    def before_update(self) -> None:
+        """Wait until a deferred checkpoint's arrays are copied (at once if there are none): call it
+        before anything changes them, such as the optimizer step. The wait counts as checkpoint
+        cost, not step time."""
+        self._session.before_update()
+
+    def flush_checkpoints(self) -> None:
+        """Wait for the checkpoint being written in the background, if any; raise its error."""
+        self._session.flush()
+
+    def checkpoint_due(self, steps_done: int) -> bool:
+        """Whether the cadence (every K steps, or Young's interval with ``"auto"``) asks for one now."""
+        return self._session.cadence.due(steps_done)
+
+    def set_cadence(self, every: int | str, mtbf_s: float | None = None) -> None:
+        """Checkpoint every ``every`` steps (0: never), or ``"auto"``: Young's interval from the
+        measured checkpoint cost and the MTBF, given or estimated from this run's failures."""
+        self._cadence_args = (every, mtbf_s)
+        elapsed, failures = failure_history(read_records(self.run_dir / EVENTS), time.time())
+        self._session.cadence = Cadence(every=every, mtbf_s=estimate_mtbf(elapsed, failures, mtbf_s))
