@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 __all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS"]
 
 
-class FaultKind(str, Enum):
+class FaultKind(StrEnum):
     SIGKILL = "sigkill"
     SIGTERM = "sigterm"
     CHECKPOINT_WRITE = "checkpoint-write"

@@ -7,7 +7,7 @@ Every record is one JSON object on one line with at least ``time`` (seconds sinc
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from .journal import append_record
 __all__ = ["EventKind", "Source", "record_event"]
 
 
-class Source(str, Enum):
+class Source(StrEnum):
     """Which process wrote a record."""
 
     SUPERVISOR = "supervisor"
@@ -24,11 +24,8 @@ class Source(str, Enum):
     STANDBY = "standby"
     WRITER = "writer"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class EventKind(str, Enum):
+class EventKind(StrEnum):
     """What happened. The lifecycle of one attempt, as the supervisor sees it, is
     ``attempt-spawned -> [chaos-fault] -> [hang-detected | stop-requested] -> attempt-exited``,
     then ``restart``, ``gave-up``, ``stopped`` or ``job-completed``, and ``supervisor-exit`` last.
@@ -60,9 +57,6 @@ class EventKind(str, Enum):
     PREEMPTED = "preempted"
     # both: the worker when it finishes, the supervisor when it sees that
     JOB_COMPLETED = "job-completed"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def record_event(path: Path, source: Source, kind: EventKind, **fields: Any) -> None:

@@ -298,7 +298,8 @@ class Supervisor:
             reading = self._read(w, proc)
             w = observe(w, reading, now)
             d = decide(w, now, hang_timeout=self.spec.hang_timeout, startup_timeout=self.spec.startup_timeout,
-                       stop_requested=self._stop_signal is not None, want_spare=self.spec.standby and not self.standby.up)
+                       stop_requested=self._stop_signal is not None,
+                       want_spare=self.spec.standby and not self.standby.up)
             if d.spawn_spare:
                 self.standby.spawn()
             if d.action is not Action.CONTINUE:

@@ -49,8 +49,9 @@ DECIDE_CASES: dict[str, tuple[Watch, float, DecideKw, Decision]] = {
                                                  hung(70.5, "silent for 70.5 s in training (the limit is 60 s)")),
     "idle-in-a-checkpoint-is-slow-not-stuck": (replace(IDLE, phase="checkpoint"), 111.5, kw(),
                                                Decision(Action.CONTINUE)),
-    "a-checkpoint-past-the-startup-timeout": (replace(IDLE, phase="checkpoint"), 161.5, kw(),
-                                              hung(60.5, "silent for 60.5 s in phase 'checkpoint' (the limit is 60 s)")),
+    "a-checkpoint-past-the-startup-timeout": (
+        replace(IDLE, phase="checkpoint"), 161.5, kw(),
+        hung(60.5, "silent for 60.5 s in phase 'checkpoint' (the limit is 60 s)")),
     "stop": (W0, 100.0, kw(stop_requested=True), Decision(Action.STOP)),
     "stop-before-hang": (W0, 200.0, kw(stop_requested=True), Decision(Action.STOP)),
     "stop-starts-no-spare": (STEPPED, 102.0, kw(stop_requested=True, want_spare=True), Decision(Action.STOP)),
