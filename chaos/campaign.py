@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rundir.exitcodes import ExitCode, UserError
 from runner.adapter import JobAdapter
 from runner.options import write_json
-from runner.trace import load_trace
+from runner.trace import Verdict, load_trace
 from runner.view import PlainView, make_console
 
 from .report import ChaosReport
@@ -31,8 +32,8 @@ from .schedule import ScheduleError, checkpoint_steps, draw_schedule
 from .simulate import chaos_parser, chosen_kinds
 from .trial import ensure_reference, run_trial
 
-__all__ = ["campaign_main", "deal_kinds", "trial_seeds", "junit_xml", "campaign_json", "summary_table",
-           "plot_campaign", "Trial"]
+__all__ = ["campaign_main", "campaign_verdict", "deal_kinds", "trial_seeds", "junit_xml", "campaign_json",
+           "summary_table", "plot_campaign", "Trial"]
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,13 @@ def summary_table(trials: Sequence[Trial]) -> Table:
         t.add_row(
             tr.name, str(tr.seed), ", ".join(f["kind"] + ("?" if f.get("missed") else "") for f in r.faults),
             str(r.restarts), str(r.lost_steps), f"{statistics.median(lat):.2f} s" if lat else "-",
-            f"{r.goodput:.3f}", "[green]pass[/]" if r.verdict == "pass" else "[bold red]fail[/]",
+            f"{r.goodput:.3f}", f"[green]{r.verdict}[/]" if r.verdict is Verdict.PASS else f"[bold red]{r.verdict}[/]",
         )
     return t
 
 
 def junit_xml(trials: Sequence[Trial], *, suite: str = "chaos-campaign") -> bytes:
-    failures = sum(1 for t in trials if t.report.verdict != "pass")
+    failures = sum(1 for t in trials if t.report.verdict is not Verdict.PASS)
     total_time = sum(t.report.wall_s for t in trials)
     root = ET.Element("testsuites", tests=str(len(trials)), failures=str(failures), time=f"{total_time:.3f}")
     ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(trials)), failures=str(failures),
@@ -90,9 +91,10 @@ def junit_xml(trials: Sequence[Trial], *, suite: str = "chaos-campaign") -> byte
         kinds = ",".join(f["kind"] for f in r.faults)
         tc = ET.SubElement(ts, "testcase", classname=suite, name=f"{t.name} seed={t.seed} faults={kinds}",
                            time=f"{r.wall_s:.3f}")
-        if r.verdict != "pass":
-            msg = f"{r.comparison.explain()}; replay: {r.replay}"
-            fail = ET.SubElement(tc, "failure", message=msg, type="ResumeMismatch")
+        if r.verdict is not Verdict.PASS:
+            msg = f"{r.judgement.line()}; replay: {r.replay}"
+            kind = "ResumeMismatch" if r.verdict is Verdict.DIVERGED else "RunIncomplete"
+            fail = ET.SubElement(tc, "failure", message=msg, type=kind)
             fail.text = json.dumps(r.to_json(), indent=1)
         out = ET.SubElement(tc, "system-out")
         out.text = f"run dir: {t.run_dir}\nreplay: {r.replay}\n"
@@ -107,8 +109,10 @@ def campaign_json(trials: Sequence[Trial], config: dict[str, Any]) -> dict[str, 
         "trials": [dict(t.report.to_json(), trial=t.name, seed=t.seed, run_dir=str(t.run_dir)) for t in trials],
         "totals": {
             "trials": len(trials),
-            "passed": sum(1 for t in trials if t.report.verdict == "pass"),
-            "failed": sum(1 for t in trials if t.report.verdict != "pass"),
+            "passed": sum(1 for t in trials if t.report.verdict is Verdict.PASS),
+            "failed": sum(1 for t in trials if t.report.verdict is not Verdict.PASS),
+            "diverged": sum(1 for t in trials if t.report.verdict is Verdict.DIVERGED),
+            "incomplete": sum(1 for t in trials if t.report.verdict is Verdict.INCOMPLETE),
             "faults": sum(len(t.report.faults) for t in trials),
             "restarts": sum(t.report.restarts for t in trials),
             "lost_steps": sum(t.report.lost_steps for t in trials),
@@ -153,8 +157,8 @@ def plot_campaign(trials: Sequence[Trial], reference: Any, path: Path) -> None:
             ax.plot([x], [max(ref_loss)], marker="v", color=colour, ms=9)
             seen.add(f["kind"])
         verdict = t.report.verdict
-        ax.set_title(f"{t.name} (seed {t.seed}): {verdict}", color="tab:green" if verdict == "pass" else "tab:red",
-                     fontsize=10)
+        colour = "tab:green" if verdict is Verdict.PASS else "tab:red"
+        ax.set_title(f"{t.name} (seed {t.seed}): {verdict}", color=colour, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
@@ -210,7 +214,7 @@ def campaign_main(argv: Sequence[str], job: JobAdapter) -> int:
                 print(f"[campaign] {i}/{ns.trials} {line}", flush=True)
 
     console.print(summary_table(trials))
-    failed = [t for t in trials if t.report.verdict != "pass"]
+    failed = [t for t in trials if t.report.verdict is not Verdict.PASS]
     identity = job.identity(ns)
     config = {"seed": ns.chaos_seed, "trials": ns.trials, "faults_per_trial": ns.faults_per_trial,
               "epochs": identity.get("epochs"), "data": identity.get("data"), "job": identity,
@@ -226,7 +230,15 @@ def campaign_main(argv: Sequence[str], job: JobAdapter) -> int:
     if ns.plot:
         plot_campaign(trials, load_trace(ref), ns.plot)
     for t in failed:
-        console.print(f"[bold red]FAIL[/] {t.name}: {t.report.comparison.explain()}\n  replay: {t.report.replay}",
-                      highlight=False)
+        console.print(f"[bold red]FAIL[/] {t.name}: {escape(t.report.judgement.line())}\n"
+                      f"  replay: {escape(str(t.report.replay))}", highlight=False)
     console.print(f"{len(trials) - len(failed)}/{len(trials)} trials passed", highlight=False)
-    return ExitCode.VERIFY_FAILED if failed else ExitCode.OK
+    return campaign_verdict([t.report.verdict for t in trials]).exit_code
+
+
+def campaign_verdict(verdicts: Sequence[Verdict]) -> Verdict:
+    """The campaign's verdict: diverged if any trial diverged, else incomplete if any was, else pass."""
+    for v in (Verdict.DIVERGED, Verdict.INCOMPLETE):
+        if v in verdicts:
+            return v
+    return Verdict.PASS

@@ -18,6 +18,7 @@ from typing import Any
 from rundir.classify import ExitClass
 from rundir.contract import PAUSED_EVENT, PAUSED_PHASE, Arm, AttemptEnd, FileEffect, Observation, SendSignal
 from rundir.events import EventKind
+from rundir.paths import PathEscape, confined
 
 from .faults import ARMED_KINDS, Fault, FaultKind
 from .schedule import Schedule
@@ -43,7 +44,10 @@ class FaultHit:
 
 
 def corrupt_file(path: Path, mode: str, position: float) -> str:
-    """Truncate ``path`` at, or flip the byte at, ``position`` (a fraction of its length)."""
+    """Truncate ``path`` at, or flip the byte at, ``position`` (a fraction of its length). Only a
+    regular file: anything else (a FIFO would block the supervisor) is left alone, and said so."""
+    if not path.is_file():
+        return f"not applied: {path.parent.name}/{path.name} is not a regular file"
     data = bytearray(path.read_bytes())
     at = min(len(data) - 1, int(len(data) * position)) if data else 0
     if mode == "truncate":
@@ -95,19 +99,30 @@ class Injector:
             return [SendSignal(signal.SIGKILL, fault=self._fire(obs))]
         if f.kind is FaultKind.CORRUPT_CHECKPOINT:
             for e in obs.new_events:
-                if e.get("event") == EventKind.CHECKPOINT_SAVED and int(e.get("step", -1)) >= f.step:
-                    fname = str(f.detail.get("file", "model.safetensors"))
-                    path = self.run_dir / "checkpoints" / str(e["name"]) / fname
-
-                    def apply(path: Path = path) -> str:
-                        what = corrupt_file(path, str(f.detail.get("mode", "flip-byte")),
-                                            float(f.detail.get("position", 0.5)))
-                        self._fired = (obs.attempt, time.time(), obs.last_step, what)
-                        return what
-
-                    fault = self._fire(obs)
-                    return [FileEffect(apply, fault=fault), SendSignal(signal.SIGKILL, fault=fault)]
+                step = e.get("step")
+                if e.get("event") == EventKind.CHECKPOINT_SAVED and isinstance(step, int) and step >= f.step:
+                    return self._corrupt(f, obs, e.get("name"))
         return []
+
+    def _corrupt(self, f: Fault, obs: Observation, name: object) -> list[SendSignal | FileEffect]:
+        """Corrupt the file of checkpoint ``name`` (from the worker's event) that the fault names, then
+        SIGKILL the worker. Both names are confined: the checkpoint to the checkpoints directory, the
+        file to the checkpoint (the schedule's loader checked the file's name already)."""
+
+        def apply() -> str:
+            try:
+                ckpt = confined(self.run_dir / "checkpoints", name)
+                path = confined(ckpt, f.detail.get("file", "model.safetensors"))
+                what = corrupt_file(path, str(f.detail.get("mode", "flip-byte")), float(f.detail.get("position", 0.5)))
+            except PathEscape as exc:
+                what = f"not applied: {exc}"
+            except OSError as exc:
+                what = f"not applied: {exc.strerror or exc}"
+            self._fired = (obs.attempt, time.time(), obs.last_step, what)
+            return what
+
+        fault = self._fire(obs)
+        return [FileEffect(apply, fault=fault), SendSignal(signal.SIGKILL, fault=fault)]
 
     def on_exit(self, result: AttemptEnd) -> None:
         f = self.current

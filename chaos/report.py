@@ -2,6 +2,12 @@
 
 :func:`build_report` computes everything from plain data (traces, events, fault hits);
 :class:`ReportView` only formats; :meth:`ChaosReport.to_json` writes the same numbers as JSON.
+Malformed events and loss records are skipped and counted, never raised.
+
+The verdict is the comparison's (:func:`runner.trace.judge`), with one more way to fail: a
+preemption notice (a ``sigterm`` fault) must lose no step. The worker has the grace period to save
+its state; if the next attempt resumes from a checkpoint older than the last step completed at the
+notice, those steps are lost, even though recomputing them keeps the trace exact.
 """
 
 from __future__ import annotations
@@ -17,10 +23,66 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from runner.trace import Comparison, Trace
+from rundir.journal import event_problem, loss_problem
+from runner.trace import Comparison, Judgement, Trace, Verdict
 
 __all__ = ["EpochRow", "ChaosReport", "build_report", "restart_latencies", "epoch_rows", "ReportView",
-           "reference_compute_s"]
+           "reference_compute_s", "Notice", "notices", "judge_report"]
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One preemption notice (a ``sigterm`` fault) and where the next attempt took up the job."""
+
+    attempt: int
+    last_step: int | None  # the last step completed when the notice was sent
+    resumed_from_step: int | None  # steps the next attempt's checkpoint held; None: no next attempt
+
+    @property
+    def steps_done(self) -> int:
+        return 0 if self.last_step is None else self.last_step + 1
+
+    @property
+    def steps_lost(self) -> int | None:
+        """Steps completed at the notice that the next attempt had to compute again; None if unknown."""
+        if self.resumed_from_step is None:
+            return None
+        return max(0, self.steps_done - self.resumed_from_step)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"attempt": self.attempt, "last_step": self.last_step, "resumed_from_step": self.resumed_from_step,
+                "steps_lost": self.steps_lost}
+
+
+def notices(events: Sequence[Mapping[str, Any]]) -> list[Notice]:
+    """The preemption notices chaos sent (the supervisor's ``chaos-fault`` records of a ``sigterm``
+    fault), each with the ``resumed_from_step`` of the next attempt the worker started."""
+    resumed: dict[int, int | None] = {}
+    for e in events:
+        if e.get("source") == "worker" and e.get("event") == "attempt-started" and isinstance(e.get("attempt"), int):
+            resumed.setdefault(e["attempt"], e.get("resumed_from_step") or 0)
+    out = []
+    for e in events:
+        if (e.get("source") == "supervisor" and e.get("event") == "chaos-fault" and e.get("fault") == "sigterm"
+                and e.get("signal") == "SIGTERM" and isinstance(e.get("attempt"), int)):
+            later = [a for a in resumed if a > e["attempt"]]
+            out.append(Notice(e["attempt"], e.get("last_step"), resumed[min(later)] if later else None))
+    return out
+
+
+def judge_report(comparison: Comparison, notice_list: Sequence[Notice]) -> Judgement:
+    """The comparison's verdict; a run that compares bit-exact still fails if a notice lost steps."""
+    j = comparison.judgement
+    lost = [n for n in notice_list if n.steps_lost]
+    if j.verdict is not Verdict.PASS or not lost:
+        return j
+    total = sum(n.steps_lost or 0 for n in lost)
+    first = lost[0]
+    who = "a preemption notice" if len(lost) == 1 else f"{len(lost)} preemption notices"
+    return Judgement(Verdict.DIVERGED,
+                     f"{who} lost {total} step{'s' if total != 1 else ''} ({'first: ' if len(lost) > 1 else ''}"
+                     f"attempt {first.attempt} had done {first.steps_done}, the next resumed from "
+                     f"{first.resumed_from_step})")
 
 
 @dataclass(frozen=True)
@@ -46,19 +108,28 @@ class ChaosReport:
     epochs: tuple[EpochRow, ...]
     replay: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    notices: tuple[Notice, ...] = ()
+    skipped_events: int = 0  # malformed records in events.jsonl
+    skipped_records: int = 0  # malformed records in the run's losses.jsonl
 
     @property
     def goodput(self) -> float:
         return self.reference_compute_s / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
-    def verdict(self) -> str:
-        return self.comparison.verdict
+    def judgement(self) -> Judgement:
+        return judge_report(self.comparison, self.notices)
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.judgement.verdict
 
     def to_json(self) -> dict[str, Any]:
         c = self.comparison.to_json()
+        j = self.judgement
         return {
-            "verdict": self.verdict,
+            "verdict": j.verdict.value,
+            "reason": j.reason,
             "bit_exact": self.comparison.bit_exact,
             "steps_compared": self.comparison.steps_compared,
             "first_divergent_step": self.comparison.first_divergent_step,
@@ -67,6 +138,8 @@ class ChaosReport:
             "restarts": self.restarts,
             "restart_latency_s": [round(x, 4) for x in self.restart_latency_s],
             "lost_steps": self.lost_steps,
+            "steps_lost_per_notice": [n.to_json() for n in self.notices],
+            "skipped_records": {"losses": self.skipped_records, "events": self.skipped_events},
             "goodput": round(self.goodput, 4),
             "wall_s": round(self.wall_s, 3),
             "reference_compute_s": round(self.reference_compute_s, 3),
@@ -83,7 +156,7 @@ class ChaosReport:
 
 def reference_compute_s(reference: Trace) -> float:
     """Wall time the uninterrupted reference spent training, first step to last."""
-    recs = list(reference.steps.values())
+    recs = [r for r in reference.steps.values() if "time" in r]
     if not recs:
         return 0.0
     return float(recs[-1]["time"]) - float(recs[0]["time"]) + float(recs[0].get("dt", 0.0))
@@ -93,14 +166,14 @@ def restart_latencies(events: Sequence[Mapping[str, Any]], records: Iterable[Map
     """Seconds from each kill to the first step completed by the next attempt.
 
     The kill is the SIGKILL the supervisor sent (chaos or hang detection) or, failing that, the
-    moment it saw the worker gone."""
+    moment it saw the worker gone. Malformed events and records are passed over."""
     first_step: dict[int, float] = {}
     for r in records:
-        a = int(r.get("attempt", 0))
-        first_step.setdefault(a, float(r["time"]))
+        if loss_problem(r) is None and "time" in r:
+            first_step.setdefault(int(r.get("attempt", 0)), float(r["time"]))
     kill: dict[int, float] = {}
     for e in events:
-        if e.get("source") != "supervisor":
+        if e.get("source") != "supervisor" or event_problem(e) is not None or "attempt" not in e or "time" not in e:
             continue
         kind = e.get("event")
         if (kind == "chaos-fault" and e.get("signal") == "SIGKILL") or kind == "hang-detected":
@@ -153,18 +226,23 @@ def build_report(
     wall_s: float,
     replay: str | None = None,
 ) -> ChaosReport:
-    attempts = {int(e["attempt"]) for e in events if e.get("event") == "attempt-spawned"}
+    good_events = [e for e in events if event_problem(e) is None]
+    good_records = [r for r in records if loss_problem(r) is None]
+    attempts = {e["attempt"] for e in good_events if e.get("event") == "attempt-spawned" and "attempt" in e}
     return ChaosReport(
         job=job,
         comparison=comparison,
         faults=tuple(hits),
         restarts=max(0, len(attempts) - 1),
         lost_steps=run.recomputed,
-        restart_latency_s=tuple(restart_latencies(events, records)),
+        restart_latency_s=tuple(restart_latencies(good_events, good_records)),
         wall_s=wall_s,
         reference_compute_s=reference_compute_s(reference),
         epochs=tuple(epoch_rows(reference, run, hits)),
         replay=replay,
+        notices=tuple(notices(good_events)),
+        skipped_events=len(events) - len(good_events),
+        skipped_records=max(run.skipped, len(records) - len(good_records)),
     )
 
 
@@ -180,6 +258,15 @@ def _faults_text(faults: Sequence[Mapping[str, Any]]) -> str:
             by_kind[f["kind"]].append(f"step {int(hit) + 1 if hit is not None else f['target_step']}")
     count = Counter(f["kind"] for f in faults)
     return "\n".join(f"{k} x{count[k]}: {', '.join(v)}" for k, v in by_kind.items())
+
+
+def _notices_text(notice_list: Sequence[Notice]) -> str:
+    def one(n: Notice) -> str:
+        lost = "?" if n.steps_lost is None else str(n.steps_lost)
+        where = "no later attempt" if n.resumed_from_step is None else f"resumed from {n.resumed_from_step}"
+        return f"{lost} (attempt {n.attempt}: {n.steps_done} steps done at the notice, {where})"
+
+    return "\n".join(one(n) for n in notice_list)
 
 
 class ReportView:
@@ -200,6 +287,11 @@ class ReportView:
         grid.add_row("faults", _faults_text(r.faults))
         grid.add_row("restarts", str(r.restarts))
         grid.add_row("steps recomputed", str(r.lost_steps))
+        if r.notices:
+            grid.add_row("steps lost per notice", _notices_text(r.notices))
+        if r.skipped_records or r.skipped_events:
+            grid.add_row("malformed records",
+                         f"{r.skipped_records} in losses.jsonl, {r.skipped_events} in events.jsonl (skipped)")
         lat = r.restart_latency_s
         grid.add_row("restart latency",
                      f"median {statistics.median(lat):.2f} s, max {max(lat):.2f} s (kill to first resumed step)"
@@ -224,10 +316,10 @@ class ReportView:
         return t
 
     def verdict(self) -> Text:
-        c = self.report.comparison
-        word = Text("PASS ", style="bold green") if c.bit_exact else Text("FAIL ", style="bold red")
-        line = word + Text(c.explain())
-        if not c.bit_exact and self.report.replay:
+        j = self.report.judgement
+        passed = j.verdict is Verdict.PASS
+        line = Text(j.verdict.value.upper() + " ", style="bold green" if passed else "bold red") + Text(j.reason)
+        if not passed and self.report.replay:
             line += Text(f"\nreplay: {self.report.replay}")
         return line
 

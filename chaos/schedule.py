@@ -4,28 +4,65 @@ Drawing is pure: the same seed and job give the same schedule, and a saved sched
 faults exactly. Targets are spread over the run, one per equal slice, at least ``MIN_GAP`` steps
 apart, so every restart completes new steps before the next fault (a schedule never fakes a crash
 loop); faults on checkpoints are placed on steps where the job takes one.
+
+A loaded schedule is data from a file, so every fault is checked before anything runs: a step of 0
+or more, and for corrupt-checkpoint a known mode, a position in [0, 1] and a file name that stays
+inside the checkpoint (``rundir.paths.check_name``: not absolute, no ``..``, not empty, no NUL).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rundir.paths import PathEscape, check_name
+
 from .faults import CHECKPOINT_KINDS, Fault, FaultKind
 
-__all__ = ["Schedule", "draw_schedule", "checkpoint_steps", "ScheduleError", "MIN_GAP", "SCHEDULE_FILE"]
+__all__ = ["Schedule", "draw_schedule", "checkpoint_steps", "ScheduleError", "fault_problem", "MIN_GAP",
+           "SCHEDULE_FILE", "CORRUPT_FILES", "CORRUPT_MODES"]
 
 MIN_GAP = 4
 SCHEDULE_FILE = "chaos-schedule.json"
 CORRUPT_FILES = ("model.safetensors", "train.safetensors", "MANIFEST.json")
+CORRUPT_MODES = ("truncate", "flip-byte")
 
 
 class ScheduleError(ValueError):
     pass
+
+
+def fault_problem(fault: Fault) -> str | None:
+    """What is wrong with one fault of a schedule, or None."""
+    if fault.step < 0:
+        return "its step is negative"
+    if fault.kind is not FaultKind.CORRUPT_CHECKPOINT:
+        return None
+    d = fault.detail
+    try:
+        check_name(d.get("file", CORRUPT_FILES[0]))
+    except PathEscape as exc:
+        return f"its file {exc}"
+    if d.get("mode", CORRUPT_MODES[1]) not in CORRUPT_MODES:
+        return f"its mode {d.get('mode')!r} is not one of {', '.join(CORRUPT_MODES)}"
+    pos = d.get("position", 0.5)
+    if isinstance(pos, bool) or not isinstance(pos, int | float) or not 0 <= pos <= 1:
+        return f"its position {pos!r} is not a number from 0 to 1"
+    return None
+
+
+def _fault(i: int, d: Any) -> Fault:
+    if not isinstance(d, Mapping) or not isinstance(d.get("detail", {}), Mapping):
+        raise ScheduleError(f"fault {i} is not an object with an object 'detail'")
+    f = Fault.from_json(d)
+    problem = fault_problem(f)
+    if problem is not None:
+        raise ScheduleError(f"fault {i} ({f.kind.value} at step {f.step}): {problem}")
+    return f
 
 
 @dataclass(frozen=True)
@@ -40,7 +77,11 @@ class Schedule:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Schedule:
-        return cls(d.get("seed"), int(d["total_steps"]), tuple(Fault.from_json(f) for f in d["faults"]))
+        """Raises :class:`ScheduleError` (or KeyError, TypeError) for a schedule that does not check out."""
+        faults = d["faults"]
+        if not isinstance(faults, list):
+            raise ScheduleError("'faults' is not a list")
+        return cls(d.get("seed"), int(d["total_steps"]), tuple(_fault(i, f) for i, f in enumerate(faults, start=1)))
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
@@ -53,6 +94,8 @@ class Schedule:
             raise ScheduleError(f"chaos schedule {path}: no such file") from None
         except OSError as exc:  # a directory, no permission
             raise ScheduleError(f"chaos schedule {path}: cannot read it ({exc.strerror})") from None
+        except ScheduleError as exc:
+            raise ScheduleError(f"chaos schedule {path}: not a valid schedule: {exc}") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # AttributeError: not an object
             raise ScheduleError(f"chaos schedule {path}: not a valid schedule ({exc})") from None
 

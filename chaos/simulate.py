@@ -1,5 +1,6 @@
 """``python -m runner --simulate-preemption``: kill the job at random points, recover it, and prove
-the stitched result equals an uninterrupted run. Also the options every chaos command shares."""
+the stitched result equals an uninterrupted run; exit with the verdict's code (0 pass, 3 diverged,
+4 incomplete). Also the options every chaos command shares."""
 
 from __future__ import annotations
 
@@ -63,14 +64,23 @@ def chaos_parser(job: JobAdapter, prog: str, description: str) -> argparse.Argum
     return p
 
 
-def _schedule(ns: argparse.Namespace, total: int, per: int) -> Schedule:
+def _replay(ns: argparse.Namespace) -> Schedule | None:
+    """The schedule of ``--chaos-replay``, loaded and checked before anything runs."""
+    if ns.chaos_replay is None:
+        return None
     try:
-        if ns.chaos_replay is not None:
-            schedule = Schedule.load(ns.chaos_replay)
-            if schedule.total_steps != total:
-                raise ScheduleError(f"chaos schedule {ns.chaos_replay} is for a job of {schedule.total_steps} steps, "
+        return Schedule.load(ns.chaos_replay)
+    except ScheduleError as exc:
+        raise UserError(str(exc), ExitCode.BAD_CONFIG) from None
+
+
+def _schedule(ns: argparse.Namespace, replay: Schedule | None, total: int, per: int) -> Schedule:
+    try:
+        if replay is not None:
+            if replay.total_steps != total:
+                raise ScheduleError(f"chaos schedule {ns.chaos_replay} is for a job of {replay.total_steps} steps, "
                                     f"this one has {total}")
-            return schedule
+            return replay
         return draw_schedule(ns.chaos_seed, ns.faults, chosen_kinds(ns), total,
                              checkpoint_steps(total, per, max(0, ns.checkpoint_every_steps)))
     except ScheduleError as exc:
@@ -88,14 +98,15 @@ def simulate_main(argv: Sequence[str], job: JobAdapter) -> int:
     ns = p.parse_args(argv)
     if ns.faults < 0:
         p.error("--faults must be 0 or more")
+    replay = _replay(ns)
     console = make_console()
     run_dir = (ns.run_dir or Path("runs") / time.strftime("chaos-%Y%m%d-%H%M%S")).resolve()
     ref = ensure_reference(job, ns, ns.reference_cache.resolve(), console)
     per, total = job.total_steps(ref, ns)
-    schedule = _schedule(ns, total, per)
+    schedule = _schedule(ns, replay, total, per)
     console.print(f"chaos run in {run_dir}: {len(schedule.faults)} faults over {total} steps", highlight=False)
     trial = run_trial(job, ns, schedule, run_dir, ref, view=make_view(console))
     console.print(ReportView(trial.report))
     if ns.json_report:
         write_json(ns.json_report, trial.report.to_json())
-    return ExitCode.OK if trial.report.verdict == "pass" else ExitCode.VERIFY_FAILED
+    return trial.report.verdict.exit_code

@@ -8,11 +8,15 @@ no atomic directory rename.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
+
+from rundir.paths import confined
 
 #: What a file is written from: its bytes, or buffers to write one after another.
 Data = bytes | Sequence[memoryview]
@@ -96,7 +100,16 @@ class LocalStorage:
                 d = d.parent
 
     def get(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        """The bytes of a regular file. Keys are confined to the key's first directory (a link out of
+        it raises ``rundir.paths.PathEscape``; that directory itself may be a link, say to a bigger
+        disk), and the file is opened without blocking, so a FIFO is refused rather than waited on."""
+        top, _, rest = key.partition("/")
+        path = confined(self.root / top, rest) if rest else confined(self.root, top)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(path))
+            return f.read()
 
     def list(self, prefix: str) -> list[str]:
         try:

@@ -8,8 +8,10 @@ Layout under the storage root::
                                MANIFEST.json   <- written last: the commit point
 
 A checkpoint whose manifest is missing, does not parse, fails its own checksum, or lists a file whose
-SHA-256 or size differs is not a checkpoint. Loading walks back from the newest to the newest valid
-one, moves bad ones aside (kept for inspection, never loaded), and says so in one line each.
+SHA-256 or size differs is not a checkpoint. Nor is one whose manifest, checksum recomputed or not,
+names a file outside the checkpoint (an absolute name, ``..``, a ``/``, an empty name, a NUL byte):
+such a file is never opened. Loading walks back from the newest to the newest valid one, moves bad
+ones aside (kept for inspection, never loaded), and says so in one line each.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from rundir.paths import PathEscape, check_name
 
 from .storage import Data, Storage
 from .tensorfile import chunks_sha256, chunks_size
@@ -45,6 +49,48 @@ def _canonical(body: Mapping[str, Any]) -> bytes:
 
 class CorruptCheckpoint(Exception):
     """A checkpoint failed verification; the message names the file and the problem."""
+
+
+def _file_name(name: str, fname: object) -> str:
+    """A manifest's file name, if it names a file directly inside the checkpoint (as :meth:`save`
+    writes them); otherwise the checkpoint is corrupt, and the file is never opened."""
+    try:
+        check_name(fname)
+    except PathEscape as exc:
+        raise CorruptCheckpoint(f"{name}/{MANIFEST}: lists a file outside the checkpoint: {exc}") from None
+    assert isinstance(fname, str)
+    if "/" in fname or fname == MANIFEST:
+        raise CorruptCheckpoint(f"{name}/{MANIFEST}: lists a file outside the checkpoint: {fname!r}")
+    return fname
+
+
+def _entry_ok(entry: object) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("size"), int) and not isinstance(entry.get("size"), bool))
+
+
+def _parse_manifest(name: str, raw: bytes) -> dict[str, Any]:
+    """The manifest's body, checked: its own checksum, its format, and the shape of every field the
+    store reads (a manifest with a recomputed checksum is still only data)."""
+    try:
+        manifest = json.loads(raw)
+        claimed = manifest.pop("sha256")
+        body_ok = claimed == _sha256(_canonical(manifest))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CorruptCheckpoint(f"{name}/{MANIFEST}: unreadable") from None
+    if not body_ok:
+        raise CorruptCheckpoint(f"{name}/{MANIFEST}: checksum mismatch")
+    if manifest.get("format") != FORMAT:
+        raise CorruptCheckpoint(f"{name}/{MANIFEST}: unknown format {manifest.get('format')!r}")
+    files, step = manifest.get("files"), manifest.get("step")
+    if (not isinstance(files, dict) or not isinstance(manifest.get("meta"), dict)
+            or not isinstance(step, int) or isinstance(step, bool)):
+        raise CorruptCheckpoint(f"{name}/{MANIFEST}: malformed (files, step or meta)")
+    for fname, entry in files.items():
+        _file_name(name, fname)
+        if not _entry_ok(entry):
+            raise CorruptCheckpoint(f"{name}/{MANIFEST}: malformed entry for {fname!r}")
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -145,32 +191,27 @@ class CheckpointStore:
 
     def verify(self, name: str) -> Checkpoint:
         """Read and check one checkpoint; raise :class:`CorruptCheckpoint` naming what is wrong."""
-        try:
-            raw = self.storage.get(self._key(name, MANIFEST))
-        except FileNotFoundError:
-            raise CorruptCheckpoint(f"{name}: no {MANIFEST}") from None
-        try:
-            manifest = json.loads(raw)
-            claimed = manifest.pop("sha256")
-            body_ok = claimed == _sha256(_canonical(manifest))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise CorruptCheckpoint(f"{name}/{MANIFEST}: unreadable") from None
-        if not body_ok:
-            raise CorruptCheckpoint(f"{name}/{MANIFEST}: checksum mismatch")
-        if manifest.get("format") != FORMAT:
-            raise CorruptCheckpoint(f"{name}/{MANIFEST}: unknown format {manifest.get('format')!r}")
+        manifest = _parse_manifest(name, self._read(name, MANIFEST, f"no {MANIFEST}"))
         files: dict[str, bytes] = {}
         for fname, entry in manifest["files"].items():
-            try:
-                data = self.storage.get(self._key(name, fname))
-            except FileNotFoundError:
-                raise CorruptCheckpoint(f"{name}/{fname}: missing") from None
+            data = self._read(name, fname, "missing")
             if len(data) != entry["size"]:
                 raise CorruptCheckpoint(f"{name}/{fname}: {len(data)} bytes, manifest says {entry['size']}")
             if _sha256(data) != entry["sha256"]:
                 raise CorruptCheckpoint(f"{name}/{fname}: sha256 mismatch")
             files[fname] = data
-        return Checkpoint(step=int(manifest["step"]), name=name, files=files, meta=manifest["meta"])
+        return Checkpoint(step=manifest["step"], name=name, files=files, meta=manifest["meta"])
+
+    def _read(self, name: str, fname: str, missing: str) -> bytes:
+        try:
+            return self.storage.get(self._key(name, fname))
+        except FileNotFoundError:
+            where = name if fname == MANIFEST else f"{name}/{fname}"
+            raise CorruptCheckpoint(f"{where}: {missing}") from None
+        except PathEscape as exc:  # a link out of the checkpoint
+            raise CorruptCheckpoint(f"{name}: {exc}") from None
+        except OSError as exc:  # a directory, a FIFO, no permission
+            raise CorruptCheckpoint(f"{name}/{fname}: cannot read it ({exc.strerror or exc})") from None
 
     def load_latest(self, warn: Callable[[str], None] | None = None) -> Checkpoint | None:
         """The newest checkpoint that verifies, or None. Bad ones are moved aside with a warning."""

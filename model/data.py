@@ -8,7 +8,8 @@
 
 The prepared arrays are cached as ``RUN_DIR/data.npz``, keyed by the source, so a restarted worker
 loads them with NumPy alone. Every problem with the data raises :class:`DataError`, one line naming
-the file and what is wrong.
+the file and what is wrong; that includes images with a NaN or an infinity, named by the first
+bad image and pixel.
 """
 
 from __future__ import annotations
@@ -72,6 +73,21 @@ def cache_key(data: str | None) -> str:
     return f"{p}|{st.st_size}|{st.st_mtime_ns}"
 
 
+def _check_finite(path: object, x: np.ndarray, split: str) -> None:
+    """Refuse images with a NaN or an infinity (in the source, or a value too big for float32): one
+    would train to NaN weights and still "complete"."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        image, pixel = int(where[0]), tuple(int(i) for i in where[1:])
+        value = float(x[tuple(where)])
+        shown = "NaN" if math.isnan(value) else "+inf" if value > 0 else "-inf"
+        at = f"pixel {pixel[0]}" if len(pixel) == 1 else f"pixel {pixel}"
+        n = int(bad.sum())
+        raise DataError(path, f"the {split} split's image {image} has {shown} at {at} "
+                              f"({n} non-finite value{'s' if n != 1 else ''} in all)")
+
+
 def _check(path: object, x: np.ndarray, y: np.ndarray, split: str) -> None:
     if len(x) == 0:
         raise DataError(path, f"the {split} split is empty")
@@ -103,7 +119,8 @@ def _json_split(path: Path, split: Any, name: str) -> tuple[np.ndarray, np.ndarr
     if len(images) != len(labels):
         raise DataError(path, f"the {name} split has {len(images)} images but {len(labels)} labels")
     try:
-        x = np.asarray(images, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a value too big for float32 becomes inf, refused below
+            x = np.asarray(images, dtype=np.float32)
     except (ValueError, TypeError):
         raise DataError(path, f"the {name} split's images are not equal-length lists of numbers") from None
     if x.ndim != 2:
@@ -119,6 +136,7 @@ def _json_split(path: Path, split: Any, name: str) -> tuple[np.ndarray, np.ndarr
         raise DataError(path, f"the {name} split's labels must be whole numbers")
     y64 = y.astype(np.int64)
     _check(path, x, y64, name)
+    _check_finite(path, x, name)
     return x.reshape(-1, 1, side, side), y64
 
 
@@ -194,11 +212,13 @@ def _idx_pair(d: Path, prefix: str, required: bool) -> tuple[np.ndarray, np.ndar
         raise DataError(img_p, f"images are {images.shape[1]}x{images.shape[2]}, not square (4x4 or more)")
     if len(images) != len(labels):
         raise DataError(d, f"{img_p.name} has {len(images)} images but {lab_p.name} has {len(labels)} labels")
-    x = images.astype(np.float32)
+    with np.errstate(over="ignore"):  # as for JSON: inf, refused below
+        x = images.astype(np.float32)
     if images.dtype == np.uint8:
         x /= 255.0
     y = labels.astype(np.int64)
     _check(lab_p, x, y, prefix)
+    _check_finite(img_p, x, prefix)
     return x.reshape(-1, 1, x.shape[1], x.shape[2]), y
 
 

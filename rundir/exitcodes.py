@@ -2,6 +2,11 @@
 
 Each failure a person can act on has its own code, so that scripts and the supervisor can tell
 them apart without parsing output. Codes in 64-78 follow BSD ``sysexits.h`` where one fits.
+
+Verification has three verdicts (``runner.trace.Verdict``): pass (0), diverged (3: the runs part,
+or their configurations differ, or a preemption notice lost steps) and incomplete (4: the run or
+the reference never finished, so there is nothing to compare the rest with; the reason names why,
+from the supervisor's ``gave-up`` or ``stopped`` record when there is one).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ class ExitCode(IntEnum):
     OK = 0
     CRASHED = 1  # an uncaught exception: Python's own exit status for one
     USAGE = 2  # bad command-line flags (argparse's status)
-    VERIFY_FAILED = 3  # the stitched trace does not match the reference
+    VERIFY_FAILED = 3  # the stitched trace does not match the reference (the verdict "diverged")
+    INCOMPLETE = 4  # the run (or the reference) never finished: steps missing or no final record
     BAD_DATA = 65  # EX_DATAERR: missing or malformed training data
     LOCKED = 69  # EX_UNAVAILABLE: another supervisor or worker holds the run directory
     GAVE_UP = 70  # the supervisor stopped retrying: crash loop or restart budget spent

@@ -1,4 +1,5 @@
-"""``python -m runner verify RUN_DIR REFERENCE_DIR``: compare two runs' loss traces, bit for bit."""
+"""``python -m runner verify RUN_DIR REFERENCE_DIR``: compare two runs' loss traces, bit for bit, and
+exit with the verdict's code: 0 pass, 3 diverged, 4 incomplete."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from rundir.exitcodes import ExitCode, UserError
 from rundir.names import LOSSES
 
 from .options import write_json
-from .trace import Comparison, compare, load_trace
+from .trace import Comparison, Trace, Verdict, compare, load_trace
 
 __all__ = ["verify_main", "verify_dirs"]
 
@@ -23,8 +24,20 @@ def _trace_dir(path: Path, what: str) -> Path:
     return path
 
 
+def _traces(run_dir: Path, reference_dir: Path) -> tuple[Trace, Trace]:
+    return load_trace(_trace_dir(run_dir, "run")), load_trace(_trace_dir(reference_dir, "reference"))
+
+
 def verify_dirs(run_dir: Path, reference_dir: Path) -> Comparison:
-    return compare(load_trace(_trace_dir(reference_dir, "reference")), load_trace(_trace_dir(run_dir, "run")))
+    run, reference = _traces(run_dir, reference_dir)
+    return compare(reference, run)
+
+
+def skipped_lines(traces: Sequence[tuple[Path, Trace]]) -> list[str]:
+    """One line for each journal that had malformed records, naming the first problem."""
+    return [f"{t.skipped} malformed record(s) skipped in {path / LOSSES}"
+            + (f" (first: {t.skip_problem})" if t.skip_problem else "")
+            for path, t in traces if t.skipped]
 
 
 def verify_main(argv: Sequence[str]) -> int:
@@ -35,14 +48,20 @@ def verify_main(argv: Sequence[str]) -> int:
                    help="an uninterrupted run of the same job and configuration")
     p.add_argument("--json", type=Path, default=None, help="also write the comparison as JSON")
     ns = p.parse_args(argv)
+    from rich.text import Text
+
     from .view import make_console
 
-    c = verify_dirs(ns.run_dir, ns.reference_dir)
+    run, reference = _traces(ns.run_dir, ns.reference_dir)
+    c = compare(reference, run)
     console = make_console()
-    style = "bold green" if c.bit_exact else "bold red"
-    console.print(f"[{style}]{c.verdict.upper()}[/] {c.explain()}", highlight=False)
+    j = c.judgement
+    style = "bold green" if j.verdict is Verdict.PASS else "bold red"
+    console.print(Text(j.verdict.value.upper(), style=style) + Text(" " + j.reason), highlight=False)
     if c.missing or c.extra:
         console.print(f"{len(c.missing)} reference steps missing from the run, {len(c.extra)} extra", highlight=False)
+    for line in skipped_lines([(ns.run_dir, run), (ns.reference_dir, reference)]):
+        console.print(line, highlight=False, markup=False)
     if ns.json:
         write_json(ns.json, c.to_json())
-    return ExitCode.OK if c.bit_exact else ExitCode.VERIFY_FAILED
+    return j.verdict.exit_code

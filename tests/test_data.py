@@ -46,6 +46,11 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
+def with_pixel(imgs: list[list[float]], image: int, pixel: int, value: float) -> list[list[float]]:
+    imgs[image][pixel] = value
+    return imgs
+
+
 def with_split(which: int, value: object) -> bytes:
     d = good_json()
     d[which] = value
@@ -98,6 +103,12 @@ JSON_CASES: list = [
     pytest.param(with_split(0, [[], []]), "the train split is empty", id="empty-train"),
     pytest.param(with_split(2, [[], []]), "the eval split is empty", id="empty-eval"),
     pytest.param(with_split(2, split(3, 8)), "the train and eval images differ in size", id="eval-other-size"),
+    pytest.param(with_split(0, [with_pixel(images(3), 1, 17, float("nan")), [0, 1, 2]]),
+                 "the train split's image 1 has NaN at pixel 17 (1 non-finite value in all)", id="nan-pixel"),
+    pytest.param(with_split(2, [with_pixel(images(3), 2, 0, float("-inf")), [0, 1, 2]]),
+                 "the eval split's image 2 has -inf at pixel 0", id="inf-pixel"),
+    pytest.param(with_split(1, [with_pixel(images(3), 0, 5, 1e39), [0, 1, 2]]),
+                 "the valid split's image 0 has +inf at pixel 5", id="too-big-for-float32"),
 ]
 
 
@@ -131,6 +142,13 @@ def idx(arr: np.ndarray, type_code: int = 0x08, ndim: int | None = None, dims: l
 
 def idx_images(n: int, side: int = 28, cols: int | None = None) -> np.ndarray:
     return (np.arange(n * side * (cols or side)) % 256).astype(np.uint8).reshape(n, side, cols or side)
+
+
+def float_images(n: int, side: int, at: tuple[int, int, int], value: float, dtype: str = ">f4") -> np.ndarray:
+    """Float images (IDX type 0x0D or 0x0E) with one bad ``value`` at ``at`` (image, row, column)."""
+    x = (np.arange(n * side * side) % 7 / 7).astype(dtype).reshape(n, side, side)
+    x[at] = value
+    return x
 
 
 def idx_labels(n: int) -> np.ndarray:
@@ -209,6 +227,12 @@ IDX_CASES: list = [
                  id="t10k-other-size"),
     pytest.param({TRAIN_IMG: idx(idx_images(0)), TRAIN_LAB: idx(idx_labels(0))}, TRAIN_LAB,
                  "the train split is empty", id="empty-train"),
+    pytest.param({TRAIN_IMG: idx(float_images(6, 28, (4, 3, 7), np.nan), type_code=0x0D)}, TRAIN_IMG,
+                 "the train split's image 4 has NaN at pixel (3, 7) (1 non-finite value in all)", id="nan-float32"),
+    pytest.param({TEST_IMG: idx(float_images(4, 28, (0, 0, 1), np.inf, ">f8"), type_code=0x0E)}, TEST_IMG,
+                 "the t10k split's image 0 has +inf at pixel (0, 1)", id="inf-float64"),
+    pytest.param({TRAIN_IMG: idx(float_images(6, 28, (5, 27, 27), 1e300, ">f8"), type_code=0x0E)}, TRAIN_IMG,
+                 "the train split's image 5 has +inf at pixel (27, 27)", id="too-big-for-float32"),
 ]
 
 
@@ -357,6 +381,9 @@ BAD_DATA_CLI: list[Callable[[Path], tuple[Path, str]]] = [
     pytest.param(lambda d: (d / "missing.json.gz", "no such file or directory"), id="missing"),
     pytest.param(lambda d: (write(d / "t.json.gz", gz(good_json())[:100]), "truncated or damaged gzip stream"),
                  id="truncated-gzip"),
+    pytest.param(lambda d: (write(d / "nan.json.gz", with_split(0, [with_pixel(images(20), 7, 3, float("nan")),
+                                                                     [i % 10 for i in range(20)]])),
+                            "the train split's image 7 has NaN at pixel 3"), id="one-nan-pixel"),
 ]
 
 
@@ -408,3 +435,10 @@ def test_cli_run_dir_with_a_damaged_job_file_is_exit_78(tmp_path: Path) -> None:
     (run_dir / JOB).write_text('{"job": "mnist-cnn", "epo')
     p = run_job(run_dir, "--epochs", 1)
     assert_one_line_error(p, ExitCode.BAD_CONFIG, "error: ", str(run_dir / JOB), "not valid JSON")
+
+
+def test_without_the_finite_check_nan_data_would_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the NaN cases above refuse would otherwise load, and train to NaN weights."""
+    src = write(tmp_path / "nan.json.gz", with_split(0, [with_pixel(images(3), 1, 17, float("nan")), [0, 1, 2]]))
+    monkeypatch.setattr(md, "_check_finite", lambda path, x, split: None)
+    assert np.isnan(load_source(str(src)).train_x).sum() == 1

@@ -205,7 +205,8 @@ def test_to_json_of_a_failed_run() -> None:
     records = [dict(r) for r in RUN_RECORDS]
     records[-2] = rec(10, 1.0, epoch=2, attempt=4, time=239.5)
     d = make_report(records, run_digest="cd" * 32).to_json()
-    assert (d["verdict"], d["bit_exact"], d["first_divergent_step"]) == ("fail", False, 10)
+    assert (d["verdict"], d["bit_exact"], d["first_divergent_step"]) == ("diverged", False, 10)
+    assert d["reason"] == f"at step 10: reference loss {loss(10).hex()}, run loss {(1.0).hex()}"
     assert d["comparison"]["reference_value"] == loss(10).hex() and d["comparison"]["run_value"] == (1.0).hex()
     assert [e["exact"] for e in d["epochs"]] == [True, True, False]
 
@@ -245,7 +246,7 @@ def test_the_view_of_a_passing_run() -> None:
     assert "sigkill@5" in rows[1] and "sigterm@8, hang@10" in rows[2]
     lines = [line for line in text.splitlines() if line.strip()]
     assert lines[-1] == "PASS bit-exact: 12 steps and the final parameters match the reference"
-    assert "FAIL" not in text and "replay:" not in text
+    assert "DIVERGED" not in text and "INCOMPLETE" not in text and "replay:" not in text
 
 
 def test_the_view_of_a_failing_run_names_the_first_divergent_step() -> None:
@@ -254,8 +255,8 @@ def test_the_view_of_a_failing_run_names_the_first_divergent_step() -> None:
     text = render(make_report(records, run_digest="cd" * 32, replay="python -m runner --chaos-replay X"))
     rows = table_rows(text)
     assert "✓" in rows[0] and "✓" in rows[1] and "✗" in rows[2] and "✓" not in rows[2]
-    verdict = [line for line in text.splitlines() if line.startswith(("PASS", "FAIL"))]
-    assert verdict == [f"FAIL diverges at step 10: reference loss {loss(10).hex()}, run loss {(1.0).hex()}"]
+    verdict = [line for line in text.splitlines() if line.startswith(("PASS", "DIVERGED", "INCOMPLETE"))]
+    assert verdict == [f"DIVERGED at step 10: reference loss {loss(10).hex()}, run loss {(1.0).hex()}"]
     assert "replay: python -m runner --chaos-replay X" in text
     assert "PASS" not in text
 
@@ -263,7 +264,7 @@ def test_the_view_of_a_failing_run_names_the_first_divergent_step() -> None:
 def test_the_view_of_a_run_that_differs_only_in_parameters() -> None:
     text = render(make_report(run_digest="cd" * 32))
     assert all("✓" in row for row in table_rows(text).values())
-    assert "FAIL every loss matches but the final parameters differ" in text
+    assert "DIVERGED every loss matches but the final parameters differ" in text
 
 
 def test_the_view_with_no_faults_and_missed_ones() -> None:
@@ -274,3 +275,71 @@ def test_the_view_with_no_faults_and_missed_ones() -> None:
     records = [rec(s, loss(s), epoch=s // 4, time=300.0 + s) for s in range(12)]
     text = render(make_report(records, hits=[], events=[sup("attempt-spawned", 1, 299.0)]))
     assert re.search(r"│ restart latency\s+-", text)
+
+
+# -- malformed records and preemption notices ------------------------------------------------------------------
+
+
+def test_malformed_events_and_records_are_skipped_and_counted() -> None:
+    bad_events = [sup("attempt-exited", "x", 230.0, exit_class="killed"),  # attempt not an integer
+                  {"source": "supervisor", "event": "hang-detected"},  # no attempt, no time: skipped by the latency
+                  {"event": 5}, sup("chaos-fault", 2, "late", signal="SIGKILL")]
+    bad_records = [{"step": "x", "loss": 1.0}, {"step": 3}, {"step": 4, "loss": 1.0, "attempt": "two", "time": 1.0}]
+    r = make_report(run_records=RUN_RECORDS + bad_records, events=EVENTS + bad_events)
+    assert r.verdict == "pass"
+    assert r.restart_latency_s == pytest.approx((6.5, 10.0, 10.5))  # as without them
+    assert (r.skipped_events, r.skipped_records) == (3, 3)
+    assert r.to_json()["skipped_records"] == {"losses": 3, "events": 3}
+    assert re.search(r"│ malformed records\s+3 in losses.jsonl, 3 in events.jsonl \(skipped\)", render(r))
+    assert "malformed records" not in render(make_report())
+
+
+def test_restart_latencies_pass_over_malformed_records() -> None:
+    events = [sup("attempt-exited", 1, 50.0, exit_class="crashed"), sup("attempt-exited", "1", 50.0),
+              {"source": "supervisor", "event": "hang-detected", "time": 1.0}]
+    records = [rec(0, 1.0, attempt=1, time=45.0), {"step": 0, "loss": 1.0, "attempt": 2, "time": "x"},
+               {"step": 0, "loss": 1.0, "attempt": 2}, rec(0, 1.0, attempt=2, time=52.25)]
+    assert restart_latencies(events, records) == pytest.approx([2.25])
+
+
+def test_reference_compute_time_without_times() -> None:
+    assert reference_compute_s(trace_of([{"step": 0, "loss": 1.0}, {"step": 1, "loss": 0.5}])) == 0.0
+
+
+NOTICE_EVENTS = [
+    sup("attempt-spawned", 1, 200.0),
+    {"time": 200.5, "source": "worker", "event": "attempt-started", "attempt": 1, "resumed_from_step": 0},
+    sup("chaos-fault", 1, 210.0, signal="SIGTERM", fault="sigterm", target_step=7, last_step=7),
+    sup("attempt-exited", 1, 211.0, exit_class="preempted"),
+    sup("attempt-spawned", 2, 211.1),
+]
+
+
+@pytest.mark.parametrize(("resumed", "lost"), [(8, 0), (9, 0), (4, 4)])
+def test_steps_lost_per_notice_in_the_report(resumed: int, lost: int) -> None:
+    events = [*NOTICE_EVENTS, {"time": 211.2, "source": "worker", "event": "attempt-started", "attempt": 2,
+                               "resumed_from_step": resumed}]
+    r = make_report(events=events)
+    d = r.to_json()
+    assert d["steps_lost_per_notice"] == [{"attempt": 1, "last_step": 7, "resumed_from_step": resumed,
+                                           "steps_lost": lost}]
+    text = render(r)
+    assert re.search(rf"│ steps lost per notice\s+{lost} \(attempt 1: 8 steps done at the notice, "
+                     rf"resumed from {resumed}\)", text), text
+    verdict = [line for line in text.splitlines() if line.startswith(("PASS", "DIVERGED", "INCOMPLETE"))]
+    if lost:
+        assert r.verdict == "diverged" and d["verdict"] == "diverged" and d["bit_exact"] is True
+        assert verdict == [f"DIVERGED a preemption notice lost {lost} steps (attempt 1 had done 8, the next "
+                           f"resumed from {resumed})"]
+        assert "replay: python -m runner ..." in text
+    else:
+        assert r.verdict == "pass" and verdict[0].startswith("PASS bit-exact")
+
+
+def test_the_view_of_an_incomplete_run() -> None:
+    events = [*EVENTS[:5], sup("gave-up", 1, 211.0, reason="giving up: crash loop")]
+    r = make_report(run_records=RUN_RECORDS[:6], run_digest=None, events=events)
+    assert r.verdict == "incomplete" and r.to_json()["verdict"] == "incomplete"
+    text = render(r)
+    assert "INCOMPLETE the run is missing 6 of 12 steps (from step 6)" in text
+    assert "None" not in [line for line in text.splitlines() if line.startswith("INCOMPLETE")][0]

@@ -15,6 +15,7 @@ from chaos.schedule import (
     ScheduleError,
     checkpoint_steps,
     draw_schedule,
+    fault_problem,
 )
 
 ALL = list(FaultKind)
@@ -232,3 +233,64 @@ def test_load_a_garbled_file(tmp_path: Path, text: str) -> None:
 def test_load_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ScheduleError, match="cannot read it"):
         Schedule.load(tmp_path)
+
+
+# -- a loaded schedule is checked before anything runs ---------------------------------------------------------
+
+
+def corrupt(**detail: object) -> dict:
+    return {"kind": "corrupt-checkpoint", "step": 10,
+            "detail": {"mode": "flip-byte", "file": "model.safetensors", "position": 0.5, **detail}}
+
+
+BAD_FAULTS = [
+    pytest.param(corrupt(file="/tmp/x/victim.txt"), "its file '/tmp/x/victim.txt' is an absolute path", id="absolute"),
+    pytest.param(corrupt(file="../../../x"), "its file '../../../x' climbs out of its directory", id="dotdot"),
+    pytest.param(corrupt(file="a/../../b"), "climbs out of its directory", id="a-dotdot-dotdot"),
+    pytest.param(corrupt(file=""), "its file '' is an empty file name", id="empty"),
+    pytest.param(corrupt(file="a\u0000b"), "contains a NUL byte", id="nul"),
+    pytest.param(corrupt(file=5), "its file 5 is not a file name", id="a-number"),
+    pytest.param(corrupt(file=None), "its file None is not a file name", id="null"),
+    pytest.param(corrupt(mode="shred"), "its mode 'shred' is not one of truncate, flip-byte", id="mode"),
+    pytest.param(corrupt(position=1.5), "its position 1.5 is not a number from 0 to 1", id="position-too-big"),
+    pytest.param(corrupt(position=-0.1), "is not a number from 0 to 1", id="position-negative"),
+    pytest.param(corrupt(position="half"), "its position 'half' is not a number", id="position-a-string"),
+    pytest.param(corrupt(position=True), "its position True is not a number", id="position-a-bool"),
+    pytest.param({"kind": "sigkill", "step": -3}, "its step is negative", id="negative-step"),
+    pytest.param({"kind": "sigkill", "step": 3, "detail": [1, 2]}, "is not an object with an object 'detail'",
+                 id="detail-a-list"),
+]
+
+
+@pytest.mark.parametrize(("fault", "problem"), BAD_FAULTS)
+def test_a_schedule_with_a_bad_fault_is_refused_with_one_line(tmp_path: Path, fault: dict, problem: str) -> None:
+    path = tmp_path / "s.json"
+    ok = {"kind": "hang", "step": 4, "detail": {}}
+    path.write_text(json.dumps({"seed": None, "total_steps": 30, "faults": [ok, fault]}))
+    with pytest.raises(ScheduleError) as exc:
+        Schedule.load(path)
+    msg = str(exc.value)
+    assert msg.startswith(f"chaos schedule {path}: not a valid schedule: fault 2 ") and "\n" not in msg
+    assert problem in msg, msg
+
+
+@pytest.mark.parametrize("file", [*CORRUPT_FILES, "optimizer.safetensors", "sub/file.bin", "./model.safetensors"])
+def test_any_file_inside_the_checkpoint_may_be_corrupted(tmp_path: Path, file: str) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"seed": 1, "total_steps": 30, "faults": [corrupt(file=file)]}))
+    assert Schedule.load(path).faults[0].detail["file"] == file
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_every_drawn_schedule_checks_out(seed: int) -> None:
+    assert [fault_problem(f) for f in draw(seed, 8, epochs=6).faults] == [None] * 8
+
+
+def test_a_check_that_let_every_fault_through_would_be_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    import chaos.schedule as schedule_mod
+
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"seed": 1, "total_steps": 30, "faults": [corrupt(file="/tmp/x/victim.txt")]}))
+    monkeypatch.setattr(schedule_mod, "fault_problem", lambda f: None)
+    assert Schedule.load(path).faults[0].detail["file"] == "/tmp/x/victim.txt"  # what the table above refuses

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.trace import Comparison, compare, load_trace, stitch
+from runner.trace import Comparison, Verdict, compare, load_trace, stitch
 from runner.worker import FINAL, LOSSES
 from tests.chaos_helpers import rec, trace_of, write_jsonl
 
@@ -31,9 +31,9 @@ def test_stitch_keeps_the_latest_record_of_each_step() -> None:
     assert out[5]["loss"] == 7.0
 
 
-def test_stitch_sorts_by_step_and_takes_string_steps() -> None:
+def test_stitch_sorts_by_step_and_skips_malformed_steps() -> None:
     out = stitch([{"step": 3, "loss": 0.3}, {"step": "1", "loss": 0.1}, {"step": 2, "loss": 0.2}])
-    assert list(out) == [1, 2, 3]
+    assert list(out) == [2, 3]  # a step that is a string is a wrong type: the record is malformed
     assert stitch([]) == {}
 
 
@@ -47,12 +47,16 @@ def test_trace_counts_recomputed_steps() -> None:
 
 def test_identical_traces_pass() -> None:
     c = compare(trace_of(reference(), DIGEST), trace_of(reference(), DIGEST))
-    assert c == Comparison(10, (), (), None, None, None, True)
-    assert c.losses_equal and c.bit_exact and c.verdict == "pass"
+    assert c == Comparison(10, (), (), None, None, None, True, reference_steps=10)
+    assert c.losses_equal and c.bit_exact and c.verdict is Verdict.PASS and c.verdict == "pass"
     assert c.explain() == "bit-exact: 10 steps and the final parameters match the reference"
     assert c.to_json() == {"verdict": "pass", "bit_exact": True, "steps_compared": 10, "first_divergent_step": None,
                            "reference_value": None, "run_value": None, "missing_steps": 0, "extra_steps": 0,
-                           "params_equal": True}
+                           "params_equal": True,
+                           "reason": "bit-exact: 10 steps and the final parameters match the reference",
+                           "first_missing_step": None, "config_differences": [], "run_finished": True,
+                           "reference_finished": True, "run_stop_reason": None,
+                           "skipped_records": {"run": 0, "reference": 0}}
 
 
 def test_a_stitched_run_with_recomputed_steps_passes() -> None:
@@ -71,12 +75,12 @@ def test_one_loss_differs(step: int) -> None:
     assert c.reference_value == LOSSES_10[step].hex()
     assert c.run_value == changed.hex()
     assert c.reference_value != c.run_value
-    assert not c.losses_equal and not c.bit_exact and c.verdict == "fail"
+    assert not c.losses_equal and not c.bit_exact and c.verdict is Verdict.DIVERGED
     assert c.steps_compared == 10 and c.missing == () and c.extra == ()
-    assert c.explain() == (f"diverges at step {step}: reference loss {LOSSES_10[step].hex()}, "
-                           f"run loss {changed.hex()}")
+    assert c.explain() == f"at step {step}: reference loss {LOSSES_10[step].hex()}, run loss {changed.hex()}"
+    assert c.judgement.line() == f"DIVERGED {c.explain()}"
     j = c.to_json()
-    assert (j["verdict"], j["bit_exact"], j["first_divergent_step"]) == ("fail", False, step)
+    assert (j["verdict"], j["bit_exact"], j["first_divergent_step"]) == ("diverged", False, step)
 
 
 def test_the_first_of_several_differences_is_named() -> None:
@@ -98,16 +102,20 @@ def test_a_missing_step() -> None:
     run = [r for r in reference() if r["step"] != 6]
     c = compare(trace_of(reference(), DIGEST), trace_of(run, DIGEST))
     assert c.missing == (6,) and c.extra == ()
-    assert c.first_divergent_step == 6
-    assert c.reference_value == LOSSES_10[6].hex() and c.run_value is None
-    assert c.steps_compared == 9 and c.verdict == "fail"
-    assert c.to_json()["missing_steps"] == 1
+    # A missing step is not a divergence: nothing was computed to differ.
+    assert c.first_divergent_step is None and c.reference_value is None and c.run_value is None
+    assert not c.losses_equal and not c.bit_exact
+    assert c.steps_compared == 9 and c.verdict is Verdict.INCOMPLETE
+    assert c.explain() == "the run is missing 1 of 10 steps (step 6)"
+    assert c.to_json()["missing_steps"] == 1 and c.to_json()["first_missing_step"] == 6
 
 
 def test_a_run_that_stopped_early() -> None:
     c = compare(trace_of(reference(), DIGEST), trace_of(reference(7), None))
-    assert c.missing == (7, 8, 9) and c.first_divergent_step == 7
-    assert not c.params_equal and c.verdict == "fail"
+    assert c.missing == (7, 8, 9) and c.first_divergent_step is None
+    assert not c.params_equal and c.verdict is Verdict.INCOMPLETE
+    assert c.explain() == "the run is missing 3 of 10 steps (from step 7)"
+    assert "None" not in c.explain()
 
 
 def test_an_extra_step() -> None:
@@ -116,23 +124,27 @@ def test_an_extra_step() -> None:
     assert c.extra == (10,) and c.missing == ()
     assert c.first_divergent_step == 10
     assert c.reference_value is None and c.run_value == (0.5).hex()
-    assert c.steps_compared == 10 and c.verdict == "fail"
+    assert c.steps_compared == 10 and c.verdict is Verdict.DIVERGED
+    assert c.explain() == f"at step 10: the reference has no step 10, the run does (loss {(0.5).hex()})"
     assert c.to_json()["extra_steps"] == 1
 
 
 def test_params_digest_differs() -> None:
     c = compare(trace_of(reference(), DIGEST), trace_of(reference(), "cd" * 32))
     assert c.losses_equal is True
-    assert c.params_equal is False and c.bit_exact is False and c.verdict == "fail"
+    assert c.params_equal is False and c.bit_exact is False and c.verdict is Verdict.DIVERGED
     assert c.first_divergent_step is None
-    assert "final parameters differ" in c.explain()
+    assert c.explain() == "every loss matches but the final parameters differ"
     assert c.to_json()["params_equal"] is False
 
 
 @pytest.mark.parametrize(("ref_digest", "run_digest"), [(None, None), (DIGEST, None), (None, DIGEST)])
 def test_no_digest_is_never_equal(ref_digest, run_digest) -> None:
     c = compare(trace_of(reference(), ref_digest), trace_of(reference(), run_digest))
-    assert c.losses_equal and not c.params_equal and c.verdict == "fail"
+    assert c.losses_equal and not c.params_equal and not c.bit_exact
+    # A run (or reference) without final.json never finished: incomplete, not a divergence.
+    assert c.verdict is Verdict.INCOMPLETE
+    assert ("reference never finished" in c.explain()) == (ref_digest is None)
 
 
 def test_loss_hex_falls_back_to_the_float() -> None:

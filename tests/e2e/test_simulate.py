@@ -101,14 +101,14 @@ def test_a_broken_resume_fails_verification_where_it_resumed(chaos_runs: ChaosRu
     run = broken_run(chaos_runs, kind)
     assert run.proc.returncode == 3, describe(run.proc)
     r = run.report
-    assert (r["verdict"], r["bit_exact"]) == ("fail", False)
+    assert (r["verdict"], r["bit_exact"]) == ("diverged", False)
     assert [(f["kind"], f["missed"]) for f in r["faults"]] == [("sigkill", False)]
     assert r["restarts"] == 1
     resumed = resumed_from_step(run.run_dir, 2)
     assert resumed > 0, "the second attempt restored no checkpoint: nothing for a broken resume to break"
     assert r["first_divergent_step"] == resumed + FIRST_WRONG_STEP[kind]
     assert r["comparison"]["params_equal"] is False
-    assert f"FAIL diverges at step {r['first_divergent_step']}" in run.proc.stdout
+    assert f"DIVERGED at step {r['first_divergent_step']}: reference loss" in run.proc.stdout
 
 
 # -- replay ------------------------------------------------------------------------------------------------
@@ -178,10 +178,10 @@ def test_verify_fails_a_broken_run_at_its_first_divergent_step(chaos_runs: Chaos
     p = run_runner("verify", run.run_dir, run.reference_dir, "--json", out)
     assert p.returncode == 3, describe(p)
     d = json.loads(out.read_text())
-    assert (d["verdict"], d["bit_exact"]) == ("fail", False)
+    assert (d["verdict"], d["bit_exact"]) == ("diverged", False)
     assert d["first_divergent_step"] == run.report["first_divergent_step"] == resumed_from_step(run.run_dir, 2) + 1
     assert d["reference_value"] != d["run_value"]
-    assert f"FAIL diverges at step {d['first_divergent_step']}" in p.stdout
+    assert f"DIVERGED at step {d['first_divergent_step']}: reference loss" in p.stdout
 
 
 @pytest.mark.parametrize("which", ["run", "reference"])
