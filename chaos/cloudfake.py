@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from enum import Enum
+from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 __all__ = ["Mode", "SeenRequest", "Reply", "FakeMetadataServer", "FakeAws", "FakeGcp", "FakeAzure"]
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     NORMAL = "normal"
     HANG = "hang"          # take the request, never answer (until closed or set back)
     GARBAGE = "garbage"    # 200 with the protocol's signature headers and a body that is no answer

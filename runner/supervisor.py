@@ -26,7 +26,7 @@ from rundir.classify import ExitClass, classify_exit, signal_name
 from rundir.contract import Chaos, FileEffect, Observation, SendSignal
 from rundir.events import EventKind, Source, record_event
 from rundir.exitcodes import ExitCode
-from rundir.journal import iter_records
+from rundir.journal import Check, Skipped, event_problem, iter_records, loss_problem
 from rundir.lock import RunLock
 from rundir.names import ENV_ATTEMPT, EVENTS, HEARTBEAT, LOSSES, read_heartbeat, worker_env
 
@@ -69,15 +69,18 @@ class Outcome:
 
 
 class _Tail:
-    """Reads the records appended to a JSON-lines file since the last call."""
+    """Reads the well-formed records appended to a JSON-lines file since the last call; malformed
+    ones are skipped and counted (a worker's bug, or a crafted file, must not bring us down)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, check: Check) -> None:
         self.path = path
         self.offset = 0
+        self.check = check
+        self.skipped = Skipped()
 
     def read(self) -> list[dict[str, Any]]:
         out = []
-        for off, rec in iter_records(self.path, self.offset):
+        for off, rec in iter_records(self.path, self.offset, check=self.check, skipped=self.skipped):
             self.offset = off
             out.append(rec)
         return out
@@ -108,8 +111,8 @@ class Supervisor:
         self.history: list[AttemptResult] = []
         self._stop_signal: int | None = None
         self._wake_r, self._wake_w = -1, -1
-        self.losses = _Tail(self.run_dir / LOSSES)
-        self.events = _Tail(self.run_dir / EVENTS)
+        self.losses = _Tail(self.run_dir / LOSSES, loss_problem)
+        self.events = _Tail(self.run_dir / EVENTS, event_problem)
         self.high_water = -1
         self.next_attempt = 1
         self.launcher = launcher or launcher_for(
@@ -185,7 +188,7 @@ class Supervisor:
     def _catch_up(self) -> None:
         """A rerun continues where a killed supervisor left off: attempt numbers and progress."""
         for rec in self.losses.read():
-            self.high_water = max(self.high_water, int(rec.get("step", -1)))
+            self.high_water = max(self.high_water, int(rec["step"]))
         for rec in self.events.read():
             if rec.get("source") == Source.SUPERVISOR and "attempt" in rec:
                 self.next_attempt = max(self.next_attempt, int(rec["attempt"]) + 1)

@@ -24,7 +24,7 @@ from rundir.contract import FileEffect, Observation, SendSignal
 from rundir.events import EventKind, Source
 from rundir.exitcodes import ExitCode
 from rundir.journal import read_records
-from rundir.names import ENV_STANDBY, EVENTS
+from rundir.names import ENV_STANDBY, EVENTS, LOSSES
 from runner import supervisor as supervisor_mod
 from runner.policy import RetryPolicy
 from runner.standby import go_line
@@ -70,7 +70,7 @@ class Run:
 
     def events(self, kind: EventKind) -> list[dict[str, Any]]:
         return [e for e in read_records(self.run_dir / EVENTS)
-                if e["event"] == kind.value and e["source"] == Source.SUPERVISOR.value]
+                if e.get("event") == kind.value and e.get("source") == Source.SUPERVISOR.value]
 
     @property
     def classes(self) -> list[ExitClass]:
@@ -458,3 +458,17 @@ def test_a_broken_decide_fails_a_supervisor_table(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(supervisor_mod, "decide", broken)
     with pytest.raises((AssertionError, Runaway)):  # ... and fails with the broken one
         check(tmp_path / "broken", case)
+
+
+# -- malformed journals ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", ['{"step": "x"}', '{"step": 3}', "[1, 2]", '{"attempt": "one", "event": "x"}'])
+def test_malformed_journal_records_are_skipped_not_fatal(tmp_path: Path, line: str) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in (LOSSES, EVENTS):  # left by an earlier run, or crafted
+        (run_dir / name).write_text(line + "\n")
+    run = supervise(tmp_path, [training(0, 2)])
+    assert run.outcome.code is ExitCode.OK
+    assert run.classes == [ExitClass.COMPLETED]

@@ -150,10 +150,11 @@ def test_event_records_say_which_worker_wrote_them(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("env", "journal", "want"), [
     ({ENV_ATTEMPT: "5"}, [], 5),  # the supervisor's number
-    ({ENV_ATTEMPT: "5"}, [{"step": 0, "attempt": 9}], 5),
+    ({ENV_ATTEMPT: "5"}, [{"step": 0, "loss": 1.0, "attempt": 9}], 5),
     ({}, [], 1),  # run by hand, a new run
-    ({}, [{"step": 0, "attempt": 1}, {"step": 1, "attempt": 3}], 4),  # one more than the last line's
-    ({ENV_ATTEMPT: ""}, [{"step": 0, "attempt": 2}], 3),
+    ({}, [{"step": 0, "loss": 1.0, "attempt": 1}, {"step": 1, "loss": 1.0, "attempt": 3}], 4),  # the last line's + 1
+    ({ENV_ATTEMPT: ""}, [{"step": 0, "loss": 1.0, "attempt": 2}], 3),
+    ({}, [{"step": 0, "loss": 1.0, "attempt": 2}, {"step": "x", "attempt": "y"}], 3),  # a malformed line is skipped
 ])
 def test_attempt_number(tmp_path: Path, env: dict[str, str], journal: list[dict], want: int) -> None:
     (tmp_path / LOSSES).write_text("".join(json.dumps(r) + "\n" for r in journal))

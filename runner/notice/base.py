@@ -6,7 +6,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
 
@@ -159,7 +159,7 @@ def parse_iso_time(text: str) -> float:
     except (ValueError, AttributeError):
         raise ProtocolError(f"not an ISO 8601 time: {text!r}") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     return t.timestamp()
 
 
@@ -170,7 +170,7 @@ def parse_http_date(text: str) -> float:
     except (TypeError, ValueError, AttributeError, IndexError):
         raise ProtocolError(f"not an HTTP date: {text!r}") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     return t.timestamp()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from rundir.events import EventKind, Source, record_event
 from rundir.exitcodes import ExitCode, UserError
-from rundir.journal import JsonlWriter, read_records
+from rundir.journal import JsonlWriter, loss_problem, read_journal
 from rundir.lock import RunLock
 from rundir.names import ENV_ATTEMPT, FINAL, HEARTBEAT, JOB, LOSSES, WORKER_LOCK
 
@@ -53,7 +53,7 @@ def attempt_number(env: Mapping[str, str], run_dir: Path) -> int:
     """The supervisor's attempt number; run by hand, one more than the journal's last attempt."""
     if env.get(ENV_ATTEMPT):
         return int(env[ENV_ATTEMPT])
-    seen = [int(r.get("attempt", 0)) for r in read_records(run_dir / LOSSES)[-1:]]
+    seen = [int(r.get("attempt", 0)) for r in read_journal(run_dir / LOSSES, loss_problem).records[-1:]]
     return (max(seen) + 1) if seen else 1
 
 
