@@ -101,6 +101,8 @@ def run_trial(job: JobAdapter, ns: argparse.Namespace, schedule: Schedule, run_d
     )
     injector = Injector(schedule, run_dir, grace=ns.grace)
     outcome = Supervisor(spec, view=view, chaos=injector).run()
+    if outcome.code is not ExitCode.OK:
+        view.note(outcome.message)
     reference, run = load_trace(ref), load_trace(run_dir)
     identity = {**job.identity(ns), "chaos_seed": schedule.seed,
                 "checkpoint_every_steps": ns.checkpoint_every_steps, "run_dir": str(run_dir), "reference_dir": str(ref)}

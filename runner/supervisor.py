@@ -115,6 +115,7 @@ class Supervisor:
         self.events = _Tail(self.run_dir / EVENTS, event_problem)
         self.high_water = -1
         self.next_attempt = 1
+        self._fell_back: int | None = None  # the last attempt that fell back past a corrupt checkpoint
         self.launcher = launcher or launcher_for(
             spec.cmd, spec.preload, run_dir=self.run_dir, env=spec.env, timeout=spec.startup_timeout,
             record=self.record, note=self.view.note, server=fork_server,
@@ -217,8 +218,7 @@ class Supervisor:
         by = signal_name(-(self._stop_signal or signal.SIGTERM))
         msg = f"stopped by {by}; rerun the same command to continue"
         self.record(EventKind.STOPPED, reason=msg, exit_class=exit_class.value if exit_class else None)
-        self.view.note(msg)
-        return ExitCode.INTERRUPTED, msg
+        return ExitCode.INTERRUPTED, msg  # the caller says it, once
 
     def _failure(self, r: AttemptResult) -> tuple[ExitCode, str]:
         if r.exit_class is ExitClass.USER_STOPPED:
@@ -234,8 +234,7 @@ class Supervisor:
             code = ExitCode.GAVE_UP
         kind = EventKind.GAVE_UP if code is ExitCode.GAVE_UP else EventKind.STOPPED
         self.record(kind, reason=msg, exit_class=r.exit_class.value)
-        self.view.note(msg)
-        return code, msg
+        return code, msg  # the caller says it, once (Outcome.message)
 
     def _before_sleep(self, rs: RetryCallState) -> None:
         delay = rs.next_action.sleep if rs.next_action is not None else 0.0
@@ -279,8 +278,15 @@ class Supervisor:
         steps = [r for r in self.losses.read() if r.get("attempt") == n]
         events = [e for e in self.events.read() if e.get("source") == Source.WORKER and e.get("attempt") == n]
         for e in events:
-            if e.get("event") == EventKind.ATTEMPT_STARTED:
-                self.view.resumed(n, int(e.get("resumed_from_step") or 0), e.get("total_steps"))
+            if e.get("event") == EventKind.CHECKPOINT_FALLBACK:
+                self._fell_back = n
+                self.view.note(f"warning: {e.get('reason')}")
+            elif e.get("event") == EventKind.ATTEMPT_STARTED:
+                resumed = int(e.get("resumed_from_step") or 0)
+                if resumed == 0 and self._fell_back == n:
+                    self.view.note(f"warning: attempt {n} found no valid checkpoint and restarts from step 0 "
+                                   f"({self.high_water + 1} steps to recompute)")
+                self.view.resumed(n, resumed, e.get("total_steps"))
         for rec in steps:
             self.high_water = max(self.high_water, int(rec["step"]))
             self.view.step(rec, restarts=len(self.history))

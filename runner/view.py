@@ -74,7 +74,8 @@ class PlainView:
             msg += f", last step {r.last_step}"
         msg += f", peak RSS {r.peak_rss_mb:.0f} MB, CPU {r.cpu_s:.1f} s"
         self._say(msg)
-        if r.error and r.exit_class not in (ExitClass.COMPLETED, ExitClass.PREEMPTED):
+        # A rejected input's message ends the run as its one error line; not said twice.
+        if r.error and r.exit_class not in (ExitClass.COMPLETED, ExitClass.PREEMPTED, ExitClass.BAD_INPUT):
             self._say(f"worker said: {r.error}")
         self._epoch = None
 

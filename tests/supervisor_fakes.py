@@ -94,11 +94,18 @@ class SignalSupervisor:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """The worker's ``checkpoint-fallback`` event: it passed over a corrupt checkpoint."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Freeze:
     """The worker is stopped (state T), as by a SIGSTOP from someone else, and does nothing more."""
 
 
-Op = Step | Beat | Started | Exit | SignalSupervisor | Freeze
+Op = Step | Beat | Started | Exit | SignalSupervisor | Freeze | Fallback
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,9 @@ class FakeWorker:
             append_record(self.run_dir / EVENTS, {"time": 0.0, "source": Source.WORKER.value,
                                                   "event": EventKind.ATTEMPT_STARTED.value, "attempt": self.attempt,
                                                   "resumed_from_step": op.resumed_from, "total_steps": 100})
+        elif isinstance(op, Fallback):
+            append_record(self.run_dir / EVENTS, {"time": 0.0, "source": Source.WORKER.value, "reason": op.reason,
+                                                  "event": EventKind.CHECKPOINT_FALLBACK.value, "attempt": self.attempt})
         elif isinstance(op, Freeze):
             self._stopped = True
         elif isinstance(op, Exit):

@@ -39,6 +39,7 @@ from tests.supervisor_fakes import (
     Exit,
     FakeLauncher,
     FakeWorker,
+    Fallback,
     Freeze,
     Runaway,
     Script,
@@ -67,6 +68,7 @@ class Run:
     launcher: FakeLauncher
     clock: Clock
     run_dir: Path
+    said: str  # what the view printed
 
     def events(self, kind: EventKind) -> list[dict[str, Any]]:
         return [e for e in read_records(self.run_dir / EVENTS)
@@ -95,7 +97,8 @@ def supervise(tmp_path: Path, scripts: Sequence[Script], *, hang_timeout: float 
                       startup_timeout=startup_timeout, grace=grace,
                       policy=RetryPolicy(max_restarts=max_restarts, crash_loop=crash_loop, backoff_initial=0.5,
                                          backoff_max=30.0, jitter=0.0), standby=standby)
-    sup = Supervisor(spec, view=PlainView(out=io.StringIO()), chaos=chaos, sleep=clock.sleep, launcher=launcher,
+    out = io.StringIO()
+    sup = Supervisor(spec, view=PlainView(out=out), chaos=chaos, sleep=clock.sleep, launcher=launcher,
                      clock=clock)
     launcher.request_stop = sup.request_stop
     if on_sleep is not None:
@@ -103,7 +106,7 @@ def supervise(tmp_path: Path, scripts: Sequence[Script], *, hang_timeout: float 
     outcome = sup.run()
     assert launcher.opened and launcher.closed
     assert all(w.returncode is not None for w in launcher.workers), "a worker was left running"
-    return Run(outcome, launcher, clock, run_dir)
+    return Run(outcome, launcher, clock, run_dir, out.getvalue())
 
 
 # -- hangs ---------------------------------------------------------------------------------------------
@@ -472,3 +475,26 @@ def test_malformed_journal_records_are_skipped_not_fatal(tmp_path: Path, line: s
     run = supervise(tmp_path, [training(0, 2)])
     assert run.outcome.code is ExitCode.OK
     assert run.classes == [ExitClass.COMPLETED]
+
+
+# -- loud fallbacks ------------------------------------------------------------------------------------
+
+FALLBACK_REASON = "checkpoint step-000000010 is corrupt (model.safetensors: sha256 mismatch); falling back"
+
+
+@pytest.mark.parametrize(("resumed", "warnings"), [
+    (5, [f"warning: {FALLBACK_REASON}"]),
+    (0, [f"warning: {FALLBACK_REASON}", "warning: attempt 2 found no valid checkpoint and restarts from step 0 (10 steps to "
+                                "recompute)"]),
+])
+def test_a_fallback_is_said_on_the_terminal(tmp_path: Path, resumed: int, warnings: list[str]) -> None:
+    second = Script(((0.25, Fallback(FALLBACK_REASON)), *training(resumed, 12).ops))
+    run = supervise(tmp_path, [training(0, 9, end=1), second])
+    assert run.outcome.code is ExitCode.OK
+    said = [line.split("] ", 1)[1] for line in run.said.splitlines() if "warning:" in line]
+    assert said == warnings
+
+
+def test_a_restart_from_zero_without_a_fallback_is_not_a_warning(tmp_path: Path) -> None:
+    run = supervise(tmp_path, [training(0, 3, end=1), training(0, 5)])  # no checkpoint yet: nothing was lost
+    assert "warning:" not in run.said
