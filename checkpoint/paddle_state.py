@@ -303,20 +303,24 @@ def rng_snapshot() -> Callable[[], RngState]:
     return RngSnapshots().snapshot()
 
 
-def set_rng_states(state: RngState) -> None:
+def set_rng_states(state: RngState, *, skip: frozenset[str] = frozenset()) -> None:
     """Put back the RNG states a snapshot encoded: Paddle's generators, NumPy's global state (with
-    its cached Gaussian) and Python's ``random``."""
+    its cached Gaussian) and Python's ``random``. ``skip`` names generators to leave as they are
+    ("paddle", "numpy", "python"): only a deliberately broken resume does that."""
     global _numpy_restores
     arrays, meta = state
-    restored = []
-    for i, (s, (device, seed, offset)) in enumerate(zip(paddle.get_rng_state(), meta["paddle"])):
-        cls = type(s)
-        obj = cls.__new__(cls)
-        obj.__setstate__((device, seed, offset, arrays[f"paddle/{i}"].tolist()))
-        restored.append(obj)
-    paddle.set_rng_state(restored)
-    name, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((name, np.asarray(arrays["numpy/keys"], dtype=np.uint32), pos, has_gauss, cached))
-    _numpy_restores += 1
-    version, gauss = meta["python"]
-    random.setstate((version, tuple(int(x) for x in arrays["python/internal"]), gauss))
+    if "paddle" not in skip:
+        restored = []
+        for i, (s, (device, seed, offset)) in enumerate(zip(paddle.get_rng_state(), meta["paddle"])):
+            cls = type(s)
+            obj = cls.__new__(cls)
+            obj.__setstate__((device, seed, offset, arrays[f"paddle/{i}"].tolist()))
+            restored.append(obj)
+        paddle.set_rng_state(restored)
+    if "numpy" not in skip:
+        name, pos, has_gauss, cached = meta["numpy"]
+        np.random.set_state((name, np.asarray(arrays["numpy/keys"], dtype=np.uint32), pos, has_gauss, cached))
+        _numpy_restores += 1
+    if "python" not in skip:
+        version, gauss = meta["python"]
+        random.setstate((version, tuple(int(x) for x in arrays["python/internal"]), gauss))

@@ -37,8 +37,29 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                         "worker being killed, not the machine going down. 0: fsync every one")
     p.add_argument("--sync-checkpoints", action="store_true",
                    help="write checkpoints on the training thread instead of in the background")
+    p.add_argument("--dropout", type=fraction, default=0.0, metavar="P",
+                   help="dropout before the classifier, drawing from Paddle's generator every step (default 0)")
+    p.add_argument("--jitter", type=non_negative_float, default=0.0, metavar="STD",
+                   help="Gaussian noise on the inputs, drawing from NumPy's global generator every step (default 0)")
     p.add_argument("--break-resume", choices=BREAK_RESUME_KINDS, default=None,
                    help="deliberately resume wrongly (to test the verifier); never for real runs")
+
+
+def fraction(text: str) -> float:
+    v = non_negative_float(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"must be less than 1, got {text}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
+    return v
 
 
 def every_steps(text: str) -> int:
@@ -57,6 +78,10 @@ def job_argv(ns: argparse.Namespace) -> list[str]:
         argv += ["--sync-checkpoints"]
     if ns.data is not None:
         argv += ["--data", ns.data]
+    if ns.dropout:
+        argv += ["--dropout", str(ns.dropout)]
+    if ns.jitter:
+        argv += ["--jitter", str(ns.jitter)]
     if ns.break_resume is not None:
         argv += ["--break-resume", ns.break_resume]
     return argv
@@ -70,7 +95,7 @@ def job_command(run_dir: Path, job_args: Sequence[str]) -> tuple[str, ...]:
 def job_config(ns: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=ns.epochs, seed=ns.seed, checkpoint_every_steps=ns.checkpoint_every_steps,
                        break_resume=ns.break_resume, sync_checkpoints=ns.sync_checkpoints, mtbf_s=ns.mtbf,
-                       durable_every_s=ns.durable_every)
+                       durable_every_s=ns.durable_every, dropout=ns.dropout, jitter=ns.jitter)
 
 
 def job_identity(ns: argparse.Namespace) -> dict[str, object]:

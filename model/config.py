@@ -10,8 +10,10 @@ __all__ = ["AUTO", "BREAK_RESUME_KINDS", "JOB_NAME", "TrainConfig", "steps_per_e
 
 JOB_NAME = "mnist-cnn"
 AUTO = -1  # checkpoint_every_steps for "auto": Young's formula
-#: Ways to resume wrongly on purpose, to prove the verifier catches each of them.
-BREAK_RESUME_KINDS = ("optimizer", "lr-scheduler", "rng", "data-position")
+#: Ways to resume wrongly on purpose, to prove the verifier catches each of them: leave out the
+#: optimizer's moments, the LR scheduler, the data generator (the epoch's order is drawn anew),
+#: Paddle's generators (dropout), NumPy's global generator (input jitter), or read one batch ahead.
+BREAK_RESUME_KINDS = ("optimizer", "lr-scheduler", "data-rng", "paddle-rng", "numpy-rng", "data-position")
 
 
 @dataclass(frozen=True)
@@ -26,12 +28,17 @@ class TrainConfig:
     sync_checkpoints: bool = False  # write checkpoints on the training thread (slower; for comparison)
     mtbf_s: float | None = None  # for AUTO: the expected time between failures, if known
     durable_every_s: float = 10.0  # fsync a checkpoint at least this often (0: every one)
+    dropout: float = 0.0  # dropout before the classifier: draws from Paddle's generator every step
+    jitter: float = 0.0  # std of Gaussian noise added to inputs: draws from NumPy's global generator every step
 
     def identity(self) -> dict[str, Any]:
         """The fields that change the loss trace (checkpoint cadence does not)."""
         d = asdict(self)
         for k in ("checkpoint_every_steps", "break_resume", "sync_checkpoints", "mtbf_s", "durable_every_s"):
             d.pop(k)
+        for k in ("dropout", "jitter"):  # named only when used, so older run directories still match
+            if not d[k]:
+                d.pop(k)
         return d
 
 

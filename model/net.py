@@ -9,9 +9,10 @@ __all__ = ["MnistCNN"]
 
 
 class MnistCNN(nn.Layer):
-    """conv(5x5, 20, pad 2)-ReLU-pool(2) twice, then linear to ``num_classes``, for any square input."""
+    """conv(5x5, 20, pad 2)-ReLU-pool(2) twice, then (optionally dropout and) linear to ``num_classes``,
+    for any square input."""
 
-    def __init__(self, size: int = 28, num_classes: int = 10) -> None:
+    def __init__(self, size: int = 28, num_classes: int = 10, dropout: float = 0.0) -> None:
         super().__init__()
         if size < 4:
             raise ValueError(f"input size {size} is too small for two 2x2 pools")
@@ -21,8 +22,10 @@ class MnistCNN(nn.Layer):
         self.pool2 = nn.MaxPool2D(kernel_size=2, stride=2)
         side = size // 2 // 2
         self.fc = nn.Linear(20 * side * side, num_classes)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         x = self.pool1(nn.functional.relu(self.conv1(x)))
         x = self.pool2(nn.functional.relu(self.conv2(x)))
-        return self.fc(paddle.flatten(x, 1))
+        x = paddle.flatten(x, 1)
+        return self.fc(self.dropout(x) if self.dropout is not None else x)

@@ -34,7 +34,7 @@ def build(cfg: TrainConfig, side: int, total_steps: int) -> tuple[MnistCNN, padd
     paddle.seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    model = MnistCNN(side)
+    model = MnistCNN(side, dropout=cfg.dropout)
     model.train()
     sched = paddle.optimizer.lr.PolynomialDecay(learning_rate=cfg.lr, decay_steps=total_steps, end_lr=cfg.end_lr)
     opt = paddle.optimizer.Adam(learning_rate=sched, parameters=model.parameters())
@@ -82,6 +82,13 @@ def _epoch_order(data_rng: np.random.Generator, n: int) -> tuple[np.ndarray, Map
     draws nothing else, so that state holds for every checkpoint until the next epoch: it is read
     once per epoch, not at every checkpoint."""
     return _frozen(data_rng.permutation(n)), data_rng.bit_generator.state
+
+
+def _jittered(x: np.ndarray, std: float) -> np.ndarray:
+    """``x`` with Gaussian noise from NumPy's global generator (augmentation); ``x`` itself if ``std`` is 0."""
+    if std <= 0:
+        return x
+    return (x + np.random.normal(0.0, std, size=x.shape)).astype(x.dtype)
 
 
 def warm_up(cfg: TrainConfig, data: Dataset, steps: int = 2) -> None:
@@ -133,11 +140,12 @@ def _resume(cfg: TrainConfig, ckpt: Checkpoint | None, model: MnistCNN, opt: pad
     ps.load_optimizer(opt, None if brk == "optimizer" else st.optimizer,
                       None if brk == "lr-scheduler" else st.lr_scheduler)
     order = _frozen(st.order.copy())
-    if brk == "rng":
+    rng = st.rng_state()
+    ps.set_rng_states(rng, skip=frozenset({brk.removesuffix("-rng")}) if brk in ("paddle-rng", "numpy-rng") else
+                      frozenset())
+    if brk == "data-rng":
         order, data_state = _epoch_order(data_rng, n)  # a fresh generator, as if its state was never saved
     else:
-        rng = st.rng_state()
-        ps.set_rng_states(rng)
         data_rng.bit_generator.state = data_state = rng[1]["data"]
     batch = st.batch + 1 if brk == "data-position" else st.batch  # reads one batch ahead of where it stopped
     return _Position(st.step, st.epoch, batch, order, data_state)
@@ -161,7 +169,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
 
     while epoch < cfg.epochs:
         idx = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
-        x = paddle.to_tensor(data.train_x[idx])
+        x = paddle.to_tensor(_jittered(data.train_x[idx], cfg.jitter))
         y = paddle.to_tensor(data.train_y[idx])
         logits = model(x)
         loss = F.cross_entropy(logits, y)

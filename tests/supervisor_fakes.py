@@ -174,7 +174,8 @@ class FakeWorker:
                                                   "resumed_from_step": op.resumed_from, "total_steps": 100})
         elif isinstance(op, Fallback):
             append_record(self.run_dir / EVENTS, {"time": 0.0, "source": Source.WORKER.value, "reason": op.reason,
-                                                  "event": EventKind.CHECKPOINT_FALLBACK.value, "attempt": self.attempt})
+                                                  "event": EventKind.CHECKPOINT_FALLBACK.value,
+                                                  "attempt": self.attempt})
         elif isinstance(op, Freeze):
             self._stopped = True
         elif isinstance(op, Exit):

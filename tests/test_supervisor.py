@@ -484,8 +484,8 @@ FALLBACK_REASON = "checkpoint step-000000010 is corrupt (model.safetensors: sha2
 
 @pytest.mark.parametrize(("resumed", "warnings"), [
     (5, [f"warning: {FALLBACK_REASON}"]),
-    (0, [f"warning: {FALLBACK_REASON}", "warning: attempt 2 found no valid checkpoint and restarts from step 0 (10 steps to "
-                                "recompute)"]),
+    (0, [f"warning: {FALLBACK_REASON}",
+         "warning: attempt 2 found no valid checkpoint and restarts from step 0 (10 steps to recompute)"]),
 ])
 def test_a_fallback_is_said_on_the_terminal(tmp_path: Path, resumed: int, warnings: list[str]) -> None:
     second = Script(((0.25, Fallback(FALLBACK_REASON)), *training(resumed, 12).ops))

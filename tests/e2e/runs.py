@@ -16,10 +16,12 @@ from tests.helpers import describe, losses
 ARGS2 = ("--epochs", 2)
 STEPS2 = 30
 # 3 epochs: the break-resume runs resume in epoch 1 at step 20, where a fresh data RNG shuffles differently.
-ARGS3 = ("--epochs", 3)
+# Dropout and input jitter draw from Paddle's and NumPy's generators every step, so a resume that skips
+# restoring either is caught too.
+ARGS3 = ("--epochs", 3, "--dropout", 0.25, "--jitter", 0.05)
 STEPS3 = 45
 EVERY4 = ("--checkpoint-every-steps", 4)
-BREAK_KINDS = ("optimizer", "lr-scheduler", "rng", "data-position")
+BREAK_KINDS = ("optimizer", "lr-scheduler", "data-rng", "paddle-rng", "numpy-rng", "data-position")
 
 
 def crash(step: int) -> dict[str, object]:

@@ -144,7 +144,8 @@ def test_sigterm_checkpoints_at_the_step_reached_and_resumes_with_nothing_recomp
 # A step's loss is computed before that step's update. So a resume with the wrong data order or position
 # shows in the loss of the first resumed step, while a wrong optimizer or LR schedule only changes that
 # step's update, and so the loss of the step after it.
-FIRST_WRONG_STEP = {None: None, "optimizer": +1, "lr-scheduler": +1, "rng": 0, "data-position": 0}
+FIRST_WRONG_STEP = {None: None, "optimizer": +1, "lr-scheduler": +1, "data-rng": 0, "paddle-rng": 0, "numpy-rng": 0,
+                    "data-position": 0}
 
 
 @pytest.mark.parametrize("kind", list(FIRST_WRONG_STEP), ids=lambda k: k or "correct-control")

@@ -16,7 +16,7 @@ from tests.chaos_helpers import ChaosRun, ChaosRuns, describe, events, resumed_f
 pytestmark = pytest.mark.e2e
 
 # 3 epochs of 15 steps fit one fault of each kind (MIN_GAP apart, checkpoint faults on checkpoints).
-ALL_KINDS = ("--epochs", 3, "--faults", 6)
+ALL_KINDS = ("--epochs", 3, "--faults", 6, "--dropout", 0.25, "--jitter", 0.05)  # Paddle and NumPy draw every step
 # The hang fault costs --hang-timeout seconds; a little more than the default 3 s keeps a worker that is
 # slow to import Paddle on a busy machine from being taken for a hung one.
 HANG_TIMEOUT = ("--hang-timeout", 6)
