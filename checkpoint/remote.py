@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .digests import FileDigest, digest_file
-from .fence import Fence
+from .fence import Fence, StaleGeneration
 from .objects import Blob, ObjectStore, StoreError
 from .segments import Journals
 from .store import MANIFEST, CorruptCheckpoint, check_file, read_manifest, seal_manifest
@@ -226,7 +226,7 @@ class RemoteStore:
             raise CheckpointConflict(f"remote store {self.url}: {name} was committed by another writer") from None
         try:
             self.fence.check("commit a checkpoint")
-        except StoreError:
+        except StaleGeneration:
             self.objects.delete([key])  # overtaken in the window between check and write: take it back
             raise
 
@@ -266,17 +266,22 @@ class RemoteStore:
         committed, others = [], {}
         for name in sorted(groups):
             manifest = next((b for b in groups[name] if b.key == self._key(name, MANIFEST)), None)
-            try:
-                if manifest is None:
-                    raise FileNotFoundError(name)
-                committed.append(self._describe(name, manifest))
-            except FileNotFoundError:
+            described = None if manifest is None else self._valid(name, manifest, warn)
+            if described is not None:
+                committed.append(described)
+            else:
                 others[name] = max(b.modified for b in groups[name])
-            except CorruptCheckpoint as exc:
-                others[name] = max(b.modified for b in groups[name])
-                if warn is not None:
-                    warn(f"remote checkpoint {exc} -- not a checkpoint, skipped")
         return committed, others
+
+    def _valid(self, name: str, manifest: Blob, warn: Warn | None) -> RemoteCheckpoint | None:
+        try:
+            return self._describe(name, manifest)
+        except FileNotFoundError:
+            return None  # deleted since the listing
+        except CorruptCheckpoint as exc:
+            if warn is not None:
+                warn(f"remote checkpoint {exc} -- not a checkpoint, skipped")
+            return None
 
     def list_committed(self, warn: Warn | None = None) -> list[RemoteCheckpoint]:
         """The checkpoints with a valid manifest, oldest first (their data is checked on download)."""
