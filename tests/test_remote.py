@@ -280,6 +280,25 @@ def test_a_writer_overtaken_between_check_and_commit_takes_its_commit_back(url: 
     assert steps(old) == []
 
 
+def test_a_failed_recheck_that_is_not_a_newer_generation_keeps_the_commit(url: str, run: Callable[..., Path],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only being overtaken takes a commit back; a store that stops answering after the manifest landed
+    leaves a valid checkpoint in place (and the error is still reported)."""
+    store = writer(url)
+    real, calls = store.fence.check, []
+
+    def check(doing: str) -> None:
+        calls.append(doing)
+        if len(calls) == 3:  # upload's check, the check before the manifest, then this one after it
+            raise StoreError("remote store: stat fence: gave up after 4 attempt(s)")
+        real(doing)
+
+    monkeypatch.setattr(store.fence, "check", check)
+    with pytest.raises(StoreError, match="gave up"):
+        store.upload(run(1))
+    assert steps(store) == [1]
+
+
 def test_writes_need_a_generation(url: str, run: Callable[..., Path]) -> None:
     with pytest.raises(StoreError, match="needs a generation"):
         RemoteStore(url).upload(run(1))
