@@ -17,6 +17,7 @@ ones aside (kept for inspection, never loaded), and says so in one line each.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -28,10 +29,22 @@ from rundir.paths import PathEscape, check_name
 from .storage import Data, Storage
 from .tensorfile import chunks_sha256, chunks_size
 
-__all__ = ["Checkpoint", "CheckpointStore", "CorruptCheckpoint", "MANIFEST", "checkpoint_name"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointStore",
+    "CorruptCheckpoint",
+    "HMAC_FIELD",
+    "MANIFEST",
+    "check_file",
+    "checkpoint_name",
+    "read_manifest",
+    "seal_manifest",
+]
 
 MANIFEST = "MANIFEST.json"
 FORMAT = 1
+#: The manifest's field for an HMAC-SHA256 of its body, present where the writer holds a key.
+HMAC_FIELD = "hmac_sha256"
 _NAME = re.compile(r"^step-(\d{9})$")
 
 
@@ -69,17 +82,38 @@ def _entry_ok(entry: object) -> bool:
             and isinstance(entry.get("size"), int) and not isinstance(entry.get("size"), bool))
 
 
-def _parse_manifest(name: str, raw: bytes) -> dict[str, Any]:
-    """The manifest's body, checked: its own checksum, its format, and the shape of every field the
-    store reads (a manifest with a recomputed checksum is still only data)."""
+def _tag(key: bytes, canonical: bytes) -> str:
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
+
+
+def seal_manifest(body: Mapping[str, Any], *, key: bytes | None = None) -> bytes:
+    """A manifest's bytes: ``body`` with the SHA-256 of its canonical form and, given a ``key``, an
+    HMAC-SHA256 of the same bytes. The checksum catches torn or flipped bytes; only the HMAC catches
+    a manifest rewritten on purpose, checksum and all."""
+    canonical = _canonical(body)
+    manifest = dict(body, sha256=_sha256(canonical))
+    if key is not None:
+        manifest[HMAC_FIELD] = _tag(key, canonical)
+    return json.dumps(manifest).encode("utf-8")
+
+
+def read_manifest(name: str, raw: bytes, *, key: bytes | None = None) -> dict[str, Any]:
+    """The body of checkpoint ``name``'s manifest, checked: it parses, its checksum holds, its format
+    is known, each file entry has a confined name, a size and a SHA-256, and - given a ``key`` - its
+    HMAC holds (an unsigned manifest is refused then). Raises :class:`CorruptCheckpoint`."""
     try:
         manifest = json.loads(raw)
         claimed = manifest.pop("sha256")
-        body_ok = claimed == _sha256(_canonical(manifest))
+        tag = manifest.pop(HMAC_FIELD, None)
+        canonical = _canonical(manifest)
+        body_ok = claimed == _sha256(canonical)
     except (ValueError, KeyError, TypeError, AttributeError):
         raise CorruptCheckpoint(f"{name}/{MANIFEST}: unreadable") from None
     if not body_ok:
         raise CorruptCheckpoint(f"{name}/{MANIFEST}: checksum mismatch")
+    if key is not None and not (isinstance(tag, str) and hmac.compare_digest(tag, _tag(key, canonical))):
+        problem = "HMAC mismatch" if tag else "not signed"
+        raise CorruptCheckpoint(f"{name}/{MANIFEST}: {problem} with the checkpoint key")
     if manifest.get("format") != FORMAT:
         raise CorruptCheckpoint(f"{name}/{MANIFEST}: unknown format {manifest.get('format')!r}")
     files, step = manifest.get("files"), manifest.get("step")
@@ -91,6 +125,14 @@ def _parse_manifest(name: str, raw: bytes) -> dict[str, Any]:
         if not _entry_ok(entry):
             raise CorruptCheckpoint(f"{name}/{MANIFEST}: malformed entry for {fname!r}")
     return manifest
+
+
+def check_file(name: str, fname: str, entry: Mapping[str, Any], size: int, sha256: str) -> None:
+    """Raise :class:`CorruptCheckpoint` unless a file's size and SHA-256 are the manifest's."""
+    if size != entry["size"]:
+        raise CorruptCheckpoint(f"{name}/{fname}: {size} bytes, manifest says {entry['size']}")
+    if sha256 != entry["sha256"]:
+        raise CorruptCheckpoint(f"{name}/{fname}: sha256 mismatch")
 
 
 @dataclass(frozen=True)
@@ -151,8 +193,7 @@ class CheckpointStore:
             if self.between_files is not None:
                 self.between_files(fname)
         body = {"format": FORMAT, "step": step, "durable": durable, "files": entries, "meta": dict(meta)}
-        manifest = dict(body, sha256=_sha256(_canonical(body)))
-        self.storage.put(self._key(name, MANIFEST), json.dumps(manifest).encode("utf-8"), durable=durable)
+        self.storage.put(self._key(name, MANIFEST), seal_manifest(body), durable=durable)
         self._durable[name] = durable
         self.prune()
         return name
@@ -191,14 +232,11 @@ class CheckpointStore:
 
     def verify(self, name: str) -> Checkpoint:
         """Read and check one checkpoint; raise :class:`CorruptCheckpoint` naming what is wrong."""
-        manifest = _parse_manifest(name, self._read(name, MANIFEST, f"no {MANIFEST}"))
+        manifest = read_manifest(name, self._read(name, MANIFEST, f"no {MANIFEST}"))
         files: dict[str, bytes] = {}
         for fname, entry in manifest["files"].items():
             data = self._read(name, fname, "missing")
-            if len(data) != entry["size"]:
-                raise CorruptCheckpoint(f"{name}/{fname}: {len(data)} bytes, manifest says {entry['size']}")
-            if _sha256(data) != entry["sha256"]:
-                raise CorruptCheckpoint(f"{name}/{fname}: sha256 mismatch")
+            check_file(name, fname, entry, len(data), _sha256(data))
             files[fname] = data
         return Checkpoint(step=manifest["step"], name=name, files=files, meta=manifest["meta"])
 

@@ -27,6 +27,9 @@ class ExitCode(IntEnum):
     GAVE_UP = 70  # the supervisor stopped retrying: crash loop or restart budget spent
     UNWRITABLE = 73  # EX_CANTCREAT: the run directory cannot be created or written
     PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM with its state saved; restart it
+    # EX_NOPERM: the remote checkpoint store cannot be used - a bad URL, a missing bucket, refused
+    # credentials, an unreachable endpoint - or a newer supervisor has fenced this writer off.
+    STORE = 77
     BAD_CONFIG = 78  # EX_CONFIG: options contradict the run directory or each other
     INTERRUPTED = 130  # stopped by the user (SIGINT/SIGTERM to the supervisor)
 

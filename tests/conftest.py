@@ -20,3 +20,12 @@ warnings.filterwarnings("ignore", message=CCACHE_WARNING)
 def pytest_configure(config: pytest.Config) -> None:
     # pytest re-applies its own filters around each test, so register the filter there too.
     config.addinivalue_line("filterwarnings", f"ignore:{CCACHE_WARNING}:UserWarning")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on loopback for the whole session (tests/s3_server.py), started on first use."""
+    from tests.s3_server import running_s3_server
+
+    with running_s3_server() as server:
+        yield server
