@@ -45,6 +45,7 @@ from .digests import FileDigest, digest_file
 from .fence import Fence, StaleGeneration
 from .objects import Blob, ObjectStore, StoreError
 from .segments import Journals
+from .storage import fsync_dir
 from .store import MANIFEST, CorruptCheckpoint, check_file, read_manifest, seal_manifest
 
 __all__ = [
@@ -379,20 +380,12 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _install(stage: Path, target: Path) -> None:
     """Move a verified staging directory to ``target``, replacing a directory of that name."""
-    _fsync_dir(stage)
+    fsync_dir(stage)
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         os.replace(target, old)
     os.replace(stage, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)

@@ -21,7 +21,7 @@ from rundir.paths import confined
 #: What a file is written from: its bytes, or buffers to write one after another.
 Data = bytes | Sequence[memoryview]
 
-__all__ = ["Data", "Storage", "LocalStorage"]
+__all__ = ["Data", "Storage", "LocalStorage", "fsync_dir"]
 
 
 class Storage(Protocol):
@@ -45,7 +45,8 @@ class Storage(Protocol):
     def move_tree(self, src: str, dst: str) -> None: ...
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a file created or renamed in it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -94,7 +95,7 @@ class LocalStorage:
             # own name is an entry in its parent.
             d = path.parent
             while True:
-                _fsync_dir(d)
+                fsync_dir(d)
                 if d == self.root or self.root not in d.parents:
                     break
                 d = d.parent

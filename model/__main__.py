@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from checkpoint.cadence import DEFAULT_DURABLE_EVERY_S
-from rundir.argparsing import OneLineParser, non_negative, positive, seconds, seconds_or_zero
+from rundir.argparsing import (
+    OneLineParser,
+    fraction,
+    non_negative,
+    non_negative_float,
+    positive,
+    seconds,
+    seconds_or_zero,
+)
 from rundir.exitcodes import ExitCode, UserError
 
 from .config import AUTO, BREAK_RESUME_KINDS, JOB_NAME, TrainConfig
@@ -43,23 +51,6 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                    help="Gaussian noise on the inputs, drawing from NumPy's global generator every step (default 0)")
     p.add_argument("--break-resume", choices=BREAK_RESUME_KINDS, default=None,
                    help="deliberately resume wrongly (to test the verifier); never for real runs")
-
-
-def fraction(text: str) -> float:
-    v = non_negative_float(text)
-    if v >= 1:
-        raise argparse.ArgumentTypeError(f"must be less than 1, got {text}")
-    return v
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
-    return v
 
 
 def every_steps(text: str) -> int:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import NoReturn
 
 from .exitcodes import ExitCode
 
-__all__ = ["OneLineParser", "positive", "non_negative", "seconds", "seconds_or_zero"]
+__all__ = ["OneLineParser", "positive", "non_negative", "seconds", "seconds_or_zero", "non_negative_float", "fraction"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -38,21 +39,40 @@ def non_negative(text: str) -> int:
     return v
 
 
-def seconds(text: str) -> float:
+def _number(text: str, what: str) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if math.isnan(v) or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
+def seconds(text: str) -> float:
+    v = _number(text, "a number of seconds")
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
     return v
 
 
 def seconds_or_zero(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    v = _number(text, "a number of seconds")
     if not v >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    v = _number(text, "a number")
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return v
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    v = non_negative_float(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"must be less than 1, got {text}")
     return v

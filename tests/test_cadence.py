@@ -360,7 +360,7 @@ def test_standby_flag() -> None:
         ("runner", ["--checkpoint-every", "x"], "not an integer: 'x'"),
         ("model", ["--durable-every", "-1"], "must be 0 or more, got -1"),
         ("runner", ["--durable-every", "often"], "not a number of seconds: 'often'"),
-        ("runner", ["--durable-every", "nan"], "must be 0 or more, got nan"),
+        ("runner", ["--durable-every", "nan"], "must be a finite number, got nan"),
     ],
 )
 def test_bad_cadence_values_exit_2_with_one_line(tmp_path: Path, module: str, args: list[str], says: str) -> None:
