@@ -26,7 +26,7 @@ from runner.forkserver import ForkServer, ForkServerError, ForkTarget, environme
 from runner.options import module_list
 from runner.process import WorkerProcess
 from tests.helpers import REPO
-from tests.supervisor_helpers import wait_gone
+from tests.helpers.processes import wait_gone
 
 PY = sys.executable
 
