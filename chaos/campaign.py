@@ -7,6 +7,7 @@ failure carrying the command that replays it), JSON and a PNG of the loss curves
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import statistics
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -28,12 +30,12 @@ from runner.trace import Verdict, load_trace
 from runner.view import PlainView, make_console
 
 from .report import ChaosReport
-from .schedule import ScheduleError, checkpoint_steps, draw_schedule
+from .schedule import Schedule, ScheduleError, checkpoint_steps, draw_schedule
 from .simulate import chaos_parser, chosen_kinds
 from .trial import ensure_reference, run_trial
 
-__all__ = ["campaign_main", "campaign_verdict", "deal_kinds", "trial_seeds", "junit_xml", "campaign_json",
-           "summary_table", "plot_campaign", "Trial"]
+__all__ = ["campaign_main", "campaign_parser", "campaign_verdict", "deal_kinds", "trial_seeds", "draw_schedules",
+           "run_trials", "write_results", "junit_xml", "campaign_json", "summary_table", "plot_campaign", "Trial"]
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,8 @@ def plot_campaign(trials: Sequence[Trial], reference: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def campaign_main(argv: Sequence[str], job: JobAdapter) -> int:
+def campaign_parser(job: JobAdapter) -> argparse.ArgumentParser:
+    """The simulation's options (``chaos_parser``) and the campaign's own."""
     p = chaos_parser(job, "python -m runner campaign", "Run many seeded chaos trials against one reference.")
     p.add_argument("--trials", type=int, required=True, help="number of chaos trials")
     p.add_argument("--faults-per-trial", type=int, default=3, metavar="N", help="faults in each trial (default 3)")
@@ -178,6 +181,57 @@ def campaign_main(argv: Sequence[str], job: JobAdapter) -> int:
     p.add_argument("--junit", type=Path, default=None, metavar="FILE", help="write JUnit XML")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="write a PNG of the loss curves")
+    return p
+
+
+def draw_schedules(ns: argparse.Namespace, seeds: Sequence[int], total: int, per_epoch: int) -> list[Schedule]:
+    """One schedule per trial seed, the fault kinds dealt out evenly across the trials."""
+    ckpts = checkpoint_steps(total, per_epoch, max(0, ns.checkpoint_every_steps))
+    hands = deal_kinds(ns.chaos_seed, len(seeds), ns.faults_per_trial, chosen_kinds(ns))
+    try:
+        return [draw_schedule(s, len(h), h, total, ckpts) for s, h in zip(seeds, hands)]
+    except ScheduleError as exc:
+        raise UserError(str(exc), ExitCode.BAD_CONFIG) from None
+
+
+def run_trials(job: JobAdapter, ns: argparse.Namespace, seeds: Sequence[int], schedules: Sequence[Schedule],
+               out: Path, ref: Path, console: Console) -> list[Trial]:
+    """Run the trials one after another under ``out``, with a progress bar on a terminal and a line
+    per trial elsewhere; each supervisor's output goes to its own log."""
+    trials: list[Trial] = []
+    with Progress(TextColumn("[bold]campaign"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
+                  TimeElapsedColumn(), console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task("trials", total=len(schedules), last="")
+        for i, (seed, schedule) in enumerate(zip(seeds, schedules), start=1):
+            run_dir = out / f"trial-{i:03d}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(out / f"trial-{i:03d}.supervisor.log", "w") as log:
+                tr = run_trial(job, ns, schedule, run_dir, ref, view=PlainView(out=log))
+            trial = Trial(i, seed, run_dir, tr.report, tr.schedule_path)
+            trials.append(trial)
+            line = f"{trial.name}: {tr.report.verdict} ({len(tr.report.faults)} faults, {tr.report.restarts} restarts)"
+            progress.update(task, advance=1, last=line)
+            if not console.is_terminal:
+                print(f"[campaign] {i}/{len(schedules)} {line}", flush=True)
+    return trials
+
+
+def write_results(ns: argparse.Namespace, trials: Sequence[Trial], config: dict[str, Any], ref: Path) -> None:
+    """The JUnit XML, JSON and plot the options asked for."""
+    if ns.junit:
+        try:
+            ns.junit.parent.mkdir(parents=True, exist_ok=True)
+            ns.junit.write_bytes(junit_xml(trials))
+        except OSError as exc:
+            raise UserError(f"cannot write {ns.junit}: {exc.strerror}", ExitCode.UNWRITABLE) from None
+    if ns.json:
+        write_json(ns.json, campaign_json(trials, config))
+    if ns.plot:
+        plot_campaign(trials, load_trace(ref), ns.plot)
+
+
+def campaign_main(argv: Sequence[str], job: JobAdapter) -> int:
+    p = campaign_parser(job)
     ns = p.parse_args(argv)
     if ns.trials < 1:
         p.error("--trials must be 1 or more")
@@ -189,46 +243,16 @@ def campaign_main(argv: Sequence[str], job: JobAdapter) -> int:
         raise UserError(f"campaign directory {out} is not empty; choose a new --out", ExitCode.BAD_CONFIG)
     ref = ensure_reference(job, ns, ns.reference_cache.resolve(), console)
     per, total = job.total_steps(ref, ns)
-    ckpts = checkpoint_steps(total, per, max(0, ns.checkpoint_every_steps))
     seeds = trial_seeds(ns.chaos_seed, ns.trials)
-    hands = deal_kinds(ns.chaos_seed, ns.trials, ns.faults_per_trial, chosen_kinds(ns))
-    try:
-        schedules = [draw_schedule(s, len(h), h, total, ckpts) for s, h in zip(seeds, hands)]
-    except ScheduleError as exc:
-        raise UserError(str(exc), ExitCode.BAD_CONFIG) from None
-
-    trials: list[Trial] = []
-    with Progress(TextColumn("[bold]campaign"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
-                  TimeElapsedColumn(), console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task("trials", total=ns.trials, last="")
-        for i, (seed, schedule) in enumerate(zip(seeds, schedules), start=1):
-            run_dir = out / f"trial-{i:03d}"
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(out / f"trial-{i:03d}.supervisor.log", "w") as log:
-                tr = run_trial(job, ns, schedule, run_dir, ref, view=PlainView(out=log))
-            trial = Trial(i, seed, run_dir, tr.report, tr.schedule_path)
-            trials.append(trial)
-            line = f"{trial.name}: {tr.report.verdict} ({len(tr.report.faults)} faults, {tr.report.restarts} restarts)"
-            progress.update(task, advance=1, last=line)
-            if not console.is_terminal:
-                print(f"[campaign] {i}/{ns.trials} {line}", flush=True)
+    trials = run_trials(job, ns, seeds, draw_schedules(ns, seeds, total, per), out, ref, console)
 
     console.print(summary_table(trials))
-    failed = [t for t in trials if t.report.verdict is not Verdict.PASS]
     identity = job.identity(ns)
     config = {"seed": ns.chaos_seed, "trials": ns.trials, "faults_per_trial": ns.faults_per_trial,
               "epochs": identity.get("epochs"), "data": identity.get("data"), "job": identity,
               "reference_dir": str(ref), "out": str(out)}
-    if ns.junit:
-        try:
-            ns.junit.parent.mkdir(parents=True, exist_ok=True)
-            ns.junit.write_bytes(junit_xml(trials))
-        except OSError as exc:
-            raise UserError(f"cannot write {ns.junit}: {exc.strerror}", ExitCode.UNWRITABLE) from None
-    if ns.json:
-        write_json(ns.json, campaign_json(trials, config))
-    if ns.plot:
-        plot_campaign(trials, load_trace(ref), ns.plot)
+    write_results(ns, trials, config, ref)
+    failed = [t for t in trials if t.report.verdict is not Verdict.PASS]
     for t in failed:
         console.print(f"[bold red]FAIL[/] {t.name}: {escape(t.report.judgement.line())}\n"
                       f"  replay: {escape(str(t.report.replay))}", highlight=False)

@@ -7,9 +7,7 @@ Pure tables, no Paddle. The end-to-end check of ``--checkpoint-every auto`` is i
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,9 +26,8 @@ from checkpoint.cadence import (
 )
 from model.config import AUTO
 from runner.worker import ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY, EVENTS, Worker
-
-REPO = Path(__file__).resolve().parents[1]
-
+from tests.helpers.factories import write_jsonl
+from tests.helpers.processes import run
 
 # -- Young's formula -------------------------------------------------------------------------------------
 
@@ -247,10 +244,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(k, raising=False)
 
 
-def write_events(run_dir: Path, records: list[dict], torn_tail: bytes = b"") -> None:
+def write_events(run_dir: Path, records: list[dict], torn: str | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    body = b"".join(json.dumps(r).encode() + b"\n" for r in records)
-    (run_dir / EVENTS).write_bytes(body + torn_tail)
+    write_jsonl(run_dir / EVENTS, records, torn=torn)
 
 
 def test_the_workers_auto_cadence_plans_with_the_runs_own_mtbf(tmp_path: Path, clean_env: None) -> None:
@@ -263,7 +259,7 @@ def test_the_workers_auto_cadence_plans_with_the_runs_own_mtbf(tmp_path: Path, c
         exited(now - 80, "crashed"),
         sup("attempt-spawned", now - 79, attempt=3, pid=13, warm=True),
         exited(now - 70, "completed"),  # not a failure
-    ], torn_tail=b'{"time": 1, "source": "supervisor", "event": "attempt-exi')  # a torn last line is skipped
+    ], torn='{"time": 1, "source": "supervisor", "event": "attempt-exi')  # a torn last line is skipped
 
     with Worker(run_dir, handle_signals=False) as w:
         w.set_cadence("auto")  # no MTBF given: the run's own, elapsed / failures
@@ -365,8 +361,7 @@ def test_standby_flag() -> None:
 )
 def test_bad_cadence_values_exit_2_with_one_line(tmp_path: Path, module: str, args: list[str], says: str) -> None:
     run_dir = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", module, "--run-dir", str(run_dir), *args], cwd=REPO,
-                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    p = run([sys.executable, "-m", module, "--run-dir", str(run_dir), *args], timeout=120)
     assert p.returncode == 2, (p.stdout, p.stderr)
     lines = p.stderr.splitlines()
     assert len(lines) == 1, p.stderr

@@ -21,7 +21,7 @@ from checkpoint.storage import LocalStorage
 from checkpoint.store import MANIFEST, CheckpointStore, _canonical, _sha256, checkpoint_name
 from rundir.contract import FileEffect
 from rundir.paths import PathEscape
-from tests.chaos_helpers import obs
+from tests.helpers.factories import obs
 
 CANARY = b"the canary: nobody may read or write me\n"
 TIMEOUT_S = 10.0

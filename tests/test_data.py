@@ -18,7 +18,8 @@ import model.data as md
 from model.data import CACHE, DataError, Dataset, load_source, prepare
 from rundir.exitcodes import ExitCode
 from runner.worker import JOB, WORKER_LOCK
-from tests.helpers import describe, final, losses, run_job
+from tests.helpers.processes import describe, run_job
+from tests.helpers.readers import final, losses
 
 # -- JSON (.json.gz) ------------------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ that preloaded Paddle is in tests/e2e/test_standby.py."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -23,10 +22,9 @@ import pytest
 
 from runner import forkserver
 from runner.forkserver import ForkServer, ForkServerError, ForkTarget, environment, forkable, open_devices
-from runner.options import module_list
 from runner.process import WorkerProcess
 from tests.helpers import REPO
-from tests.supervisor_helpers import wait_gone
+from tests.helpers.processes import wait_gone
 
 PY = sys.executable
 
@@ -233,26 +231,6 @@ def test_workers_forked_in_turn_each_report_their_own_exit(server: ForkServer, j
     procs = [start(server, ForkTarget("path", str(job), ("report",)), tmp_path / f"w{i}.log", JOB_EXIT=str(i))
              for i in range(4)]
     assert [wait(p) for p in reversed(procs)] == [3, 2, 1, 0]
-
-
-@pytest.mark.parametrize(
-    ("text", "want"),
-    [
-        ("model.train", ("model.train",)),
-        ("paddle, numpy", ("paddle", "numpy")),
-        ("none", ()),
-        ("a b", None),
-        ("", None),
-        ("pkg.", None),
-        ("1pkg", None),
-    ],
-)
-def test_preload_flag_values(text: str, want: tuple[str, ...] | None) -> None:
-    if want is None:
-        with pytest.raises(argparse.ArgumentTypeError, match="not a module name"):
-            module_list(text)
-    else:
-        assert module_list(text) == want
 
 
 def test_a_bad_preload_flag_exits_2_with_one_line(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from chaos.inject import FaultHit, Injector, corrupt_file
 from rundir.classify import ExitClass
 from rundir.contract import FileEffect, SendSignal
 from runner.worker import ENV_CHAOS_ARM, PAUSED_PHASE
-from tests.chaos_helpers import attempt_result, obs, saved, schedule_of
+from tests.helpers.factories import attempt_result, obs, saved, schedule_of
 
 TARGET = 12
 GRACE = 4.5

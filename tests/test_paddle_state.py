@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from checkpoint.state import TrainState
-from tests.paddle_helpers import address, live_arrays, tensors, tiny, train_steps
+from tests.helpers.paddle_model import address, live_arrays, tensors, tiny, train_steps
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from tenacity import RetryCallState
@@ -23,24 +24,14 @@ from runner.policy import (
     unproductive_restarts,
     wait_backoff,
 )
+from tests.helpers.factories import attempt_result
 
 C = ExitClass
 
-_RC = {C.COMPLETED: 0, C.PREEMPTED: 75, C.KILLED: -9, C.CRASHED: 1, C.BAD_INPUT: 65, C.HUNG: -9,
-       C.USER_STOPPED: 75}
 
-
-def result(
-    attempt: int = 1, cls: ExitClass = C.CRASHED, *, progress: bool = False, last_step: int | None = None,
-    resumed_from: int | None = 0, error: str | None = None,
-) -> AttemptResult:
-    """An attempt's result with plausible defaults: only what a test names matters."""
-    rc = _RC[cls]
-    return AttemptResult(
-        attempt=attempt, pid=1000 + attempt, exit_class=cls, returncode=rc,
-        signal="SIGKILL" if rc == -9 else None, resumed_from=resumed_from, last_step=last_step,
-        made_progress=progress, started=100.0 + attempt, ended=101.0 + attempt, error=error,
-    )
+def result(attempt: int = 1, cls: ExitClass = C.CRASHED, *, progress: bool = False, **fields: Any) -> AttemptResult:
+    """Attempt ``attempt``'s result: it made progress only if the test says so."""
+    return attempt_result(cls, attempt=attempt, made_progress=progress, **fields)
 
 
 def history(*spec: tuple[ExitClass, bool]) -> list[AttemptResult]:

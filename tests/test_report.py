@@ -20,7 +20,7 @@ from chaos.report import (
     restart_latencies,
 )
 from runner.trace import compare
-from tests.chaos_helpers import rec, trace_of
+from tests.helpers.factories import rec, trace_of
 
 STEPS_PER_EPOCH = 4
 EPOCHS = 3

@@ -9,7 +9,7 @@ import pytest
 
 from runner.trace import Comparison, Verdict, compare, load_trace, stitch
 from runner.worker import FINAL, LOSSES
-from tests.chaos_helpers import rec, trace_of, write_jsonl
+from tests.helpers.factories import rec, trace_of, write_jsonl
 
 LOSSES_10 = [2.5 - 0.1 * i for i in range(10)]
 DIGEST = "ab" * 32

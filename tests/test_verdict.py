@@ -21,11 +21,10 @@ from runner.trace import (
     config_differences,
     judge,
     load_trace,
-    stitch,
     stop_reason,
 )
 from runner.verify import verify_main
-from tests.chaos_helpers import rec, write_jsonl
+from tests.helpers.factories import rec, trace_of, write_jsonl
 
 DIGEST, OTHER = "ab" * 32, "cd" * 32
 N = 10
@@ -42,8 +41,7 @@ def records(steps: range | list[int] = range(N), *, wrong: int | None = None) ->
 
 def trace(steps: range | list[int] = range(N), *, digest: str | None = DIGEST, wrong: int | None = None,
           config: dict[str, Any] | None = None, stop: str | None = None) -> Trace:
-    recs = records(steps, wrong=wrong)
-    return Trace(stitch(recs), len(recs), digest, config=config, stop_reason=stop)
+    return trace_of(records(steps, wrong=wrong), digest, config=config, stop_reason=stop)
 
 
 GAVE_UP = "supervisor gave up: crash loop: 3 attempts in a row crashed without progress"

@@ -26,6 +26,7 @@ from runner.worker import (
     Worker,
     read_heartbeat,
 )
+from tests.helpers.readers import jsonl
 
 
 @pytest.fixture
@@ -42,10 +43,6 @@ def own_signals() -> Iterator[None]:
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_the_heartbeat_follows_the_jobs_phases(run_dir: Path) -> None:
@@ -76,10 +73,10 @@ def test_each_step_is_journalled_as_this_attempt(run_dir: Path) -> None:
         assert w.attempt == 2
         w.restore()
         w.report_step(1, loss=0.125)
-    recs = records(run_dir / LOSSES)
+    recs = jsonl(run_dir / LOSSES)
     assert [(r["step"], r["attempt"], float.fromhex(r["loss_hex"])) for r in recs] == [(0, 1, 0.25), (1, 2, 0.125)]
     assert all(r["dt"] >= 0 for r in recs)
-    started = [e for e in records(run_dir / EVENTS) if e["event"] == "attempt-started"]
+    started = [e for e in jsonl(run_dir / EVENTS) if e["event"] == "attempt-started"]
     assert [(e["attempt"], e["total_steps"]) for e in started] == [(1, 2), (2, None)]
 
 
@@ -105,7 +102,7 @@ def test_another_configuration_is_refused_with_78_and_a_complete_run_is_finished
             w.bind_config({"lr": 0.2})
         assert exc.value.code == ExitCode.BAD_CONFIG == 78
         assert w.finished() == json.loads((run_dir / FINAL).read_text())
-    (done,) = [e for e in records(run_dir / EVENTS) if e["event"] == "job-completed"]
+    (done,) = [e for e in jsonl(run_dir / EVENTS) if e["event"] == "job-completed"]
     assert (done["source"], done["steps"]) == ("worker", 3)
 
 
@@ -132,7 +129,7 @@ def test_event_takes_an_event_kind_or_its_name_and_nothing_else(run_dir: Path) -
         w.event("preempted", step=4)
         with pytest.raises(ValueError):
             w.event("no-such-event")
-    evs = [e for e in records(run_dir / EVENTS) if e["event"] == "preempted"]
+    evs = [e for e in jsonl(run_dir / EVENTS) if e["event"] == "preempted"]
     assert [(e["source"], e["attempt"], e["step"]) for e in evs] == [("worker", 1, 3), ("worker", 1, 4)]
 
 

@@ -4,7 +4,6 @@ that a paused worker's wait for its SIGKILL ends the test instead."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from rundir.events import EventKind
 from rundir.names import EVENTS
 from runner.worker.faults import FaultPoint, FaultPoints, SimulatedDeviceError, fires
 from runner.worker.files import EventLog
+from tests.helpers.readers import jsonl
 
 STEP, FILES, WRITER = FaultPoint.STEP, FaultPoint.CHECKPOINT_FILES, FaultPoint.CHECKPOINT_WRITER
 
@@ -68,10 +68,6 @@ def log(tmp_path: Path) -> EventLog:
     return EventLog(tmp_path / EVENTS, pid=42, attempt=2)
 
 
-def records(log: EventLog) -> list[dict]:
-    return [json.loads(x) for x in log.path.read_text().splitlines()] if log.path.exists() else []
-
-
 def test_a_crash_raises_in_the_first_step_at_or_after_its_own_and_once(log: EventLog) -> None:
     points = FaultPoints(log, Beats(), arm=Arm(ARM_CRASH, 3), sleep=never)
     points.step(2)
@@ -85,11 +81,11 @@ def test_a_synchronous_checkpoint_armed_to_pause_stops_between_its_files(log: Ev
     beats = Beats()
     points = FaultPoints(log, beats, arm=Arm(ARM_CHECKPOINT_WRITE, 4), sleep=never)
     points.between_files(3, "a.bin")  # before its step: goes on
-    assert beats.phases == [] and records(log) == []
+    assert beats.phases == [] and jsonl(log.path) == []
     with pytest.raises(Stop):
         points.between_files(4, "a.bin")
     assert beats.phases == [(PAUSED_PHASE, 4)]
-    (paused,) = records(log)
+    (paused,) = jsonl(log.path)
     assert (paused["source"], paused["event"], paused["attempt"], paused["pid"], paused["step"],
             paused["after_file"]) == ("worker", PAUSED_EVENT, 2, 42, 4, "a.bin")
 
@@ -103,4 +99,4 @@ def test_an_asynchronous_checkpoint_armed_to_pause_hands_the_writer_its_record(l
     with pytest.raises(Stop):
         points.paused(4)  # once the writer has stopped: the heartbeat says so, and the worker waits
     assert beats.phases == [(PAUSED_PHASE, 4)]
-    assert records(log) == []  # the writer appends the record, not this process
+    assert jsonl(log.path) == []  # the writer appends the record, not this process

@@ -28,11 +28,7 @@ from runner.worker.files import (
     worker_lock,
     write_final,
 )
-
-
-def lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()]
-
+from tests.helpers.readers import jsonl
 
 # -- the locks -----------------------------------------------------------------------------------------------
 
@@ -131,7 +127,7 @@ def test_the_loss_journal_appends_one_line_per_step_of_its_attempt(tmp_path: Pat
     for step in (0, 1):
         journal.write(step, loss=1.0 / (step + 1), epoch=0, batch=step, acc=None, lr=0.1, dt=0.01)
     journal.close()
-    recs = lines(tmp_path / LOSSES)
+    recs = jsonl(tmp_path / LOSSES)
     assert [(r["step"], r["attempt"], float.fromhex(r["loss_hex"])) for r in recs] == [(0, 2, 1.0), (1, 2, 0.5)]
 
 
@@ -140,7 +136,7 @@ def test_event_records_say_which_worker_wrote_them(tmp_path: Path) -> None:
     log.standby_ready()
     log.attempt = 4
     log.record(EventKind.PREEMPTED, step=9)
-    ready, preempted = lines(tmp_path / EVENTS)
+    ready, preempted = jsonl(tmp_path / EVENTS)
     assert {k: v for k, v in ready.items() if k != "time"} == {"source": "standby", "event": "standby-ready",
                                                               "pid": 11}
     assert {k: v for k, v in preempted.items() if k != "time"} == {"source": "worker", "event": "preempted",

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -47,8 +46,9 @@ from runner.worker import (
 from runner.worker.faults import FaultPoints
 from runner.worker.files import EventLog
 from runner.worker.session import CheckpointSession
-from tests.helpers import REPO, job_env, stopped, wait_for
-from tests.paddle_helpers import address, tiny, train_steps
+from tests.helpers.paddle_model import address, tiny, train_steps
+from tests.helpers.processes import gone, start, stopped, wait_for
+from tests.helpers.readers import events
 
 WAIT = 60.0  # seconds: a bound for things that should take milliseconds on an idle machine
 BRIEF = 0.3  # seconds: how long a test gives something that must not happen to happen anyway
@@ -56,23 +56,8 @@ STATE_FILE = "state.safetensors"
 RNG_FILE = "rng.safetensors"
 
 
-def read_events(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    path = run_dir / EVENTS
-    if not path.exists():
-        return []
-    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in recs if kind is None or r.get("event") == kind]
-
-
 def manifest(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / checkpoint_name(step) / MANIFEST
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 class Snap:
@@ -166,7 +151,7 @@ def test_checkpoint_returns_before_the_commit_and_the_next_one_waits_for_it(work
         assert cap1.called.is_set() and cap1.thread is threading.current_thread()  # the copy: on this thread
         assert not manifest(run_dir, 4).exists()
         assert worker.store.committed() == []
-        assert read_events(run_dir, "checkpoint-saved") == []
+        assert events(run_dir, "checkpoint-saved", strict=True) == []
         assert worker.cadence.last == 4  # the cadence counts it from the moment of the copy
 
         # A second checkpoint waits for the first before it even captures the state.
@@ -186,7 +171,7 @@ def test_checkpoint_returns_before_the_commit_and_the_next_one_waits_for_it(work
     assert_holds(worker, 8)
     latest = worker.store.load_latest()
     assert latest is not None and latest.step == 8
-    assert [e["step"] for e in read_events(run_dir, "checkpoint-saved")] == [4, 8]
+    assert [e["step"] for e in events(run_dir, "checkpoint-saved", strict=True)] == [4, 8]
 
 
 def test_flush_waits_for_the_commit(worker: Worker) -> None:
@@ -219,7 +204,7 @@ def test_a_writer_error_surfaces_from_the_next_flush_once(worker: Worker) -> Non
     worker.checkpoint(5, Capture(5))  # the error happens later, in the writer
     with pytest.raises(WriterError, match="checkpoint after step 5"):
         worker.flush_checkpoints()
-    assert read_events(worker.run_dir, "checkpoint-saved") == []
+    assert events(worker.run_dir, "checkpoint-saved", strict=True) == []
     # Raised once: the writer goes on, and the next checkpoint works.
     worker.flush_checkpoints()
     blocker.unlink()
@@ -236,7 +221,7 @@ def test_a_writer_error_surfaces_from_the_next_checkpoint_before_it_captures(wor
     with pytest.raises(WriterError, match="checkpoint after step 5"):
         worker.checkpoint(10, cap)
     assert not cap.called.is_set()  # it failed before taking another copy
-    assert read_events(worker.run_dir, "checkpoint-saved") == []
+    assert events(worker.run_dir, "checkpoint-saved", strict=True) == []
 
 
 def test_a_writer_error_keeps_the_job_from_completing_and_the_worker_still_closes(worker: Worker) -> None:
@@ -247,10 +232,10 @@ def test_a_writer_error_keeps_the_job_from_completing_and_the_worker_still_close
     with pytest.raises(WriterError, match="checkpoint after step 5") as raised:
         worker.complete(steps=5)
     assert not (worker.run_dir / FINAL).exists()
-    assert read_events(worker.run_dir, "job-completed") == []
+    assert events(worker.run_dir, "job-completed", strict=True) == []
     worker.close()  # with the error (and its traceback) still held, as while it propagates out of `with`
     assert raised.value is not None
-    assert not alive(writer_pid)
+    assert gone(writer_pid)
 
 
 def test_complete_waits_for_the_last_checkpoint(worker: Worker) -> None:
@@ -263,7 +248,7 @@ def test_complete_waits_for_the_last_checkpoint(worker: Worker) -> None:
         t.join(WAIT)
     assert done.is_set() and not errors, errors
     assert worker.store.committed() == [checkpoint_name(9)]
-    kinds = [e["event"] for e in read_events(worker.run_dir)]
+    kinds = [e["event"] for e in events(worker.run_dir, strict=True)]
     assert kinds.index("checkpoint-saved") < kinds.index("job-completed")
 
 
@@ -274,7 +259,7 @@ def test_wait_true_persists_in_this_process(worker: Worker) -> None:
         assert cap.thread is threading.current_thread()
         assert manifest(worker.run_dir, 7).exists()  # durable when checkpoint() returns
         assert_holds(worker, 7)
-    (ev,) = read_events(worker.run_dir, "checkpoint-saved")
+    (ev,) = events(worker.run_dir, "checkpoint-saved", strict=True)
     assert ev["asynchronous"] is False and ev["pid"] == worker.pid and "writer_pid" not in ev
 
 
@@ -289,7 +274,7 @@ def test_wait_true_after_an_async_one_writes_both_in_order(worker: Worker) -> No
     assert done.is_set() and not errors, errors
     assert cap4.committed_then == [checkpoint_name(3)]
     assert worker.store.committed() == [checkpoint_name(3), checkpoint_name(4)]
-    assert [(e["step"], e["asynchronous"]) for e in read_events(worker.run_dir, "checkpoint-saved")] == [
+    assert [(e["step"], e["asynchronous"]) for e in events(worker.run_dir, "checkpoint-saved", strict=True)] == [
         (3, True), (4, False)]
 
 
@@ -315,7 +300,7 @@ def test_checkpoint_saved_events_carry_stall_persist_asynchronous_and_writer_pid
     worker.checkpoint(4, Capture(4), wait=True)
     worker.save_checkpoint(6, {"state.bin": b"six"}, {"step": 6})
 
-    evs = read_events(worker.run_dir, "checkpoint-saved")
+    evs = events(worker.run_dir, "checkpoint-saved", strict=True)
     assert [(e["step"], e["name"], e["asynchronous"]) for e in evs] == [
         (2, checkpoint_name(2), True), (4, checkpoint_name(4), False), (6, checkpoint_name(6), False)]
     for e in evs:
@@ -343,7 +328,7 @@ def test_asynchronous_checkpoints_are_durable_once_per_interval_and_synchronous_
     worker.checkpoint(6, Capture(6))
     worker.flush_checkpoints()
     want = {1: True, 2: False, 3: False, 4: True, 5: False, 6: True}
-    evs = read_events(worker.run_dir, "checkpoint-saved")
+    evs = events(worker.run_dir, "checkpoint-saved", strict=True)
     assert {e["step"]: e["durable"] for e in evs} == want
     kept = {int(n.split("-")[1]) for n in worker.store.committed()}
     assert kept == {4, 5, 6}  # the newest three; the newest durable one is among them
@@ -430,9 +415,7 @@ def test_an_async_checkpoint_armed_to_pause_stays_torn_and_the_writer_dies_with_
     tmp_path: Path,
 ) -> None:
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", PAUSING_JOB, str(run_dir)], cwd=REPO, text=True,
-                            env=job_env(arm={"kind": "checkpoint-write", "step": 4}),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start([sys.executable, "-c", PAUSING_JOB, str(run_dir)], arm={"kind": "checkpoint-write", "step": 4})
     try:
         hb = wait_for(lambda: (h := read_heartbeat(run_dir)) and h.get("phase") == PAUSED_PHASE and h,
                       proc=proc, what="the paused checkpoint")
@@ -441,7 +424,7 @@ def test_an_async_checkpoint_armed_to_pause_stays_torn_and_the_writer_dies_with_
         torn = run_dir / "checkpoints" / checkpoint_name(4)
         # The worker says it is paused only once the writer has stopped between the files.
         assert (torn / "a.safetensors").is_file() and not (torn / "b.safetensors").exists()
-        (paused,) = read_events(run_dir, PAUSED_EVENT)
+        (paused,) = events(run_dir, PAUSED_EVENT, strict=True)
         assert (paused["step"], paused["pid"], paused["after_file"]) == (4, proc.pid, "a.safetensors")
         os.kill(proc.pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=WAIT)
@@ -451,7 +434,7 @@ def test_an_async_checkpoint_armed_to_pause_stays_torn_and_the_writer_dies_with_
             proc.wait()
     assert proc.returncode == -signal.SIGKILL, err
     assert "checkpoint() returned" not in out
-    wait_for(lambda: not alive(writer.pid), timeout=WAIT, what="the writer to die with the worker")
+    wait_for(lambda: gone(writer.pid), timeout=WAIT, what="the writer to die with the worker")
     assert not (torn / MANIFEST).exists()
     store = CheckpointStore(LocalStorage(run_dir))
     assert store.committed() == [checkpoint_name(2)]
@@ -719,7 +702,7 @@ def test_a_synchronous_save_is_all_stall_and_says_so(tmp_path: Path) -> None:
     name = s.session.save(3, {"x.bin": b"three"}, {"step": 3})
     assert name == checkpoint_name(3) and s.session.store.committed() == [name]
     assert s.beats == [("checkpoint", 3), ("train", 3)]
-    (ev,) = read_events(tmp_path, "checkpoint-saved")
+    (ev,) = events(tmp_path, "checkpoint-saved", strict=True)
     assert (ev["source"], ev["attempt"], ev["pid"], ev["step"], ev["asynchronous"], ev["durable"]) == (
         "worker", 2, 5, 3, False, True)
     assert ev["stall_s"] == ev["persist_s"]

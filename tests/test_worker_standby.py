@@ -32,6 +32,7 @@ from runner.worker import (
     read_heartbeat,
 )
 from runner.worker.standby import go_env
+from tests.helpers.readers import events, jsonl
 
 
 @pytest.fixture
@@ -50,11 +51,6 @@ def stdin_with(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
 
 def go(attempt: int, **env: str) -> bytes:
     return (json.dumps({"attempt": attempt, "env": env}) + "\n").encode()
-
-
-def events(run_dir: Path) -> list[dict]:
-    path = run_dir / EVENTS
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 @pytest.fixture
@@ -110,11 +106,11 @@ def test_the_go_line_makes_the_spare_that_attempt(run_dir: Path, monkeypatch: py
             os.close(fd)
         hb = read_heartbeat(run_dir)
         assert hb is not None and (hb["attempt"], hb["step"], hb["pid"]) == (4, 0, os.getpid())
-    evs = events(run_dir)
+    evs = events(run_dir, strict=True)
     assert [(e["source"], e["event"]) for e in evs] == [("standby", "standby-ready"), ("worker", "attempt-started")]
     assert evs[0]["pid"] == os.getpid()
     assert (evs[1]["attempt"], evs[1]["resumed_from_step"], evs[1]["total_steps"]) == (4, 0, 10)
-    (rec,) = [json.loads(x) for x in (run_dir / LOSSES).read_text().splitlines()]
+    (rec,) = jsonl(run_dir / LOSSES)
     assert (rec["step"], rec["attempt"]) == (0, 4)
 
 
@@ -136,7 +132,7 @@ def test_eof_on_stdin_exits_0_having_written_only_the_ready_event(run_dir: Path,
     assert exc.value.code == 0
     assert not w.active
     assert sorted(p.name for p in run_dir.iterdir()) == [EVENTS]
-    assert [e["event"] for e in events(run_dir)] == ["standby-ready"]
+    assert [e["event"] for e in events(run_dir, strict=True)] == ["standby-ready"]
 
 
 def test_the_spare_refuses_to_train_next_to_a_live_worker(run_dir: Path, monkeypatch: pytest.MonkeyPatch,
@@ -149,7 +145,7 @@ def test_the_spare_refuses_to_train_next_to_a_live_worker(run_dir: Path, monkeyp
     assert "in use by another worker" in str(exc.value)
     assert not w.active
     assert not (run_dir / HEARTBEAT).exists() and not (run_dir / LOSSES).exists()
-    assert [e["event"] for e in events(run_dir)] == ["standby-ready"]
+    assert [e["event"] for e in events(run_dir, strict=True)] == ["standby-ready"]
     with pytest.raises(RuntimeError):
         w.report_step(0, loss=1.0)
 
@@ -162,7 +158,7 @@ def test_without_standby_the_worker_is_active_at_once(tmp_path: Path, monkeypatc
         assert w.active and not w.standby and w.attempt == 1
         w.restore()
         w.report_step(0, loss=1.0)
-    assert "standby-ready" not in [e["event"] for e in events(tmp_path / "run")]
+    assert "standby-ready" not in [e["event"] for e in events(tmp_path / "run", strict=True)]
 
 
 def test_a_spare_plans_its_cadence_with_the_failure_it_replaces(run_dir: Path,

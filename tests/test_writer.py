@@ -6,7 +6,6 @@ Real processes, signals, shared memory and files; every wait is bounded and noth
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -27,7 +26,9 @@ from checkpoint.state import StateArrays, pack, params_digest
 from checkpoint.storage import LocalStorage
 from checkpoint.store import MANIFEST, CheckpointStore, checkpoint_name
 from checkpoint.writer import CheckpointWriter, Saved, WriterError
-from tests.helpers import REPO, stopped, wait_for
+from tests.helpers import REPO
+from tests.helpers.processes import child_env, gone, stopped, wait_for
+from tests.helpers.readers import events
 
 WAIT = 60.0  # seconds: a bound for things that take milliseconds on an idle machine
 MODEL = "model.safetensors"
@@ -63,17 +64,6 @@ def sample(step: int, *, n: int = 6, extra: int = 0, late_size: int = 624) -> St
 def committed(root: Path, name: str) -> tuple[dict[str, bytes], dict[str, Any]]:
     ckpt = CheckpointStore(LocalStorage(root)).verify(name)  # raises unless the manifest and files agree
     return dict(ckpt.files), dict(ckpt.meta)
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture
@@ -129,7 +119,7 @@ def test_a_submitted_state_is_committed_exactly_with_its_late_part_and_digests(
     assert meta["rng"] == {"pos": 3, "name": "MT19937"}
     assert meta["params_sha256"] == params_digest(originals[MODEL])
 
-    (ev,) = read_events(root / "events.jsonl")
+    (ev,) = events(root, strict=True)
     assert ev["event"] == "checkpoint-saved" and ev["source"] == "test" and ev["asynchronous"] is True
     assert (ev["step"], ev["name"], ev["writer_pid"]) == (3, checkpoint_name(3), writer.pid)
     assert ev["writer_pid"] != os.getpid()
@@ -151,7 +141,7 @@ def test_layouts_that_change_between_submits_still_round_trip(writer: Checkpoint
         saved = save(writer, step, state)
         assert (saved.step, saved.name) == (step, checkpoint_name(step))
         assert committed(root, saved.name) == want, f"checkpoint {step} differs from what was submitted"
-    assert [e["step"] for e in read_events(root / "events.jsonl")] == list(range(1, len(states) + 1))
+    assert [e["step"] for e in events(root, strict=True)] == list(range(1, len(states) + 1))
 
 
 def test_a_state_without_a_late_part_round_trips(writer: CheckpointWriter, root: Path) -> None:
@@ -386,7 +376,7 @@ def test_a_deferred_state_that_fails_is_raised_by_wait_and_the_writer_goes_on(
     assert writer.wait_copied(WAIT)  # a failed copy does not leave the barrier shut
     with pytest.raises(ValueError, match="the capture broke"):
         writer.wait(WAIT)
-    assert not writer.busy and read_events(root / "events.jsonl") == []
+    assert not writer.busy and events(root, strict=True) == []
     state = sample(4)
     want = pack(state)
     writer.submit(4, lambda: state, event=EVENT, started=0.0)
@@ -403,8 +393,8 @@ def test_a_failed_save_is_reported_and_the_writer_goes_on(writer: CheckpointWrit
     with pytest.raises(WriterError, match="checkpoint after step 4"):
         writer.wait(WAIT)
     assert not writer.busy
-    assert read_events(root / "events.jsonl") == []
-    assert alive(writer.pid)
+    assert events(root, strict=True) == []
+    assert not gone(writer.pid)
 
     (root / "checkpoints").unlink()
     state = sample(5)
@@ -430,15 +420,15 @@ def test_a_paused_checkpoint_stays_torn_after_the_writer_is_killed(writer: Check
     assert saved is not None and saved.paused and saved.step == 2
     torn = root / "checkpoints" / checkpoint_name(2)
     assert (torn / MODEL).is_file() and not (torn / TRAIN).exists() and not (torn / MANIFEST).exists()
-    assert alive(writer.pid)  # stopped between the files for good
+    assert not gone(writer.pid)  # stopped between the files for good
 
     os.kill(writer.pid, signal.SIGKILL)
-    wait_for(lambda: not alive(writer.pid), timeout=WAIT, what="the writer to die")
+    wait_for(lambda: gone(writer.pid), timeout=WAIT, what="the writer to die")
     store = CheckpointStore(LocalStorage(root))
     assert store.committed() == [checkpoint_name(1)]
     latest = store.load_latest()
     assert latest is not None and latest.step == 1
-    (paused,) = [e for e in read_events(root / "events.jsonl") if e["event"] == "paused"]
+    (paused,) = [e for e in events(root, strict=True) if e["event"] == "paused"]
     assert paused["after_file"] == MODEL and paused["step"] == 2
 
 
@@ -477,8 +467,7 @@ def start_mode(request: pytest.FixtureRequest) -> str:
 def parent_of_a_writer(root: Path, mode: str, start: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """A real process that starts a writer, has it commit checkpoint 1 (and pause in checkpoint 2)."""
     root.mkdir()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               OPENBLAS_NUM_THREADS="1")  # else NumPy's BLAS starts a thread on import
+    env = child_env({"OPENBLAS_NUM_THREADS": "1"})  # else NumPy's BLAS starts a thread on import
     proc = subprocess.Popen([sys.executable, "-c", PARENT, str(root), mode, start], cwd=REPO, env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
@@ -500,10 +489,10 @@ def parent_of_a_writer(root: Path, mode: str, start: str) -> Iterator[tuple[subp
 
 def test_the_writer_dies_when_its_parent_is_sigkilled(root: Path, start_mode: str) -> None:
     with parent_of_a_writer(root, "idle", start_mode) as (proc, writer_pid):
-        assert alive(writer_pid)
+        assert not gone(writer_pid)
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(WAIT) == -signal.SIGKILL
-        wait_for(lambda: not alive(writer_pid), timeout=WAIT, what="the orphaned writer to die")
+        wait_for(lambda: gone(writer_pid), timeout=WAIT, what="the orphaned writer to die")
     assert CheckpointStore(LocalStorage(root)).committed() == [checkpoint_name(1)]
 
 
@@ -514,7 +503,7 @@ def test_a_writer_paused_mid_checkpoint_leaves_no_checkpoint_when_its_parent_is_
         torn = root / "checkpoints" / checkpoint_name(2)
         assert (torn / "a.safetensors").is_file() and not (torn / MANIFEST).exists()
         os.kill(proc.pid, signal.SIGKILL)
-        wait_for(lambda: not alive(writer_pid), timeout=WAIT, what="the paused writer to die")
+        wait_for(lambda: gone(writer_pid), timeout=WAIT, what="the paused writer to die")
     assert not (torn / MANIFEST).exists() and not (torn / "b.safetensors").exists()
     store = CheckpointStore(LocalStorage(root))
     assert store.committed() == [checkpoint_name(1)]
@@ -529,7 +518,7 @@ def test_sigterm_and_sigint_do_not_stop_the_writer(writer: CheckpointWriter, roo
     state = sample(2)
     want = pack(state)
     save(writer, 2, state)  # a writer killed by the signal could not answer this one
-    assert alive(writer.pid)
+    assert not gone(writer.pid)
     assert committed(root, checkpoint_name(2)) == want
 
 

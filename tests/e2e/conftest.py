@@ -2,27 +2,20 @@
 the uninterrupted references and the interrupted runs the tests resume are made once per session.
 
 A test that resumes a shared interrupted run copies its directory first: shared runs stay as made.
+``procs`` holds the processes a test starts, and kills whatever of them outlives it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from checkpoint.store import checkpoint_name
-from tests.e2e.runs import (
-    ARGS2,
-    ARGS3,
-    BREAK_KINDS,
-    EVERY4,
-    STEPS2,
-    Runs2,
-    Runs3,
-    assert_crashed_at,
-    copy_run,
-    crash,
-    seeded_run_dir,
-)
-from tests.helpers import describe, losses, run_job, run_jobs
+from tests.e2e.runs import ARGS2, ARGS3, BREAK_KINDS, EVERY4, STEPS2, Runs2, Runs3, assert_crashed_at, copy_run, crash
+from tests.helpers.processes import Started, describe, kill_leftovers, run_job, run_jobs, seeded_run_dir
+from tests.helpers.readers import losses
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +53,11 @@ def runs3(tmp_path_factory: pytest.TempPathFactory, runs2: Runs2) -> Runs3:
         assert p.returncode == 0, describe(p)
     assert (crashed / "checkpoints" / checkpoint_name(runs.resume_step)).is_dir()
     return runs
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Started]:
+    """The processes a test starts; whatever is still running at teardown, or names its tmp dir, is killed."""
+    started = Started()
+    yield started
+    kill_leftovers(started, [tmp_path])

@@ -1,16 +1,17 @@
-"""The end-to-end tests' job configurations and the shape of the runs shared between them."""
+"""The end-to-end tests' job configurations and the shape of the runs shared between them: the job's
+references and crashed runs (``runs2``, ``runs3``) and ``python -m runner --simulate-preemption`` runs."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from checkpoint.storage import LocalStorage
-from checkpoint.store import MANIFEST, CheckpointStore, checkpoint_name
-from model.data import CACHE
-from tests.helpers import describe, losses
+from tests.helpers.processes import describe, run_runner
+from tests.helpers.readers import committed_steps, durable_steps, losses
 
 # 2 epochs of 15 steps (1,500 digits, batch 100).
 ARGS2 = ("--epochs", 2)
@@ -28,27 +29,9 @@ def crash(step: int) -> dict[str, object]:
     return {"kind": "crash", "step": step}
 
 
-def seeded_run_dir(path: Path, cache_from: Path) -> Path:
-    """A new run directory holding a copy of another run's prepared data (``data.npz``), so the job
-    skips scikit-learn's slow import. The cache is keyed by its source; the job still checks the key."""
-    path.mkdir(parents=True)
-    shutil.copy2(cache_from / CACHE, path / CACHE)
-    return path
-
-
 def copy_run(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
-
-
-def committed_steps(run_dir: Path) -> list[int]:
-    return [int(n.split("-")[1]) for n in CheckpointStore(LocalStorage(run_dir)).committed()]
-
-
-def durable_steps(run_dir: Path) -> list[int]:
-    ck = run_dir / "checkpoints"
-    return [s for s in committed_steps(run_dir)
-            if json.loads((ck / checkpoint_name(s) / MANIFEST).read_text())["durable"]]
 
 
 def assert_crashed_at(proc, run_dir: Path, step: int, checkpoints: list[int]) -> None:
@@ -77,3 +60,38 @@ class Runs3:
     reference: Path
     resume_step: int
     resumed: dict[str | None, Path] = field(default_factory=dict)  # None: resumed correctly
+
+
+class ChaosRuns:
+    """``python -m runner --simulate-preemption`` runs made once per session and shared by the tests that
+    look at them, all with one reference cache (so each job's reference is computed once)."""
+
+    def __init__(self, base: Path, reference_cache: Path) -> None:
+        self.base = Path(base)
+        self.reference_cache = Path(reference_cache)
+        self._runs: dict[str, ChaosRun] = {}
+
+    def simulate(self, name: str, *args: object) -> ChaosRun:
+        if name not in self._runs:
+            run_dir, report = self.base / name, self.base / f"{name}.report.json"
+            p = run_runner("--simulate-preemption", "--reference-cache", self.reference_cache, "--run-dir", run_dir,
+                           "--json-report", report, *args)
+            data = json.loads(report.read_text()) if report.is_file() else None
+            self._runs[name] = ChaosRun(name, run_dir, p, data)
+        return self._runs[name]
+
+
+class ChaosRun:
+    def __init__(self, name: str, run_dir: Path, proc: subprocess.CompletedProcess[str],
+                 report: dict[str, Any] | None) -> None:
+        self.name, self.run_dir, self.proc = name, run_dir, proc
+        self._report = report
+
+    @property
+    def report(self) -> dict[str, Any]:
+        assert self._report is not None, f"no JSON report from {self.name}\n{describe(self.proc)}"
+        return self._report
+
+    @property
+    def reference_dir(self) -> Path:
+        return Path(self.report["job"]["reference_dir"])

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from checkpoint.store import MANIFEST, _canonical, _sha256, checkpoint_name
-from tests.chaos_helpers import describe, run_runner
-from tests.helpers import run_job
+from tests.helpers.processes import describe, run_job, run_runner
 
 pytestmark = pytest.mark.e2e
 

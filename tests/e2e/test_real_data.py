@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,9 +12,10 @@ import numpy as np
 import pytest
 
 from model.data import prepare
+from tests.helpers.processes import job_cmd, start
+from tests.helpers.readers import losses
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.e2e,
@@ -33,17 +32,11 @@ def test_fashion_mnist_loads_with_its_real_shapes(tmp_path: Path) -> None:
     assert (tmp_path / "data.npz").exists()
 
 
-def _steps(run_dir: Path) -> list[dict[str, object]]:
-    path = run_dir / "losses.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def _train_until_preempted(run_dir: Path, steps: int) -> int:
-    p = subprocess.Popen([sys.executable, "-m", "model", "--run-dir", str(run_dir), "--data", str(FASHION)],
-                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    before = len(_steps(run_dir))
+    p = start(job_cmd(run_dir, "--data", FASHION), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    before = len(losses(run_dir))
     deadline = time.monotonic() + 180
-    while len(_steps(run_dir)) < before + steps and time.monotonic() < deadline and p.poll() is None:
+    while len(losses(run_dir)) < before + steps and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.05)
     os.kill(p.pid, signal.SIGTERM)
     return p.wait(timeout=60)
@@ -51,9 +44,9 @@ def _train_until_preempted(run_dir: Path, steps: int) -> int:
 
 def test_the_job_trains_on_fashion_mnist_and_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert _train_until_preempted(tmp_path, 3) == 75
-    first = _steps(tmp_path)
+    first = losses(tmp_path)
     assert _train_until_preempted(tmp_path, 2) == 75
-    recs = _steps(tmp_path)
+    recs = losses(tmp_path)
     steps = [int(r["step"]) for r in recs]  # type: ignore[call-overload]
     assert steps == list(range(len(steps))), "a SIGTERM loses no step and repeats none"
     assert len(recs) > len(first) and {r["attempt"] for r in recs} == {1, 2}

@@ -17,42 +17,22 @@ from checkpoint.storage import LocalStorage
 from checkpoint.store import MANIFEST, CheckpointStore, checkpoint_name
 from rundir.exitcodes import ExitCode
 from runner.worker import EVENTS, LOSSES, PAUSED_PHASE, read_heartbeat
-from tests.e2e.runs import (
-    ARGS2,
-    EVERY4,
-    STEPS2,
-    STEPS3,
-    Runs2,
-    Runs3,
+from tests.e2e.runs import ARGS2, EVERY4, STEPS2, STEPS3, Runs2, Runs3, copy_run
+from tests.helpers.processes import describe, run_job, seeded_run_dir, start_job, wait_for
+from tests.helpers.readers import (
+    assert_bit_exact,
     committed_steps,
-    copy_run,
-    seeded_run_dir,
-)
-from tests.helpers import (
     count_lines,
-    describe,
     events,
     final,
     first_divergence,
     loss_trace,
     losses,
     resumed_from,
-    run_job,
-    start_job,
     stitched,
-    wait_for,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def assert_exact(run_dir: Path, reference: Path, steps: int) -> None:
-    """The stitched trace and the final parameters equal the reference's, bit for bit."""
-    got, want = loss_trace(run_dir), loss_trace(reference)
-    assert list(want) == list(range(steps))
-    assert first_divergence(want, got) is None, f"the resumed trace diverges at step {first_divergence(want, got)}"
-    assert final(run_dir)["steps"] == steps
-    assert final(run_dir)["params_sha256"] == final(reference)["params_sha256"]
 
 
 def checkpoint_state(run_dir: Path, step: int) -> TrainState:
@@ -108,7 +88,7 @@ def test_resume_after_crash_is_bit_exact(
     assert resumed_from(run_dir) == [0, resume_step]
     second = [r["step"] for r in losses(run_dir) if r["attempt"] == 2]
     assert second == list(range(resume_step, STEPS2))
-    assert_exact(run_dir, runs2.reference, STEPS2)
+    assert_bit_exact(run_dir, runs2.reference, STEPS2)
 
 
 def test_sigterm_checkpoints_at_the_step_reached_and_resumes_with_nothing_recomputed(
@@ -136,7 +116,7 @@ def test_sigterm_checkpoints_at_the_step_reached_and_resumes_with_nothing_recomp
     assert resumed_from(run_dir) == [0, reached]
     repeated = [s for s, n in Counter(r["step"] for r in losses(run_dir)).items() if n > 1]
     assert repeated == [], "steps were recomputed after a preemption"
-    assert_exact(run_dir, runs2.reference, STEPS2)
+    assert_bit_exact(run_dir, runs2.reference, STEPS2)
 
 
 # -- the comparison can fail ----------------------------------------------------------------------------
@@ -156,7 +136,7 @@ def test_a_broken_resume_is_caught_by_the_trace_comparison(runs3: Runs3, kind: s
     assert list(want) == list(range(STEPS3))
     offset = FIRST_WRONG_STEP[kind]
     if offset is None:
-        assert_exact(run_dir, reference, STEPS3)
+        assert_bit_exact(run_dir, reference, STEPS3)
         return
     assert first_divergence(want, got) == runs3.resume_step + offset
     assert final(run_dir)["params_sha256"] != final(reference)["params_sha256"]
@@ -196,7 +176,7 @@ def test_sigkill_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(
     assert p.returncode == 0, describe(p)
     assert "warning:" not in p.stdout  # a checkpoint without its manifest was never committed: no fallback
     assert resumed_from(run_dir) == [0, 4]
-    assert_exact(run_dir, runs2.reference, STEPS2)
+    assert_bit_exact(run_dir, runs2.reference, STEPS2)
 
 
 def test_corrupt_newest_checkpoint_is_moved_aside_with_a_warning_and_the_older_one_used(
@@ -219,7 +199,7 @@ def test_corrupt_newest_checkpoint_is_moved_aside_with_a_warning_and_the_older_o
     assert (quarantined / "model.safetensors").read_bytes() == bytes(data)
     assert [e["reason"] for e in events(run_dir, "checkpoint-fallback")] == [warnings[0].removeprefix("warning: ")]
     assert (run_dir / EVENTS).exists()
-    assert_exact(run_dir, runs2.reference, STEPS2)
+    assert_bit_exact(run_dir, runs2.reference, STEPS2)
 
 
 # -- export ---------------------------------------------------------------------------------------------

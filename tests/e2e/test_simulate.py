@@ -11,7 +11,9 @@ import pytest
 
 from chaos.faults import FaultKind
 from chaos.schedule import SCHEDULE_FILE, Schedule
-from tests.chaos_helpers import ChaosRun, ChaosRuns, describe, events, resumed_from_step, run_runner
+from tests.e2e.runs import ChaosRun, ChaosRuns
+from tests.helpers.processes import describe, run_runner
+from tests.helpers.readers import events, resumed_from_step
 
 pytestmark = pytest.mark.e2e
 

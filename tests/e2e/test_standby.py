@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,24 +27,21 @@ from checkpoint.storage import LocalStorage
 from checkpoint.store import CheckpointStore, checkpoint_name
 from rundir.exitcodes import ExitCode
 from runner.worker import ENV_STANDBY, EVENTS, FINAL, HEARTBEAT, LOSSES, WORKER_LOCK
-from tests.helpers import job_cmd, job_env, run_job
-from tests.helpers import resumed_from as started_from
-from tests.supervisor_helpers import (
-    events,
-    explain,
-    final,
+from tests.helpers.processes import (
+    Started,
+    describe,
     finish,
-    kill_leftovers,
-    losses,
+    job_cmd,
     processes_using,
+    run_job,
     runner_cmd,
-    seed_data,
-    start,
-    stitched,
+    seeded_run_dir,
     wait_for,
     wait_for_worker,
     wait_gone,
 )
+from tests.helpers.readers import assert_bit_exact, events, losses
+from tests.helpers.readers import resumed_from as started_from
 
 pytestmark = pytest.mark.e2e
 
@@ -60,26 +56,9 @@ STEP_TIMEOUT = 120.0
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ref = tmp_path_factory.mktemp("standby-reference") / "run"
     p = run_job(ref, *EPOCHS)
-    assert p.returncode == 0, explain(p)
+    assert p.returncode == 0, describe(p)
     assert [r["step"] for r in losses(ref)] == list(range(STEPS))
     return ref
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
-    """Processes a test starts; anything still running at teardown (or naming its tmp dir) is killed."""
-    started: list[subprocess.Popen] = []
-    yield started
-    kill_leftovers(started, [tmp_path])
-
-
-def assert_exact(run_dir: Path, reference: Path) -> None:
-    trace, ref = stitched(run_dir), stitched(reference)
-    assert list(trace) == list(range(STEPS)), "steps missing from the stitched trace"
-    diff = [s for s in ref if trace.get(s) != ref[s]]
-    assert not diff, f"loss differs from the reference at steps {diff[:10]}"
-    assert final(run_dir)["steps"] == STEPS
-    assert final(run_dir)["params_sha256"] == final(reference)["params_sha256"]
 
 
 def assert_nothing_left(run_dir: Path, *pids: int, timeout: float = 30.0) -> None:
@@ -112,16 +91,15 @@ def wait_ready_spare(run_dir: Path, n: int, sup: subprocess.Popen) -> int:
 
 
 def run_killing_the_first_worker(
-    run_dir: Path, procs: list[subprocess.Popen], *flags: object
+    run_dir: Path, procs: Started, *flags: object
 ) -> tuple[subprocess.CompletedProcess[str], int]:
     """Supervise the job with ``flags``, SIGKILL attempt 1's worker once it reached step 7, and let
     the run finish; its result (asserted to be exit 0) and the killed pid."""
-    sup = start(runner_cmd(run_dir, *JOB, *flags))
-    procs.append(sup)
+    sup = procs.start(runner_cmd(run_dir, *JOB, *flags))
     pid = wait_for_worker(run_dir, 1, 7, sup, timeout=STEP_TIMEOUT)
     os.kill(pid, signal.SIGKILL)
     p = finish(sup)
-    assert p.returncode == 0, explain(p, run_dir)
+    assert p.returncode == 0, describe(p, run_dir=run_dir)
     return p, pid
 
 
@@ -153,13 +131,11 @@ def snapshot(run_dir: Path) -> dict[str, tuple[bytes, int]]:
             for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-def start_spare(run_dir: Path, tmp_path: Path, procs: list[subprocess.Popen]) -> subprocess.Popen:
+def start_spare(run_dir: Path, tmp_path: Path, procs: Started) -> subprocess.Popen:
     out = open(tmp_path / "spare.out", "wb")  # the child keeps its own copy of the fd
-    proc = subprocess.Popen(job_cmd(run_dir, *EPOCHS), env=job_env(env={ENV_STANDBY: "1"}),
-                            stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parents[2])
+    proc = procs.start(job_cmd(run_dir, *EPOCHS), env={ENV_STANDBY: "1"}, stdin=subprocess.PIPE, stdout=out,
+                       stderr=subprocess.STDOUT, text=False)  # the go line is bytes
     out.close()
-    procs.append(proc)
     return proc
 
 
@@ -181,7 +157,7 @@ def exit_code(proc: subprocess.Popen, timeout: float = 60.0) -> int:
 
 
 def test_a_spare_writes_only_standby_ready_until_its_go_line_and_eof_ends_it(
-    reference: Path, tmp_path: Path, procs: list[subprocess.Popen]
+    reference: Path, tmp_path: Path, procs: Started
 ) -> None:
     run_dir = interrupted_copy(reference, tmp_path / "run")
     before = snapshot(run_dir)
@@ -226,7 +202,7 @@ def test_a_spare_writes_only_standby_ready_until_its_go_line_and_eof_ends_it(
 
 
 def test_a_spare_never_trains_next_to_a_live_worker(
-    reference: Path, tmp_path: Path, procs: list[subprocess.Popen]
+    reference: Path, tmp_path: Path, procs: Started
 ) -> None:
     run_dir = interrupted_copy(reference, tmp_path / "run")
     spare = start_spare(run_dir, tmp_path, procs)
@@ -259,11 +235,10 @@ def test_a_spare_never_trains_next_to_a_live_worker(
 
 
 def test_three_sigkills_each_restart_warm_and_bit_exact(
-    reference: Path, tmp_path: Path, procs: list[subprocess.Popen]
+    reference: Path, tmp_path: Path, procs: Started
 ) -> None:
-    run_dir = seed_data(tmp_path / "run", reference)
-    sup = start(runner_cmd(run_dir, *JOB))
-    procs.append(sup)
+    run_dir = seeded_run_dir(tmp_path / "run", reference)
+    sup = procs.start(runner_cmd(run_dir, *JOB))
     killed = []
     for attempt, min_step in ((1, 7), (2, 18), (3, 29)):
         pid = stop_at(run_dir, attempt, min_step, sup)
@@ -271,7 +246,7 @@ def test_three_sigkills_each_restart_warm_and_bit_exact(
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
     p = finish(sup)
-    assert p.returncode == 0, explain(p, run_dir)
+    assert p.returncode == 0, describe(p, run_dir=run_dir)
 
     att = spawned(run_dir)
     assert [(e["attempt"], e["warm"]) for e in att] == [(1, False), (2, True), (3, True), (4, True)]
@@ -298,15 +273,15 @@ def test_three_sigkills_each_restart_warm_and_bit_exact(
         assert (logs / f"attempt-{n + 1:03d}.log").is_file()
         assert events(run_dir, "attempt-spawned", source="supervisor")[n]["log"] == f"logs/attempt-{n + 1:03d}.log"
 
-    assert_exact(run_dir, reference)
+    assert_bit_exact(run_dir, reference, STEPS)
     # The supervisor exited 0: no spare is left behind, the one warming for a 5th attempt included.
     assert_nothing_left(run_dir, *killed, *spare_pids)
 
 
 @pytest.mark.parametrize("preload", [None, "none"], ids=["forked", "exec"])
-def test_no_standby_restarts_cold_and_exact(reference: Path, tmp_path: Path, procs: list[subprocess.Popen],
+def test_no_standby_restarts_cold_and_exact(reference: Path, tmp_path: Path, procs: Started,
                                             preload: str | None) -> None:
-    run_dir = seed_data(tmp_path / "run", reference)
+    run_dir = seeded_run_dir(tmp_path / "run", reference)
     _, pid = run_killing_the_first_worker(run_dir, procs, "--no-standby", *(("--preload", preload) if preload else ()))
 
     forked = preload is None
@@ -317,14 +292,14 @@ def test_no_standby_restarts_cold_and_exact(reference: Path, tmp_path: Path, pro
     assert not list((run_dir / "logs").glob("standby-*.log"))
     exits = events(run_dir, "attempt-exited", source="supervisor")
     assert [(e["attempt"], e["exit_class"]) for e in exits] == [(1, "killed"), (2, "completed")]
-    assert_exact(run_dir, reference)
+    assert_bit_exact(run_dir, reference, STEPS)
     assert_nothing_left(run_dir, pid)
 
 
 def test_a_fork_server_that_cannot_import_is_replaced_by_exec(
-    reference: Path, tmp_path: Path, procs: list[subprocess.Popen]
+    reference: Path, tmp_path: Path, procs: Started
 ) -> None:
-    run_dir = seed_data(tmp_path / "run", reference)
+    run_dir = seeded_run_dir(tmp_path / "run", reference)
     p, pid = run_killing_the_first_worker(run_dir, procs, "--preload", "model.train,no_such_module_here")
 
     (failed,) = events(run_dir, "fork-server-failed")
@@ -335,16 +310,15 @@ def test_a_fork_server_that_cannot_import_is_replaced_by_exec(
     exits = events(run_dir, "attempt-exited", source="supervisor")
     assert [(e["attempt"], e["exit_class"]) for e in exits][:1] == [(1, "killed")]
     assert exits[-1]["exit_class"] == "completed"
-    assert_exact(run_dir, reference)
+    assert_bit_exact(run_dir, reference, STEPS)
     assert_nothing_left(run_dir, pid)
 
 
 def test_a_fork_server_killed_mid_run_takes_its_workers_and_exec_takes_over(
-    reference: Path, tmp_path: Path, procs: list[subprocess.Popen]
+    reference: Path, tmp_path: Path, procs: Started
 ) -> None:
-    run_dir = seed_data(tmp_path / "run", reference)
-    sup = start(runner_cmd(run_dir, *JOB))
-    procs.append(sup)
+    run_dir = seeded_run_dir(tmp_path / "run", reference)
+    sup = procs.start(runner_cmd(run_dir, *JOB))
     worker = stop_at(run_dir, 1, 7, sup)
     spare = wait_ready_spare(run_dir, 1, sup)
     (server,) = events(run_dir, "fork-server-started")
@@ -352,7 +326,7 @@ def test_a_fork_server_killed_mid_run_takes_its_workers_and_exec_takes_over(
     wait_gone(worker)  # both die with it
     wait_gone(spare)
     p = finish(sup)
-    assert p.returncode == 0, explain(p, run_dir)
+    assert p.returncode == 0, describe(p, run_dir=run_dir)
 
     (failed,) = events(run_dir, "fork-server-failed")
     assert failed["error"] == "the fork server exited"
@@ -361,23 +335,22 @@ def test_a_fork_server_killed_mid_run_takes_its_workers_and_exec_takes_over(
     assert [(e["attempt"], e["forked"]) for e in spawned(run_dir)] == [(1, True), (2, False)]
     (lost,) = events(run_dir, "standby-lost")
     assert lost["pid"] == spare
-    assert_exact(run_dir, reference)
+    assert_bit_exact(run_dir, reference, STEPS)
     assert_nothing_left(run_dir, worker, spare)
 
 
 def test_a_spare_that_died_is_replaced_by_a_cold_start(
-    reference: Path, tmp_path: Path, procs: list[subprocess.Popen]
+    reference: Path, tmp_path: Path, procs: Started
 ) -> None:
-    run_dir = seed_data(tmp_path / "run", reference)
-    sup = start(runner_cmd(run_dir, *JOB))
-    procs.append(sup)
+    run_dir = seeded_run_dir(tmp_path / "run", reference)
+    sup = procs.start(runner_cmd(run_dir, *JOB))
     worker = stop_at(run_dir, 1, 7, sup)
     spare = wait_ready_spare(run_dir, 1, sup)
     os.kill(spare, signal.SIGKILL)  # dies while it waits for its go line
     wait_gone(spare)
     os.kill(worker, signal.SIGKILL)
     p = finish(sup)
-    assert p.returncode == 0, explain(p, run_dir)
+    assert p.returncode == 0, describe(p, run_dir=run_dir)
 
     (lost,) = events(run_dir, "standby-lost")
     assert lost["pid"] == spare and lost["returncode"] == -signal.SIGKILL
@@ -386,21 +359,20 @@ def test_a_spare_that_died_is_replaced_by_a_cold_start(
     assert att[1]["pid"] != spare
     exits = events(run_dir, "attempt-exited", source="supervisor")
     assert [(e["attempt"], e["exit_class"]) for e in exits] == [(1, "killed"), (2, "completed")]
-    assert_exact(run_dir, reference)
+    assert_bit_exact(run_dir, reference, STEPS)
     assert_nothing_left(run_dir, worker, *spares(run_dir))
 
 
 def test_supervisor_sigterm_leaves_no_spare_and_a_durable_checkpoint(
-    reference: Path, tmp_path: Path, procs: list[subprocess.Popen]
+    reference: Path, tmp_path: Path, procs: Started
 ) -> None:
-    run_dir = seed_data(tmp_path / "run", reference)
-    sup = start(runner_cmd(run_dir, *JOB))
-    procs.append(sup)
+    run_dir = seeded_run_dir(tmp_path / "run", reference)
+    sup = procs.start(runner_cmd(run_dir, *JOB))
     worker = stop_at(run_dir, 1, 7, sup)
     spare = wait_ready_spare(run_dir, 1, sup)
     sup.send_signal(signal.SIGTERM)  # forwards SIGTERM (and SIGCONT) to the stopped worker
     p = finish(sup)
-    assert p.returncode == ExitCode.INTERRUPTED == 130, explain(p, run_dir)
+    assert p.returncode == ExitCode.INTERRUPTED == 130, describe(p, run_dir=run_dir)
     assert_nothing_left(run_dir, worker, spare)
 
     (ex,) = events(run_dir, "attempt-exited", source="supervisor")
@@ -417,19 +389,19 @@ def test_supervisor_sigterm_leaves_no_spare_and_a_durable_checkpoint(
 
 
 def test_auto_cadence_checkpoints_between_epoch_ends_and_resumes_exactly(reference: Path, tmp_path: Path) -> None:
-    run_dir = seed_data(tmp_path / "run", reference)
+    run_dir = seeded_run_dir(tmp_path / "run", reference)
     args = (*EPOCHS, "--checkpoint-every", "auto", "--mtbf", 5)
     crashed = run_job(run_dir, *args, arm={"kind": "crash", "step": 22})
-    assert crashed.returncode == 1, explain(crashed)
+    assert crashed.returncode == 1, describe(crashed)
     saved = [e for e in events(run_dir, "checkpoint-saved") if e["attempt"] == 1]
     assert saved, "no checkpoint before the crash"
     assert [e["step"] for e in saved if e["step"] % 15], "auto checkpointed only at epoch ends"
     assert all(e["asynchronous"] for e in saved)  # none of them was the last step or a preemption
 
     p = run_job(run_dir, *args)
-    assert p.returncode == 0, explain(p)
+    assert p.returncode == 0, describe(p)
     resumed = started_from(run_dir)
     assert resumed[0] == 0 and max(e["step"] for e in saved) <= resumed[1] <= 22
     steps = [e["step"] for e in events(run_dir, "checkpoint-saved")]
     assert [s for s in steps if s % 15], steps
-    assert_exact(run_dir, reference)
+    assert_bit_exact(run_dir, reference, STEPS)

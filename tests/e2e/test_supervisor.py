@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,25 +21,21 @@ from checkpoint.storage import LocalStorage
 from checkpoint.store import CheckpointStore, checkpoint_name
 from rundir.exitcodes import ExitCode
 from rundir.lock import LOCK_FILE
-from tests.supervisor_helpers import (
-    events,
-    explain,
-    final,
+from tests.helpers.processes import (
+    Started,
+    describe,
     finish,
     gone,
-    kill_leftovers,
-    losses,
-    model_cmd,
+    job_cmd,
     processes_using,
     run,
     runner_cmd,
-    seed_data,
-    start,
-    stitched,
+    seeded_run_dir,
     wait_for,
     wait_for_worker,
     wait_gone,
 )
+from tests.helpers.readers import assert_bit_exact, events, losses
 
 pytestmark = pytest.mark.e2e
 
@@ -58,47 +52,18 @@ HANG_TIMEOUT = 4.0
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run of ``JOB`` without the supervisor: the trace every supervised run must equal."""
     ref = tmp_path_factory.mktemp("supervisor-reference") / "run"
-    p = run(model_cmd(ref, *JOB))
-    assert p.returncode == 0, explain(p)
+    p = run(job_cmd(ref, *JOB))
+    assert p.returncode == 0, describe(p)
     assert [r["step"] for r in losses(ref)] == list(range(STEPS))
     return ref
 
 
-class Tracker:
-    """The processes a test starts; whatever is still running at teardown is killed by pid."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(self, cmd: list[str]) -> subprocess.Popen[str]:
-        proc = start(cmd)
-        self.procs.append(proc)
-        return proc
-
-
-@pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[Tracker]:
-    t = Tracker(tmp_path)
-    yield t
-    kill_leftovers(t.procs, [tmp_path])
-
-
 def run_dir_for(tmp_path: Path, reference: Path) -> Path:
-    return seed_data(tmp_path / "run", reference)
+    return seeded_run_dir(tmp_path / "run", reference)
 
 
 def attempts_exited(run_dir: Path) -> list[dict]:
     return events(run_dir, "attempt-exited", source="supervisor")
-
-
-def assert_matches_reference(run_dir: Path, reference: Path) -> None:
-    trace, ref = stitched(run_dir), stitched(reference)
-    assert list(trace) == list(range(STEPS)), "steps missing from the stitched trace"
-    diff = [s for s in ref if trace.get(s) != ref[s]]
-    assert not diff, f"loss differs from the reference at steps {diff[:10]}"
-    assert final(run_dir)["params_sha256"] == final(reference)["params_sha256"]
-    assert final(run_dir)["steps"] == STEPS
 
 
 def assert_nothing_left(run_dir: Path, *pids: int, timeout: float = 10.0) -> None:
@@ -121,9 +86,9 @@ def spawned_pids(run_dir: Path) -> list[int]:
 # -- the worker fails; the supervisor recovers --------------------------------------------------------
 
 
-def test_worker_sigkilled_twice_resumes_bit_exact(tmp_path: Path, reference: Path, tracker: Tracker) -> None:
+def test_worker_sigkilled_twice_resumes_bit_exact(tmp_path: Path, reference: Path, procs: Started) -> None:
     run_dir = run_dir_for(tmp_path, reference)
-    sup = tracker.start(runner_cmd(run_dir, *JOB))
+    sup = procs.start(runner_cmd(run_dir, *JOB))
     killed = []
     # Kill each attempt after it made progress past everything before it, off a checkpoint boundary.
     for attempt, min_step in ((1, 7), (2, 18)):
@@ -131,7 +96,7 @@ def test_worker_sigkilled_twice_resumes_bit_exact(tmp_path: Path, reference: Pat
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
     p = finish(sup)
-    assert p.returncode == 0, explain(p, run_dir)
+    assert p.returncode == 0, describe(p, run_dir=run_dir)
 
     exits = attempts_exited(run_dir)
     assert [(e["attempt"], e["pid"], e["exit_class"], e["signal"]) for e in exits[:2]] == [
@@ -142,24 +107,24 @@ def test_worker_sigkilled_twice_resumes_bit_exact(tmp_path: Path, reference: Pat
     resumed = [e["resumed_from_step"] for e in events(run_dir, "attempt-started", source="worker")]
     assert resumed[0] == 0 and 0 < resumed[1] < resumed[2] and all(r % 5 == 0 for r in resumed)
     assert Counter(r["attempt"] for r in losses(run_dir)).keys() == {1, 2, 3}
-    assert_matches_reference(run_dir, reference)
+    assert_bit_exact(run_dir, reference, STEPS)
     assert "job completed after 3 attempt(s), 2 restart(s)" in p.stdout
     assert p.stderr == ""
     assert_nothing_left(run_dir, *killed)
 
 
 def test_worker_sigterm_is_a_preemption_with_no_step_lost(tmp_path: Path, reference: Path,
-                                                          tracker: Tracker) -> None:
+                                                          procs: Started) -> None:
     run_dir = run_dir_for(tmp_path, reference)
-    sup = tracker.start(runner_cmd(run_dir, *JOB))
+    sup = procs.start(runner_cmd(run_dir, *JOB))
     pid = wait_for_worker(run_dir, 1, 7, sup)
     os.kill(pid, signal.SIGTERM)
     p = finish(sup)
-    assert p.returncode == 0, explain(p, run_dir)
+    assert p.returncode == 0, describe(p, run_dir=run_dir)
 
     exits = attempts_exited(run_dir)
     assert [(e["attempt"], e["returncode"], e["exit_class"]) for e in exits] == [
-        (1, 75, "preempted"), (2, 0, "completed")], explain(p, run_dir)
+        (1, 75, "preempted"), (2, 0, "completed")], describe(p, run_dir=run_dir)
     (pre,) = events(run_dir, "preempted", source="worker")
     saved = [e["step"] for e in events(run_dir, "checkpoint-saved") if e["attempt"] == 1]
     assert pre["attempt"] == 1 and saved[-1] == pre["step"] and pre["step"] > 7  # its state, saved on the way out
@@ -170,18 +135,18 @@ def test_worker_sigterm_is_a_preemption_with_no_step_lost(tmp_path: Path, refere
     assert steps == list(range(STEPS))
     assert max(r["step"] for r in losses(run_dir) if r["attempt"] == 1) == pre["step"] - 1
     assert [e["delay_s"] for e in events(run_dir, "restart")] == [0.0]
-    assert_matches_reference(run_dir, reference)
+    assert_bit_exact(run_dir, reference, STEPS)
     assert "attempt 1 ended: preempted (exit 75)" in p.stdout
     assert_nothing_left(run_dir, pid)
 
 
-def test_hung_worker_is_killed_and_restarted(tmp_path: Path, reference: Path, tracker: Tracker) -> None:
+def test_hung_worker_is_killed_and_restarted(tmp_path: Path, reference: Path, procs: Started) -> None:
     run_dir = run_dir_for(tmp_path, reference)
-    sup = tracker.start(runner_cmd(run_dir, *JOB, "--hang-timeout", HANG_TIMEOUT))
+    sup = procs.start(runner_cmd(run_dir, *JOB, "--hang-timeout", HANG_TIMEOUT))
     pid = wait_for_worker(run_dir, 1, 7, sup)
     os.kill(pid, signal.SIGSTOP)
     p = finish(sup)
-    assert p.returncode == 0, explain(p, run_dir)
+    assert p.returncode == 0, describe(p, run_dir=run_dir)
 
     (hang,) = events(run_dir, "hang-detected")
     assert (hang["attempt"], hang["pid"]) == (1, pid)
@@ -189,16 +154,16 @@ def test_hung_worker_is_killed_and_restarted(tmp_path: Path, reference: Path, tr
     exits = attempts_exited(run_dir)
     assert [(e["attempt"], e["exit_class"], e["signal"]) for e in exits] == [
         (1, "hung", "SIGKILL"), (2, "completed", None)]
-    assert_matches_reference(run_dir, reference)
+    assert_bit_exact(run_dir, reference, STEPS)
     assert "hung (stopped and silent for" in p.stdout and "killing the worker" in p.stdout
     assert_nothing_left(run_dir, pid)
 
 
-def test_bad_input_is_not_retried(tmp_path: Path, tracker: Tracker) -> None:
+def test_bad_input_is_not_retried(tmp_path: Path, procs: Started) -> None:
     run_dir = tmp_path / "run"
     missing = tmp_path / "missing.json.gz"
-    p = finish(tracker.start(runner_cmd(run_dir, "--epochs", 1, "--data", missing)))
-    assert p.returncode == ExitCode.BAD_DATA == 65, explain(p, run_dir)
+    p = finish(procs.start(runner_cmd(run_dir, "--epochs", 1, "--data", missing)))
+    assert p.returncode == ExitCode.BAD_DATA == 65, describe(p, run_dir=run_dir)
 
     assert len(events(run_dir, "attempt-spawned")) == 1
     assert [(e["exit_class"], e["returncode"]) for e in attempts_exited(run_dir)] == [("bad-input", 65)]
@@ -232,14 +197,14 @@ CRASH_LOOP_JOB = """\
 
 @pytest.mark.parametrize(("from_zero", "preload"), [(False, None), (True, None), (False, "runner.worker")],
                          ids=["resumes-from-checkpoint", "restarts-from-zero", "forked-from-a-fork-server"])
-def test_crash_loop_gives_up_naming_the_step(tmp_path: Path, tracker: Tracker, from_zero: bool,
+def test_crash_loop_gives_up_naming_the_step(tmp_path: Path, procs: Started, from_zero: bool,
                                               preload: str | None) -> None:
     run_dir = tmp_path / "run"
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(CRASH_LOOP_JOB).format(from_zero=from_zero))
     flags = ("--preload", preload) if preload else ()
-    p = finish(tracker.start(runner_cmd(run_dir, "--crash-loop", 3, *flags, command=[sys.executable, script])))
-    assert p.returncode == ExitCode.GAVE_UP == 70, explain(p, run_dir)
+    p = finish(procs.start(runner_cmd(run_dir, "--crash-loop", 3, *flags, command=[sys.executable, script])))
+    assert p.returncode == ExitCode.GAVE_UP == 70, describe(p, run_dir=run_dir)
     # A command of one's own is started with exec unless --preload says what to import first.
     assert {e["forked"] for e in events(run_dir, "attempt-spawned")} == {preload is not None}
 
@@ -263,17 +228,17 @@ def test_crash_loop_gives_up_naming_the_step(tmp_path: Path, tracker: Tracker, f
 # -- one supervisor per run directory, and stopping it -------------------------------------------------
 
 
-def test_second_supervisor_is_refused(tmp_path: Path, tracker: Tracker) -> None:
+def test_second_supervisor_is_refused(tmp_path: Path, procs: Started) -> None:
     run_dir = (tmp_path / "run").resolve()
     # A worker that only sleeps (no Paddle): the first supervisor just has to be alive and hold the lock.
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)", str(run_dir)]
-    first = tracker.start(runner_cmd(run_dir, command=sleeper))
+    first = procs.start(runner_cmd(run_dir, command=sleeper))
     wait_for(lambda: events(run_dir, "attempt-spawned"), timeout=30, proc=first, what="the first worker")
     assert (run_dir / LOCK_FILE).read_text().strip() == str(first.pid)
     before = (run_dir / "events.jsonl").read_bytes()
 
-    second = finish(tracker.start(runner_cmd(run_dir, "--epochs", 1)), timeout=60)
-    assert second.returncode == ExitCode.LOCKED == 69, explain(second, run_dir)
+    second = finish(procs.start(runner_cmd(run_dir, "--epochs", 1)), timeout=60)
+    assert second.returncode == ExitCode.LOCKED == 69, describe(second, run_dir=run_dir)
     assert second.stderr.splitlines() == [f"error: run directory {run_dir} is in use by supervisor pid {first.pid}"]
     assert second.stdout == ""
     assert (run_dir / "events.jsonl").read_bytes() == before  # it touched nothing
@@ -282,18 +247,18 @@ def test_second_supervisor_is_refused(tmp_path: Path, tracker: Tracker) -> None:
     (spawned,) = events(run_dir, "attempt-spawned")
     first.send_signal(signal.SIGTERM)
     p = finish(first, timeout=60)
-    assert p.returncode == ExitCode.INTERRUPTED, explain(p, run_dir)
+    assert p.returncode == ExitCode.INTERRUPTED, describe(p, run_dir=run_dir)
     assert_nothing_left(run_dir, spawned["pid"])
 
 
 def test_supervisor_sigterm_stops_worker_with_a_checkpoint(tmp_path: Path, reference: Path,
-                                                           tracker: Tracker) -> None:
+                                                           procs: Started) -> None:
     run_dir = run_dir_for(tmp_path, reference)
-    sup = tracker.start(runner_cmd(run_dir, *JOB))
+    sup = procs.start(runner_cmd(run_dir, *JOB))
     pid = wait_for_worker(run_dir, 1, 7, sup)
     sup.send_signal(signal.SIGTERM)
     p = finish(sup, timeout=60)
-    assert p.returncode == ExitCode.INTERRUPTED == 130, explain(p, run_dir)
+    assert p.returncode == ExitCode.INTERRUPTED == 130, describe(p, run_dir=run_dir)
     assert p.stderr.splitlines() == ["error: stopped by SIGTERM; rerun the same command to continue"]
 
     (req,) = events(run_dir, "stop-requested")
@@ -323,11 +288,11 @@ with Worker(os.environ["RUNNER_RUN_DIR"]) as w:
 """
 
 
-def test_supervisor_sigterm_while_backing_off_starts_no_other_worker(tmp_path: Path, tracker: Tracker) -> None:
+def test_supervisor_sigterm_while_backing_off_starts_no_other_worker(tmp_path: Path, procs: Started) -> None:
     run_dir = tmp_path / "run"
     script = tmp_path / "job.py"
     script.write_text(DIES_AT_START_JOB)
-    sup = tracker.start(runner_cmd(run_dir, "--crash-loop", 10, command=[sys.executable, script]))
+    sup = procs.start(runner_cmd(run_dir, "--crash-loop", 10, command=[sys.executable, script]))
     # Backoff after 1, 2, 3 failures without progress: 0.5, 1 and 2 s (plus jitter). Stop it in the third.
     (restart,) = wait_for(lambda: [e for e in events(run_dir, "restart") if e["after_attempt"] == 3],
                           timeout=60, proc=sup, what="the third restart's backoff")
@@ -336,7 +301,7 @@ def test_supervisor_sigterm_while_backing_off_starts_no_other_worker(tmp_path: P
     sup.send_signal(signal.SIGTERM)
     p = finish(sup, timeout=60)
     waited = time.monotonic() - t0
-    assert p.returncode == ExitCode.INTERRUPTED, explain(p, run_dir)
+    assert p.returncode == ExitCode.INTERRUPTED, describe(p, run_dir=run_dir)
     assert waited < restart["delay_s"] - 0.5, "the backoff was not interrupted"
     # No attempt 4: a worker started only to be stopped at once would be wasted (and must checkpoint).
     assert [e["attempt"] for e in events(run_dir, "attempt-spawned")] == [1, 2, 3]
@@ -348,10 +313,10 @@ def test_supervisor_sigterm_while_backing_off_starts_no_other_worker(tmp_path: P
 
 
 def test_supervisor_sigkilled_takes_worker_down_and_rerun_continues(tmp_path: Path, reference: Path,
-                                                                    tracker: Tracker) -> None:
+                                                                    procs: Started) -> None:
     run_dir = run_dir_for(tmp_path, reference)
     cmd = runner_cmd(run_dir, *JOB)
-    sup = tracker.start(cmd)
+    sup = procs.start(cmd)
     pid = wait_for_worker(run_dir, 1, 7, sup)
     sup.kill()
     sup.communicate(timeout=30)
@@ -361,11 +326,11 @@ def test_supervisor_sigkilled_takes_worker_down_and_rerun_continues(tmp_path: Pa
     assert_nothing_left(run_dir)  # nor any other worker, the warm spare included
     assert attempts_exited(run_dir) == []  # nobody was left to record its end
 
-    p = finish(tracker.start(cmd))
-    assert p.returncode == 0, explain(p, run_dir)
+    p = finish(procs.start(cmd))
+    assert p.returncode == 0, describe(p, run_dir=run_dir)
     assert [e["attempt"] for e in events(run_dir, "attempt-spawned")] == [1, 2]
     started = {e["attempt"]: e["resumed_from_step"] for e in events(run_dir, "attempt-started", source="worker")}
     assert started[1] == 0 and started[2] >= 5 and started[2] % 5 == 0  # its newest checkpoint
     assert [(e["attempt"], e["exit_class"]) for e in attempts_exited(run_dir)] == [(2, "completed")]
-    assert_matches_reference(run_dir, reference)
+    assert_bit_exact(run_dir, reference, STEPS)
     assert_nothing_left(run_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -14,6 +15,7 @@ from rundir.classify import ExitClass
 from runner import view as view_mod
 from runner.policy import AttemptResult
 from runner.view import PlainView, RichView, describe_exit, make_view
+from tests.helpers.factories import attempt_result
 
 NOW = "12:34:56"
 ERROR = "RuntimeError: boom in [/data] at [x] [bold]"  # worker output: must print as is, never as markup
@@ -33,11 +35,9 @@ def output(c: Console) -> str:
     return c.file.getvalue()
 
 
-def ended(attempt: int, cls: ExitClass, rc: int, *, signal: str | None = None, last_step: int | None = None,
-          error: str | None = None, rss: float = 398.8, cpu: float = 3.21) -> AttemptResult:
-    return AttemptResult(attempt=attempt, pid=4241 + attempt, exit_class=cls, returncode=rc, signal=signal,
-                         resumed_from=0, last_step=last_step, made_progress=True, started=0.0, ended=1.0,
-                         peak_rss_mb=rss, cpu_s=cpu, error=error)
+def ended(attempt: int, cls: ExitClass, rc: int, *, signal: str | None = None, rss: float = 398.8, cpu: float = 3.21,
+          **fields: Any) -> AttemptResult:
+    return attempt_result(cls, attempt=attempt, returncode=rc, signal=signal, peak_rss_mb=rss, cpu_s=cpu, **fields)
 
 
 def loss(step: int) -> float:

@@ -1,0 +1,67 @@
+"""chaos/simulate.py: the options every chaos command shares (the fault kinds, the simulation's own
+defaults) and what ``--simulate-preemption`` refuses before it runs anything. Real runs:
+tests/e2e/test_simulate.py."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from chaos.faults import FaultKind
+from chaos.simulate import SIMULATION_DEFAULTS, chaos_parser, chosen_kinds, simulate_main
+from model.job import BUILTIN
+from rundir.exitcodes import ExitCode, UserError
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return chaos_parser(BUILTIN, "p", "d").parse_args(list(argv))
+
+
+@pytest.mark.parametrize(("argv", "want"), [
+    ((), list(FaultKind)),
+    (("--fault-kinds", "hang"), [FaultKind.HANG]),
+    (("--fault-kinds", "sigkill,hang"), [FaultKind.SIGKILL, FaultKind.HANG]),
+    (("--fault-kinds", "crash", "sigkill, crash"), [FaultKind.CRASH, FaultKind.SIGKILL]),  # each once, in order
+    (("--fault-kinds", "sigterm,,corrupt-checkpoint,"), [FaultKind.SIGTERM, FaultKind.CORRUPT_CHECKPOINT]),
+])
+def test_chosen_kinds(argv: tuple[str, ...], want: list[FaultKind]) -> None:
+    assert chosen_kinds(parse(*argv)) == want
+
+
+@pytest.mark.parametrize(("value", "named"), [("meteor", "'meteor'"), ("sigkill,meteor", "'meteor'"), (",", "','")])
+def test_an_unknown_kind_exits_2_naming_it_and_the_choices(value: str, named: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse("--fault-kinds", value)
+    assert exc.value.code == ExitCode.USAGE
+    kinds = ", ".join(k.value for k in FaultKind)
+    assert f"unknown fault kind {named}; choose from {kinds}" in capsys.readouterr().err
+
+
+def test_the_simulations_defaults_replace_the_supervisors_and_a_flag_wins() -> None:
+    ns = parse()
+    assert {k: getattr(ns, k) for k in SIMULATION_DEFAULTS} == SIMULATION_DEFAULTS
+    assert (ns.chaos_seed, ns.reference_cache) == (0, Path("runs/references"))
+    assert parse("--hang-timeout", "9", "--checkpoint-every-steps", "3").hang_timeout == 9.0
+
+
+def test_negative_faults_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        simulate_main(["--faults", "-1"], BUILTIN)
+    assert exc.value.code == 2 and "--faults must be 0 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [None, "not json", '{"format": 1, "seed": 0, "total_steps": 75, "faults": '
+                                                       '[{"kind": "meteor", "step": 3}]}'])
+def test_a_bad_replay_is_exit_78_before_the_reference_runs(tmp_path: Path, content: str | None) -> None:
+    schedule = tmp_path / "schedule.json"
+    if content is not None:
+        schedule.write_text(content)
+    refs = tmp_path / "refs"
+    with pytest.raises(UserError) as exc:
+        simulate_main(["--chaos-replay", str(schedule), "--reference-cache", str(refs),
+                       "--run-dir", str(tmp_path / "run")], BUILTIN)
+    assert exc.value.code == ExitCode.BAD_CONFIG == 78
+    assert not refs.exists() and not (tmp_path / "run").exists()

@@ -1,0 +1,64 @@
+"""checkpoint/state.py: the digest is equal iff the arrays are bit-equal; a state's late part is merged in
+when it is packed; a TrainState survives its files and the checkpoint they make."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from checkpoint.state import MODEL_FILE, TRAIN_FILE, StateArrays, TrainState, pack, pack_chunks, params_digest
+from checkpoint.store import Checkpoint
+
+A = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(3, np.float32)}
+
+
+@pytest.mark.parametrize(("other", "equal"), [
+    ({"b": np.zeros(3, np.float32), "w": np.arange(6, dtype=np.float32).reshape(2, 3)}, True),  # name order
+    ({**A, "w": np.asfortranarray(A["w"])}, True),  # memory layout
+    ({**A, "b": np.array([0.0, -0.0, 0.0], np.float32)}, False),  # -0.0 == 0.0, but not bit-equal
+    ({**A, "w": A["w"].reshape(3, 2)}, False),  # shape
+    ({**A, "w": A["w"].astype(np.float64)}, False),  # dtype
+    ({"w2": A["w"], "b": A["b"]}, False),  # name
+    ({"w": A["w"]}, False),  # a missing array
+])
+def test_params_digest(other: dict[str, np.ndarray], equal: bool) -> None:
+    assert (params_digest(other) == params_digest(A)) is equal
+
+
+def test_a_late_part_is_merged_when_packed_and_its_digest_filled_in() -> None:
+    calls = []
+
+    def late() -> StateArrays:
+        calls.append(1)
+        return StateArrays({TRAIN_FILE: {"rng/x": np.ones(2, np.uint32)}}, {"rng": {"seed": 1}})
+
+    state = StateArrays({MODEL_FILE: A, TRAIN_FILE: {"order": np.arange(4)}}, {"step": 3},
+                        {"params_sha256": MODEL_FILE}, late=late)
+    assert calls == []  # nothing happens before it is packed
+    files, meta = pack(state)
+    assert calls == [1]
+    assert meta == {"step": 3, "rng": {"seed": 1}, "params_sha256": params_digest(A)}
+    assert set(files) == {MODEL_FILE, TRAIN_FILE}
+    chunked, meta2 = pack_chunks(state)
+    assert {k: b"".join(v) for k, v in chunked.items()} == files and meta2 == meta
+
+
+def train_state() -> TrainState:
+    rng = ({"mt": np.arange(5, dtype=np.uint32)}, {"pos": 3})
+    return TrainState(step=12, epoch=1, batch=2, model=A, optimizer={"w_moment1": np.full(3, 0.5, np.float32)},
+                      lr_scheduler={"last_epoch": 12}, rng=lambda: rng, order=np.array([3, 1, 0, 2], np.int32),
+                      extra={"note": "x"})
+
+
+@pytest.mark.parametrize("rng_late", [True, False])
+def test_a_train_state_round_trips_through_its_checkpoint(rng_late: bool) -> None:
+    state = train_state()
+    files, meta = pack(state.arrays(rng_late=rng_late))
+    back = TrainState.from_checkpoint(Checkpoint(step=12, name="step-000000012", files=files, meta=meta))
+    assert (back.step, back.epoch, back.batch, back.lr_scheduler, back.extra) == (12, 1, 2, {"last_epoch": 12},
+                                                                                   {"note": "x"})
+    assert params_digest(back.model) == params_digest(A) == meta["params_sha256"]
+    assert back.order.dtype == np.int64 and back.order.tolist() == [3, 1, 0, 2]  # stored as int64
+    arrays, small = back.rng_state()
+    assert arrays["mt"].tolist() == [0, 1, 2, 3, 4] and small == {"pos": 3}
+    assert back.optimizer["w_moment1"].tolist() == [0.5, 0.5, 0.5]
