@@ -56,7 +56,8 @@ def attempt_result(
     ended: float = 1000.0,
 ) -> AttemptResult:
     rc = {ExitClass.COMPLETED: 0, ExitClass.PREEMPTED: 75, ExitClass.KILLED: -9, ExitClass.CRASHED: 1,
-          ExitClass.HUNG: -9, ExitClass.BAD_INPUT: 65, ExitClass.USER_STOPPED: 75}[exit_class]
+          ExitClass.HUNG: -9, ExitClass.BAD_INPUT: 65, ExitClass.USER_STOPPED: 75, ExitClass.RESOURCE: 74,
+          ExitClass.NON_FINITE: 76}[exit_class]
     return AttemptResult(
         attempt=attempt, pid=4242, exit_class=exit_class, returncode=rc if returncode is None else returncode,
         signal="SIGKILL" if rc == -9 else None, resumed_from=0, last_step=last_step,

@@ -27,7 +27,7 @@ from runner.policy import (
 C = ExitClass
 
 _RC = {C.COMPLETED: 0, C.PREEMPTED: 75, C.KILLED: -9, C.CRASHED: 1, C.BAD_INPUT: 65, C.HUNG: -9,
-       C.USER_STOPPED: 75}
+       C.USER_STOPPED: 75, C.RESOURCE: 74, C.NON_FINITE: 76}
 
 
 def result(
@@ -73,6 +73,10 @@ P, N = True, False  # made progress / did not
         (((C.CRASHED, N), (C.KILLED, N), (C.HUNG, P)), 0),
         (((C.CRASHED, N), (C.KILLED, P), (C.HUNG, N), (C.CRASHED, N)), 2),
         (((C.KILLED, P), (C.PREEMPTED, N)), 1),  # a preemption without progress is in the streak too
+        # an exit for want of space is no failure of the job's: the supervisor waited for space
+        (((C.RESOURCE, N), (C.RESOURCE, N), (C.RESOURCE, N)), 0),
+        (((C.CRASHED, N), (C.RESOURCE, N), (C.CRASHED, N)), 2),  # nor does it break a streak
+        (((C.CRASHED, N), (C.RESOURCE, P)), 0),  # it may have made progress before the disk filled
     ],
 )
 def test_no_progress_streak(spec: tuple[tuple[ExitClass, bool], ...], streak: int) -> None:
@@ -89,6 +93,8 @@ def test_no_progress_streak(spec: tuple[tuple[ExitClass, bool], ...], streak: in
         (((C.BAD_INPUT, N),), 0),  # not retriable: no restart spent
         (((C.USER_STOPPED, N),), 0),
         (((C.COMPLETED, N),), 0),
+        (((C.RESOURCE, N),) * 5, 0),  # restarted after the wait for space, not from the budget
+        (((C.NON_FINITE, N),), 0),  # never retried
     ],
 )
 def test_unproductive_restarts(spec: tuple[tuple[ExitClass, bool], ...], count: int) -> None:
