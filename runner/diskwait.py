@@ -108,10 +108,10 @@ class DiskWait:
 
     def __init__(self, run_dir: Path, limit_s: float, *, sleep: Callable[[float], None], clock: Callable[[], float],
                  record: Record, note: Callable[[str], None], stopped: Callable[[], bool],
-                 tick: Callable[[int], None] | None = None, free: Callable[[Path], int] = free_bytes) -> None:
+                 tick: Callable[[int], None] | None = None, free: Callable[[Path], int] | None = None) -> None:
         self.run_dir, self.limit_s = Path(run_dir), limit_s
         self._sleep, self._clock, self._record, self._note = sleep, clock, record, note
-        self._stopped, self._tick, self._free = stopped, tick, free
+        self._stopped, self._tick, self._free = stopped, tick, free or free_bytes
         self.since: float | None = None  # when the stretch began
         self.restarts = 0  # restarts in this stretch
         self.last: tuple[int, int] = (0, 0)  # free and needed bytes at the last look

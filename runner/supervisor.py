@@ -112,13 +112,12 @@ class Supervisor:
         self._lock = lock
         self.disk = DiskWait(self.run_dir, spec.disk_wait, sleep=self._sleep, clock=self._clock, record=self.record,
                              note=self.view.note, stopped=lambda: self._stop_signal is not None,
-                             tick=self._wait_tick, **({"free": free} if free else {}))
+                             tick=self._wait_tick, free=free)
 
     # -- effects at the edge -------------------------------------------------------------------------
 
     def record(self, kind: EventKind, /, **fields: Any) -> None:
-        """Append an event; on a full disk it is dropped, and the first of a run of them says so."""
-        self._sink.record(kind, **fields)
+        self._sink.record(kind, **fields)  # on a full disk: dropped, the first of a run of them said
 
     def request_stop(self, signum: int) -> None:
         """Stop the job as if ``signum`` had arrived: the watch acts on it at its next tick."""
@@ -254,9 +253,8 @@ class Supervisor:
         return code, msg
 
     def _out_of_space(self, error: str | None) -> tuple[ExitCode, str]:
-        msg = "giving up: " + give_up_message(self.run_dir, *self.disk.last, self.spec.disk_wait)
-        if error:
-            msg += f"; last error: {error.removeprefix('error: ')}"
+        msg = "giving up: " + give_up_message(self.run_dir, *self.disk.last, self.spec.disk_wait) + \
+            (f"; last error: {error.removeprefix('error: ')}" if error else "")
         self.record(EventKind.GAVE_UP, reason=msg, exit_class=ExitClass.RESOURCE.value)
         self.view.note(msg)
         return ExitCode.IO_ERROR, msg

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import io
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from rundir.classify import ExitClass
 from rundir.events import EventKind, Source
 from rundir.exitcodes import ExitCode
 from rundir.journal import read_records
-from rundir.names import EVENTS
+from rundir.names import ENV_STANDBY, EVENTS
 from runner import runfiles
 from runner import supervisor as supervisor_mod
 from runner.launcher import Worker
@@ -70,15 +71,18 @@ class Run:
 
 
 def supervise(tmp_path: Path, scripts: Sequence[Script], free: Callable[[float], int], *, disk_wait: float = 60.0,
-              launcher: type[FakeLauncher] = FakeLauncher) -> Run:
+              launcher: type[FakeLauncher] = FakeLauncher, standby: bool = False,
+              on_sleep: Callable[[Supervisor], None] | None = None) -> Run:
     """Run ``scripts`` with ``free(t)`` bytes free on the run directory's file system at fake time t."""
     clock, out = Clock(), io.StringIO()
     run_dir = tmp_path / "run"
-    spec = WorkerSpec(cmd=("fake-worker",), run_dir=run_dir, standby=False, disk_wait=disk_wait,
+    spec = WorkerSpec(cmd=("fake-worker",), run_dir=run_dir, standby=standby, disk_wait=disk_wait,
                       policy=RetryPolicy(crash_loop=3, backoff_initial=0.5, jitter=0.0))
     fake = launcher(run_dir, clock, scripts)
     sup = Supervisor(spec, view=PlainView(out=out), sleep=clock.sleep, launcher=fake, clock=clock,
                      free=lambda path: free(clock.now))
+    if on_sleep is not None:
+        clock.on_sleep = lambda: on_sleep(sup)
     return Run(sup.run(), clock, run_dir, out.getvalue())
 
 
@@ -212,3 +216,28 @@ def test_the_supervisor_runs_on_when_its_events_cannot_be_written(tmp_path: Path
     assert run.outcome.code is ExitCode.OK and len(run.outcome.history) == 2
     assert run.said.count("warning: cannot write") == 1
     assert "dropping events until it can be written" in run.said
+
+
+def test_a_stop_while_waiting_for_space_ends_the_run(tmp_path: Path) -> None:
+    run = supervise(tmp_path, (FULL_AT_4, training(3, 5)), full_until(1e9),
+                    on_sleep=lambda sup: sup.request_stop(signal.SIGTERM))
+    assert run.outcome.code is ExitCode.INTERRUPTED and len(run.outcome.history) == 1
+    assert [e["exit_class"] for e in run.events(EventKind.STOPPED)] == ["resource"]
+
+
+class SpareFails(FakeLauncher):
+    """A launcher that cannot start a warm spare: its log is on a full disk."""
+
+    def start(self, env: Mapping[str, str], log: Path, *, stdin_pipe: bool = False) -> Worker:
+        if env.get(ENV_STANDBY) == "1":
+            raise OSError(errno.ENOSPC, "No space left on device", str(log))
+        return super().start(env, log, stdin_pipe=stdin_pipe)
+
+
+def test_a_spare_that_cannot_start_is_lost_once_per_attempt(tmp_path: Path) -> None:
+    run = supervise(tmp_path, (training(0, 5, end=-9), training(6, 9)), full_until(0.0), launcher=SpareFails,
+                    standby=True)
+    assert run.outcome.code is ExitCode.OK and run.classes == [ExitClass.KILLED, D]
+    lost = run.events(EventKind.STANDBY_LOST)
+    assert len(lost) == 2  # not at every tick: once for each attempt
+    assert lost[0]["pid"] is None and "No space left on device" in lost[0]["error"]

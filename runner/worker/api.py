@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,6 +39,18 @@ from .session import CheckpointSession, Snapshot
 from .standby import wait_for_go
 
 __all__ = ["Worker"]
+
+
+def _say(line: str) -> None:
+    """Print a line of the worker's own to its log; if that fails (a full disk), the error names the log."""
+    try:
+        print(line, flush=True)
+    except OSError as exc:
+        try:
+            exc.filename = os.readlink(f"/proc/self/fd/{sys.stdout.fileno()}")
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise
 
 
 class Worker:
@@ -183,7 +196,7 @@ class Worker:
         self._take_signals()
 
         def warn(msg: str) -> None:
-            print(f"warning: {msg}", flush=True)
+            _say(f"warning: {msg}")
             self.event(EventKind.CHECKPOINT_FALLBACK, reason=msg)
 
         ckpt = self.store.load_latest(warn=warn)
