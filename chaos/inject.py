@@ -42,7 +42,9 @@ from .schedule import Schedule
 __all__ = ["Injector", "FaultHit", "corrupt_file", "fill_disk", "free_disk", "FREE_AFTER_S", "FREE_ANYWAY_S",
            "MAX_FILL"]
 
+#: A filled disk is freed this long after the fill, at a tick where the filled worker is gone ...
 FREE_AFTER_S = 2.0
+#: ... or this long after it, at any tick.
 FREE_ANYWAY_S = 30.0
 #: A file system with more free than this is not a chaos tmpfs: the disk-full fault leaves it alone.
 MAX_FILL = 256 << 20
