@@ -32,6 +32,7 @@ from runner.view import PlainView, make_console
 from .report import ChaosReport
 from .schedule import Schedule, ScheduleError, checkpoint_steps, draw_schedule
 from .simulate import chaos_parser, chosen_kinds
+from .tmpfs import refuse_unless_mountable
 from .trial import ensure_reference, run_trial
 
 __all__ = ["campaign_main", "campaign_parser", "campaign_verdict", "deal_kinds", "trial_seeds", "draw_schedules",
@@ -237,6 +238,7 @@ def campaign_main(argv: Sequence[str], job: JobAdapter) -> int:
         p.error("--trials must be 1 or more")
     if ns.faults_per_trial < 1:
         p.error("--faults-per-trial must be 1 or more")
+    refuse_unless_mountable(chosen_kinds(ns))
     console = make_console()
     out = (ns.out or Path("runs") / time.strftime("campaign-%Y%m%d-%H%M%S")).resolve()
     if out.exists() and any(out.iterdir()):

@@ -11,7 +11,16 @@ corrupt-checkpoint  once the checkpoint after ``step`` steps is committed, one o
                     truncated or gets a flipped byte (bad storage), then the worker is SIGKILLed
 hang                SIGSTOP once ``step`` is done: only the heartbeat timeout can catch it
 crash               the worker is armed to raise a simulated device error inside step ``step``
+disk-full           once ``step`` is done, a file (:data:`FILLER`) fills the run directory's file
+                    system: the worker exits 74 at its next write that needs space, and the
+                    supervisor waits for space; a few seconds later the filler is removed, and
+                    the run goes on. Opt-in (root only: the simulation mounts a 64 MiB tmpfs on
+                    the run directory, so that only the trial's own disk fills)
 =================== ==========================================================================
+
+The default kinds (:data:`DEFAULT_KINDS`) are the ones that are always safe to run; disk-full is
+not - it needs root, and the ``mount`` it needs may be refused (a container) - so it runs only when
+named (``--fault-kinds disk-full``).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS"]
+__all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS", "OPT_IN_KINDS", "DEFAULT_KINDS", "FILLER"]
 
 
 class FaultKind(StrEnum):
@@ -31,12 +40,19 @@ class FaultKind(StrEnum):
     CORRUPT_CHECKPOINT = "corrupt-checkpoint"
     HANG = "hang"
     CRASH = "crash"
+    DISK_FULL = "disk-full"
 
 
 #: Faults the worker must be armed for before it starts (they happen inside it).
 ARMED_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CRASH})
 #: Faults that target a checkpoint, so their step must be one where a checkpoint is taken.
 CHECKPOINT_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CORRUPT_CHECKPOINT})
+#: Faults that run only when named: they need what not every machine allows (root, a mount).
+OPT_IN_KINDS = frozenset({FaultKind.DISK_FULL})
+#: What a chaos run draws from unless told otherwise, in a fixed order (a seed's schedule depends on it).
+DEFAULT_KINDS = tuple(k for k in FaultKind if k not in OPT_IN_KINDS)
+#: The file the disk-full fault fills the run directory's file system with; nothing reads it.
+FILLER = ".chaos-filler"
 
 
 @dataclass(frozen=True)

@@ -4,26 +4,51 @@ The :class:`Injector` follows the schedule one fault at a time. Each tick it loo
 did (steps, events, heartbeat phase) and returns actions - send this signal, corrupt that file - to the
 supervisor, which owns the processes. Faults that happen inside the worker are armed through the
 worker's environment before it starts.
+
+A disk-full fault fills the run directory's file system; the injector frees it again at a later tick
+(:data:`FREE_AFTER_S` after the fill, once the filled worker is gone - the supervisor, waiting for
+space, ticks chaos meanwhile - or :data:`FREE_ANYWAY_S` after it whatever happened).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rundir.classify import ExitClass
-from rundir.contract import PAUSED_EVENT, PAUSED_PHASE, Arm, AttemptEnd, FileEffect, Observation, SendSignal
+from rundir.contract import (
+    DISK_WAIT_PHASE,
+    PAUSED_EVENT,
+    PAUSED_PHASE,
+    Arm,
+    AttemptEnd,
+    FileEffect,
+    Observation,
+    SendSignal,
+)
 from rundir.events import EventKind
 from rundir.paths import PathEscape, confined
 
-from .faults import ARMED_KINDS, Fault, FaultKind
+from .faults import ARMED_KINDS, FILLER, Fault, FaultKind
 from .schedule import Schedule
 
-__all__ = ["Injector", "FaultHit", "corrupt_file"]
+__all__ = ["Injector", "FaultHit", "corrupt_file", "fill_disk", "free_disk", "FREE_AFTER_S", "FREE_ANYWAY_S",
+           "MAX_FILL"]
+
+#: A filled disk is freed this long after the fill, at a tick where the filled worker is gone ...
+FREE_AFTER_S = 2.0
+#: ... or this long after it, at any tick.
+FREE_ANYWAY_S = 30.0
+#: A file system with more free than this is not a chaos tmpfs: the disk-full fault leaves it alone.
+MAX_FILL = 256 << 20
+_MiB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -58,14 +83,54 @@ def corrupt_file(path: Path, mode: str, position: float) -> str:
     return f"flipped byte {at} of {path.parent.name}/{path.name}"
 
 
+def fill_disk(path: Path) -> str:
+    """Fill the file system of ``path``'s directory with the file ``path``: allocate what is free,
+    then write until nothing more fits. Not on a file system with more than :data:`MAX_FILL` free."""
+    free = shutil.disk_usage(path.parent).free
+    if free > MAX_FILL:
+        return f"not applied: {free // _MiB} MiB free is more than a chaos tmpfs holds"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, max(1, free))
+        except OSError:
+            pass  # more than fits by a page or so, or not supported: the writes below fill it
+        block, size = bytes(_MiB), _MiB
+        while size >= 512:
+            try:
+                os.pwrite(fd, block[:size], os.fstat(fd).st_size)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                size //= 2
+        filled = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    return f"filled the disk with {FILLER}: {filled / _MiB:.1f} MiB, {shutil.disk_usage(path.parent).free} bytes left"
+
+
+def free_disk(path: Path) -> str:
+    """Remove the filler at ``path``; says how much is free then."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return f"{FILLER} was gone already"
+    return f"removed {FILLER}: {shutil.disk_usage(path.parent).free / _MiB:.1f} MiB free"
+
+
 class Injector:
-    def __init__(self, schedule: Schedule, run_dir: Path, *, grace: float = 5.0) -> None:
+    """``clock``: monotonic seconds, when to free a filled disk (fake in tests)."""
+
+    def __init__(self, schedule: Schedule, run_dir: Path, *, grace: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.schedule = schedule
         self.run_dir = Path(run_dir)
         self.grace = grace
         self.pending: list[Fault] = list(schedule.faults)
         self.hits: list[FaultHit] = []
         self._fired: tuple[int, float, int | None, str | None] | None = None  # attempt, time, step, effect
+        self._clock = clock
+        self._filled: tuple[float, int] | None = None  # when the disk was filled, and in which attempt
 
     @property
     def current(self) -> Fault | None:
@@ -84,10 +149,15 @@ class Injector:
         return {"fault": f.kind.value, "target_step": f.step}
 
     def on_tick(self, obs: Observation) -> Sequence[SendSignal | FileEffect]:
+        return [*self._free_due(obs), *self._due(obs)]
+
+    def _due(self, obs: Observation) -> Sequence[SendSignal | FileEffect]:
         f = self.current
         if f is None or self._fired is not None:
             return []
         reached = obs.last_step is not None and obs.last_step >= f.step
+        if f.kind is FaultKind.DISK_FULL and reached:
+            return [self._fill(f, obs)]
         if f.kind is FaultKind.SIGKILL and reached:
             return [SendSignal(signal.SIGKILL, fault=self._fire(obs))]
         if f.kind is FaultKind.SIGTERM and reached:
@@ -103,6 +173,34 @@ class Injector:
                 if e.get("event") == EventKind.CHECKPOINT_SAVED and isinstance(step, int) and step >= f.step:
                     return self._corrupt(f, obs, e.get("name"))
         return []
+
+    def _fill(self, f: Fault, obs: Observation) -> FileEffect:
+        """Fill the run directory's file system (see :func:`fill_disk`); freed by :meth:`_free_due`."""
+
+        def apply() -> str:
+            try:
+                what = fill_disk(self.run_dir / FILLER)
+            except OSError as exc:
+                what = f"not applied: {exc.strerror or exc}"
+            self._fired = (obs.attempt, time.time(), obs.last_step, what)
+            if not what.startswith("not applied"):
+                self._filled = (self._clock(), obs.attempt)
+            return what
+
+        return FileEffect(apply, fault=self._fire(obs))
+
+    def _free_due(self, obs: Observation) -> list[FileEffect]:
+        """Remove the filler, if it is time: see the module's docstring."""
+        if self._filled is None:
+            return []
+        at, attempt = self._filled
+        waited = self._clock() - at
+        gone = obs.phase == DISK_WAIT_PHASE or obs.attempt != attempt
+        if waited < FREE_ANYWAY_S and not (gone and waited >= FREE_AFTER_S):
+            return []
+        self._filled = None
+        return [FileEffect(lambda: free_disk(self.run_dir / FILLER), fault={"fault": FaultKind.DISK_FULL.value,
+                                                                             "freed": True})]
 
     def _corrupt(self, f: Fault, obs: Observation, name: object) -> list[SendSignal | FileEffect]:
         """Corrupt the file of checkpoint ``name`` (from the worker's event) that the fault names, then

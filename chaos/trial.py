@@ -28,6 +28,7 @@ from runner.view import View
 from .inject import Injector
 from .report import ChaosReport, build_report
 from .schedule import SCHEDULE_FILE, Schedule
+from .tmpfs import disk_for
 
 __all__ = ["ensure_reference", "reference_key", "run_trial", "replay_command", "TrialResult"]
 
@@ -90,14 +91,21 @@ def _prepare_run_dir(job: JobAdapter, schedule: Schedule, run_dir: Path, ref: Pa
 
 def run_trial(job: JobAdapter, ns: argparse.Namespace, schedule: Schedule, run_dir: Path, ref: Path, *,
               view: View) -> TrialResult:
-    """Run the job under the supervisor with ``schedule``'s faults and verify it against ``ref``."""
+    """Run the job under the supervisor with ``schedule``'s faults and verify it against ``ref``; on
+    a small tmpfs of its own if the schedule fills the disk (:mod:`chaos.tmpfs`)."""
+    with disk_for(schedule, run_dir):
+        return _supervised_trial(job, ns, schedule, run_dir, ref, view=view)
+
+
+def _supervised_trial(job: JobAdapter, ns: argparse.Namespace, schedule: Schedule, run_dir: Path, ref: Path, *,
+                      view: View) -> TrialResult:
     schedule_path = _prepare_run_dir(job, schedule, run_dir, ref)
     spec = WorkerSpec(
         cmd=job.command(run_dir, job.argv(ns)), run_dir=run_dir,
         env={"PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH"))},
         hang_timeout=ns.hang_timeout, startup_timeout=ns.startup_timeout, grace=ns.grace,
         policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop), standby=ns.standby is not False,
-        preload=ns.preload if ns.preload is not None else job.preload,
+        preload=ns.preload if ns.preload is not None else job.preload, disk_wait=ns.disk_wait,
     )
     injector = Injector(schedule, run_dir, grace=ns.grace)
     outcome = Supervisor(spec, view=view, chaos=injector).run()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from rundir.errors import writing
 from rundir.paths import confined
 
 #: What a file is written from: its bytes, or buffers to write one after another.
@@ -79,17 +80,23 @@ class LocalStorage:
         return self.root / key
 
     def put(self, key: str, data: Data, *, commit: bool = True, durable: bool = True) -> None:
+        """See :class:`Storage`. A write that fails (a full disk) leaves no temporary file behind,
+        and its ``OSError`` names the file being written."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _write_all(fd, [memoryview(data)] if isinstance(data, bytes) else list(data))
-            if durable:
-                os.fsync(fd)
-        finally:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _write_all(fd, [memoryview(data)] if isinstance(data, bytes) else list(data))
+                if durable:
+                    os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp)  # its blocks go back to the file system
+                raise
             os.close(fd)
-        os.replace(tmp, path)
+            os.replace(tmp, path)
         if commit and durable:
             # The file's directory, and the directories above it up to the root: a new directory's
             # own name is an entry in its parent.

@@ -182,6 +182,19 @@ class CheckpointStore:
         name = checkpoint_name(step)
         # Uncommit any older checkpoint of the same step before overwriting its files.
         self.storage.delete(self._key(name, MANIFEST))
+        try:
+            self._write(name, step, files, meta, durable)
+        except OSError:
+            # A full disk, say: the checkpoint is not committed, and its files would only take the
+            # space the next one needs. Committed checkpoints are untouched.
+            self.storage.delete_tree(self._key(name))
+            raise
+        self._durable[name] = durable
+        self.prune()
+        return name
+
+    def _write(self, name: str, step: int, files: Mapping[str, Data], meta: Mapping[str, Any], durable: bool) -> None:
+        """Write the files of checkpoint ``name``, then its manifest: the commit point."""
         entries: dict[str, dict[str, Any]] = {}
         for fname, data in files.items():
             if fname == MANIFEST or "/" in fname:
@@ -194,9 +207,6 @@ class CheckpointStore:
                 self.between_files(fname)
         body = {"format": FORMAT, "step": step, "durable": durable, "files": entries, "meta": dict(meta)}
         self.storage.put(self._key(name, MANIFEST), seal_manifest(body), durable=durable)
-        self._durable[name] = durable
-        self.prune()
-        return name
 
     def _is_durable(self, name: str) -> bool:
         """Whether a committed checkpoint was saved durably: its manifest says so, or, before that

@@ -7,6 +7,8 @@ It dies with the training process (``PR_SET_PDEATHSIG``) and ignores SIGTERM and
 decides what happens then. Each request (:mod:`checkpoint.writer_protocol`) names a snapshot in the
 shared buffer (:mod:`checkpoint.snapshot_buffer`); the writer packs its files (safetensors), writes and
 commits them through :class:`CheckpointStore`, appends the ``checkpoint-saved`` event and answers.
+A snapshot holding a NaN or an infinity is refused before anything is written; a write that fails
+(a full disk) is answered with its errno and path, and leaves no uncommitted files behind.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from rundir.events import EventKind
 from rundir.journal import append_record
 
 from .snapshot_buffer import Layout, buffer_files
-from .state import StateArrays, pack_chunks
+from .state import StateArrays, non_finite, pack_chunks
 from .storage import LocalStorage
 from .store import CheckpointStore
 from .writer_protocol import MAX_MESSAGE, ReplyKind, Request, pack_reply, unpack_request
@@ -181,16 +183,30 @@ def serve(sock: socket.socket, root: Path, keep: int, events: Path) -> int:
         req = unpack_request(msg)
         mapped.update(fds, req.layout)
         store.between_files = _pause_hook(sock, events, req)
-        try:
-            chunks, meta = pack_chunks(StateArrays(mapped.arrays(), req.meta, req.digests))
-            name = store.save(req.step, chunks, meta, durable=req.durable)
-        except Exception as exc:
-            sock.send(pack_reply(ReplyKind.FAILED, req.step, text=f"checkpoint after step {req.step}: {exc}"))
-            continue
+        sock.send(_persist(store, mapped.arrays(), req, events, t0))
+
+
+def _persist(store: CheckpointStore, arrays: dict[str, dict[str, np.ndarray]], req: Request, events: Path,
+             t0: float) -> bytes:
+    """Check, write and commit one snapshot, record it, and return the answer: saved; refused, its
+    arrays not finite (nothing written); or failed, with the errno and path of an ``OSError`` (a
+    full disk) so that the training process can name them."""
+    bad = non_finite(arrays)
+    if bad is not None:
+        return pack_reply(ReplyKind.NON_FINITE, req.step, text=bad)
+    try:
+        chunks, meta = pack_chunks(StateArrays(arrays, req.meta, req.digests))
+        name = store.save(req.step, chunks, meta, durable=req.durable)
         took = time.monotonic() - t0
         append_record(events, dict(req.event, time=time.time(), event=EventKind.CHECKPOINT_SAVED.value,
                                    step=req.step, name=name, persist_s=round(took, 6), writer_pid=os.getpid()))
-        sock.send(pack_reply(ReplyKind.SAVED, req.step, took, name))
+    except OSError as exc:
+        if exc.errno and exc.filename:
+            return pack_reply(ReplyKind.FAILED, req.step, text=os.fsdecode(exc.filename), err=exc.errno)
+        return pack_reply(ReplyKind.FAILED, req.step, text=f"checkpoint after step {req.step}: {exc}")
+    except Exception as exc:
+        return pack_reply(ReplyKind.FAILED, req.step, text=f"checkpoint after step {req.step}: {exc}")
+    return pack_reply(ReplyKind.SAVED, req.step, took, name)
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,8 @@
 """``python -m model``: train the seed's MNIST CNN in this process, resuming from the run directory.
 
 Exit codes: 0 done, 75 preempted with state saved (SIGTERM/SIGINT), 65 bad data, 73 run directory
-not writable, 69 run directory in use, 78 run directory holds another configuration, 1 a crash.
+not writable, 69 run directory in use, 74 a write found the disk full (or over quota, or failing),
+76 a NaN or infinite loss or parameter, 78 run directory holds another configuration, 1 a crash.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rundir.argparsing import (
     seconds,
     seconds_or_zero,
 )
-from rundir.exitcodes import ExitCode, UserError
+from rundir.exitcodes import ExitCode
 
 from .config import AUTO, BREAK_RESUME_KINDS, JOB_NAME, TrainConfig
 
@@ -102,11 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", required=True, help="where checkpoints, the loss journal and logs go")
     add_job_arguments(p)
     ns = p.parse_args(argv)
-    try:
-        return run(ns)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return int(exc.code)
+    from runner.worker import run_guarded
+
+    return run_guarded(lambda: run(ns))
 
 
 def run(ns: argparse.Namespace) -> int:

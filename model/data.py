@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from rundir.errors import writing
 from rundir.exitcodes import ExitCode, UserError
 
 __all__ = ["Dataset", "DataError", "prepare", "source_id", "cache_key", "load_source", "CACHE", "NUM_CLASSES"]
@@ -258,7 +259,12 @@ def prepare(data: str | None, run_dir: Path) -> Dataset:
             pass  # a damaged cache is rebuilt from the source
     ds = load_source(data)
     tmp = cache.with_name(f".{CACHE}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, key=key, source=ds.source, train_x=ds.train_x, train_y=ds.train_y,
-             eval_x=ds.eval_x, eval_y=ds.eval_y)
-    os.replace(tmp, cache)
+    with writing(cache):
+        try:
+            np.savez(tmp, key=key, source=ds.source, train_x=ds.train_x, train_y=ds.train_y,
+                     eval_x=ds.eval_x, eval_y=ds.eval_y)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk: leave no partial file taking space
+            raise
+        os.replace(tmp, cache)
     return ds

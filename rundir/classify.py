@@ -14,11 +14,18 @@ BAD_INPUT      exit 2, 65, 69, 73, 78: bad flags, bad data, a run   no: the same
                configuration
 HUNG           no heartbeat or step for --hang-timeout: killed      yes
 USER_STOPPED   the supervisor got SIGINT/SIGTERM and stopped it     no
+RESOURCE       exit 74: a write found no space or quota, or the     after space
+               disk failed (ENOSPC, EDQUOT, EIO)                    returns
+NON_FINITE     exit 76: a NaN or infinite loss or parameter         never: a retry
+                                                                    computes it again
 =============  ==================================================  =========
 
-Errors by origin: BAD_INPUT is the user's; CRASHED is usually the user's code but may be transient
-(a device error); KILLED, PREEMPTED and HUNG come from the platform. The retry policy decides how
-many of each to tolerate; this module only names them.
+Errors by origin: BAD_INPUT and NON_FINITE are the user's (the data, the model, the learning rate);
+CRASHED is usually the user's code but may be transient (a device error); KILLED, PREEMPTED and HUNG
+come from the platform, RESOURCE from the machine's disks. The retry policy decides how many of each
+to tolerate; this module only names them. RESOURCE is not ``retriable``: the supervisor does not
+restart at once but waits for space to return (``runner.diskwait``), and such a restart is no
+failure in the crash loop.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ class ExitClass(Enum):
     BAD_INPUT = "bad-input"
     HUNG = "hung"
     USER_STOPPED = "user-stopped"
+    RESOURCE = "resource"
+    NON_FINITE = "non-finite"
 
     @property
     def retriable(self) -> bool:
@@ -76,6 +85,10 @@ def classify_exit(returncode: int, *, hung: bool = False, stopped_by_user: bool 
         return ExitClass.PREEMPTED
     if returncode in _BAD_INPUT:
         return ExitClass.BAD_INPUT
+    if returncode == ExitCode.IO_ERROR:
+        return ExitClass.RESOURCE
+    if returncode == ExitCode.NON_FINITE:
+        return ExitClass.NON_FINITE
     if signal_name(returncode) is not None:
         return ExitClass.KILLED
     return ExitClass.CRASHED

@@ -20,6 +20,7 @@ __all__ = [
     "ENV_CHAOS_ARM",
     "PAUSED_PHASE",
     "PAUSED_EVENT",
+    "DISK_WAIT_PHASE",
     "ARM_CRASH",
     "ARM_CHECKPOINT_WRITE",
     "Arm",
@@ -35,6 +36,9 @@ ENV_CHAOS_ARM = "RUNNER_CHAOS_ARM"
 #: The heartbeat phase, and the event, of a worker stopped by chaos in the middle of a checkpoint write.
 PAUSED_PHASE = "checkpoint-write-paused"
 PAUSED_EVENT = "chaos-paused-in-checkpoint-write"
+#: The phase of the ticks chaos gets while the supervisor waits for disk space, no worker running
+#: (pid 0): a fault that filled the disk can free it there.
+DISK_WAIT_PHASE = "disk-wait"
 
 ARM_CRASH = "crash"
 ARM_CHECKPOINT_WRITE = "checkpoint-write"

@@ -29,8 +29,9 @@ class EventKind(StrEnum):
     """What happened. The lifecycle of one attempt, as the supervisor sees it, is
     ``attempt-spawned -> [chaos-fault] -> [hang-detected | stop-requested] -> attempt-exited``,
     then ``restart``, ``gave-up``, ``stopped`` or ``job-completed``, and ``supervisor-exit`` last.
-    The worker's own records (``attempt-started``, ``checkpoint-*``, ``preempted``,
-    ``job-completed``) fall in between."""
+    After an exit for want of space (74), ``disk-full`` when the supervisor starts waiting for it,
+    and ``disk-space-returned`` before the ``restart``. The worker's own records (``attempt-started``,
+    ``checkpoint-*``, ``preempted``, ``non-finite``, ``job-completed``) fall in between."""
 
     # supervisor
     ATTEMPT_SPAWNED = "attempt-spawned"
@@ -47,6 +48,8 @@ class EventKind(StrEnum):
     FORK_SERVER_FAILED = "fork-server-failed"
     STANDBY_SPAWNED = "standby-spawned"
     STANDBY_LOST = "standby-lost"
+    DISK_FULL = "disk-full"
+    DISK_SPACE_RETURNED = "disk-space-returned"
     # standby spare
     STANDBY_READY = "standby-ready"
     # worker and checkpoint writer
@@ -55,11 +58,12 @@ class EventKind(StrEnum):
     CHECKPOINT_FALLBACK = "checkpoint-fallback"
     CHAOS_PAUSED = "chaos-paused-in-checkpoint-write"
     PREEMPTED = "preempted"
+    NON_FINITE = "non-finite"
     # both: the worker when it finishes, the supervisor when it sees that
     JOB_COMPLETED = "job-completed"
 
 
-def record_event(path: Path, source: Source, kind: EventKind, **fields: Any) -> None:
+def record_event(path: Path, source: Source, kind: EventKind, /, **fields: Any) -> None:
     """Append one event record to ``path`` (``events.jsonl``)."""
     rec: dict[str, Any] = {"time": time.time(), "source": source.value, "event": kind.value}
     rec.update(fields)

@@ -7,6 +7,11 @@ Verification has three verdicts (``runner.trace.Verdict``): pass (0), diverged (
 or their configurations differ, or a preemption notice lost steps) and incomplete (4: the run or
 the reference never finished, so there is nothing to compare the rest with; the reason names why,
 from the supervisor's ``gave-up`` or ``stopped`` record when there is one).
+
+Two codes say the worker met a fact, not a bug: 74 (``EX_IOERR``) a write failed for want of space or
+an I/O error, which the supervisor waits out (``--disk-wait``); 76 a NaN or infinite loss or
+parameter, which a retry would only meet again. Both come as :class:`rundir.errors.ResourceError` and
+:class:`rundir.errors.NonFiniteError`. 77 is kept for the remote checkpoint store's errors.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ class ExitCode(IntEnum):
     LOCKED = 69  # EX_UNAVAILABLE: another supervisor or worker holds the run directory
     GAVE_UP = 70  # the supervisor stopped retrying: crash loop or restart budget spent
     UNWRITABLE = 73  # EX_CANTCREAT: the run directory cannot be created or written
+    IO_ERROR = 74  # EX_IOERR: a write failed: no space left, quota exceeded, or an I/O error
     PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM with its state saved; restart it
+    NON_FINITE = 76  # a NaN or infinite loss or parameter: deterministic, never retried
     # EX_NOPERM: the remote checkpoint store cannot be used - a bad URL, a missing bucket, refused
     # credentials, an unreachable endpoint - or a newer supervisor has fenced this writer off.
     STORE = 77

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import writing
+
 __all__ = [
     "JsonlWriter",
     "append_record",
@@ -61,13 +63,15 @@ class JsonlWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        _end_torn_line(self.path)
+        with writing(self.path):
+            _end_torn_line(self.path)
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def write(self, record: dict[str, Any]) -> None:
         if self._fd is None:
             raise ValueError(f"{self.path}: write to a closed journal")
-        _write_all(self._fd, (_encode(record) + "\n").encode("utf-8"))
+        with writing(self.path):
+            _write_all(self._fd, (_encode(record) + "\n").encode("utf-8"))
 
     def close(self) -> None:
         if self._fd is not None:
@@ -83,14 +87,16 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    """Append one record; for files written now and then (events), not every step."""
-    _end_torn_line(Path(path))
+    """Append one record; for files written now and then (events), not every step. An ``OSError``
+    names ``path``."""
     line = _encode(record) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        _write_all(fd, line.encode("utf-8"))
-    finally:
-        os.close(fd)
+    with writing(path):
+        _end_torn_line(Path(path))
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            _write_all(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
 
 
 class Skipped:
@@ -99,6 +105,7 @@ class Skipped:
     def __init__(self) -> None:
         self.count = 0
         self.first: str | None = None
+        self.end = 0  # the offset just past the last complete line read, skipped or not
 
     def add(self, problem: str) -> None:
         self.count += 1
@@ -131,6 +138,8 @@ def iter_records(
                     return  # an unfinished line: the writer may still be on it, or was killed
                 offset += len(raw)
                 line = offset - len(raw)
+                if skipped is not None:
+                    skipped.end = offset
                 try:
                     rec = json.loads(raw)
                 except ValueError:

@@ -11,6 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from .errors import as_resource_error
 from .exitcodes import ExitCode, UserError
 
 __all__ = ["RunLock", "LOCK_FILE", "SUPERVISOR_IN_USE"]
@@ -37,6 +38,9 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
+            full = as_resource_error(exc)
+            if full is not None:  # no space for the file: wait for some, not fix a setting
+                raise full from None
             raise UserError(f"run directory {self.path.parent} is not writable: {exc.strerror}",
                             ExitCode.UNWRITABLE) from None
         try:
@@ -46,8 +50,11 @@ class RunLock:
             os.close(fd)
             raise UserError(self.in_use.format(run_dir=self.path.parent, holder=holder), ExitCode.LOCKED) from None
         if self.record_pid:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:
+                pass  # a full disk: the pid is only for the next holder's message; the lock holds
         self.fd = fd
 
     def release(self) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rundir.argparsing import OneLineParser
 from rundir.children import project_pythonpath
+from rundir.errors import print_error
 from rundir.exitcodes import ExitCode, UserError
 from rundir.names import ENV_RUN_DIR
 
@@ -82,13 +83,14 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
             spec = WorkerSpec(cmd=cmd, run_dir=run_dir, env=env, hang_timeout=ns.hang_timeout,
                               startup_timeout=ns.startup_timeout, grace=ns.grace,
                               policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop),
-                              standby=ns.standby if ns.standby is not None else command is None, preload=preload)
+                              standby=ns.standby if ns.standby is not None else command is None, preload=preload,
+                              disk_wait=ns.disk_wait)
             outcome = Supervisor(spec, view=make_view(), lock=lock, fork_server=server).run()
         finally:
             if server is not None:
                 server.close()
     if outcome.code is not ExitCode.OK:
-        print(f"error: {outcome.message}", file=sys.stderr, flush=True)
+        print_error(outcome.message)
     return int(outcome.code)
 
 
@@ -135,5 +137,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             _reap_all_children()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print_error(str(exc))
         return int(exc.code)

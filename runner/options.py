@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rundir.argparsing import non_negative, positive, seconds
+from rundir.argparsing import non_negative, positive, seconds, seconds_or_zero
 from rundir.exitcodes import ExitCode, UserError
 
 __all__ = ["add_supervisor_arguments", "module_list", "write_json"]
@@ -29,6 +29,9 @@ def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grace", type=seconds, default=30.0, metavar="S",
                    help="on SIGINT/SIGTERM, give the worker S seconds to checkpoint before SIGKILL "
                         "(default %(default)g)")
+    g.add_argument("--disk-wait", type=seconds_or_zero, default=600.0, metavar="S",
+                   help="when the worker finds the disk full (exit 74), wait up to S seconds for space to return, "
+                        "then restart it; give up with exit 74 after that (default %(default)g; 0: at once)")
     g.add_argument("--standby", action=argparse.BooleanOptionalAction, default=None,
                    help="keep a warm spare worker (Paddle imported, data loaded, model built) ready to take "
                         "over on a restart; it waits in Worker.restore() (default: on for the built-in job, "

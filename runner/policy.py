@@ -6,7 +6,8 @@ each strategy is a pure function of it:
 * retry only the retriable exit classes (see :mod:`rundir.classify`);
 * an attempt *made progress* if it completed a step no earlier attempt had reached; restarts after
   such attempts are free;
-* stop on a crash loop: ``crash_loop`` consecutive failures without progress;
+* stop on a crash loop: ``crash_loop`` consecutive failures without progress (an exit for want of
+  space is not one: the supervisor waits for space, see :mod:`runner.diskwait`);
 * stop when ``max_restarts`` restarts without progress have been spent over the whole job;
 * wait nothing after progress or a clean preemption, then back off exponentially with jitter.
 """
@@ -75,11 +76,14 @@ class RetryPolicy:
 
 
 def no_progress_streak(history: Sequence[AttemptResult]) -> int:
+    """Failures in a row, newest last, that completed no new step. An exit for want of space
+    (``RESOURCE``) is none: the supervisor waited for space before its restart."""
     n = 0
     for r in reversed(history):
         if r.made_progress:
             break
-        n += 1
+        if r.exit_class is not ExitClass.RESOURCE:
+            n += 1
     return n
 
 

@@ -39,25 +39,38 @@ class Standby:
         self.log = self.logs / "standby.log"
         self._record = record
         self._spawned = 0
+        self._failed = False  # a spare failed to start since the last attempt began
 
     @property
     def up(self) -> bool:
         """A spare was started and not yet taken or discarded (it may have died since)."""
         return self.spare is not None
 
+    @property
+    def can_spawn(self) -> bool:
+        """No spare is up, and none failed to start since the last attempt began."""
+        return self.spare is None and not self._failed
+
     def spawn(self) -> None:
+        """Start a spare. One that cannot start (its log on a full disk) is ``standby-lost``, and no
+        other is tried until the next attempt takes over."""
         env = worker_env(self.env)
         env[ENV_STANDBY] = "1"
         self._spawned += 1
         log = self.logs / f"standby-{os.getpid()}-{self._spawned:03d}.log"
-        self.spare = self.launcher.start(env, log, stdin_pipe=True)
+        try:
+            self.spare = self.launcher.start(env, log, stdin_pipe=True)
+        except OSError as exc:
+            self._failed = True
+            self._record(EventKind.STANDBY_LOST, pid=None, returncode=None, error=str(exc))
+            return
         self.log = log
         self._record(EventKind.STANDBY_SPAWNED, pid=self.spare.pid, forked=self.spare.forked)
 
     def take(self, attempt: int, env: Mapping[str, str], log: Path) -> Worker | None:
         """Hand the run to the spare, if a live one is up: it becomes attempt ``attempt`` with ``env``
         on top of its own, logging to ``log``. None if there is none to take."""
-        spare, self.spare = self.spare, None
+        spare, self.spare, self._failed = self.spare, None, False
         if spare is None:
             return None
         if spare.poll():

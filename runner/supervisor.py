@@ -6,7 +6,8 @@ when a signal arrives, or every ``TICK`` seconds (``CHAOS_TICK`` under chaos, wh
 steps and phases) to read the journal and heartbeat; what to do then is decided by the pure
 functions of :mod:`runner.watch` and done here. Workers come from a :mod:`runner.launcher`, the
 warm spare from :mod:`runner.standby`. Chaos, if any, decides *what* to do to the worker; this
-module does it.
+module does it. A worker that exits 74 (no space) is restarted once space returns
+(:mod:`runner.diskwait`); the supervisor's own writes to a full disk are dropped with a warning.
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ from typing import Any
 from tenacity import RetryCallState
 
 from rundir.classify import ExitClass, classify_exit, signal_name
-from rundir.contract import Chaos, FileEffect, Observation, SendSignal
-from rundir.events import EventKind, Source, record_event
+from rundir.contract import DISK_WAIT_PHASE, Chaos, FileEffect, Observation, SendSignal
+from rundir.errors import as_resource_error
+from rundir.events import EventKind, Source
 from rundir.exitcodes import ExitCode
-from rundir.journal import Check, Skipped, event_problem, iter_records, loss_problem
+from rundir.journal import event_problem, loss_problem
 from rundir.lock import RunLock
 from rundir.names import ENV_ATTEMPT, EVENTS, HEARTBEAT, LOSSES, read_heartbeat, worker_env
 
+from .diskwait import DEFAULT_DISK_WAIT_S, DiskAction, DiskWait, give_up_message
 from .forkserver import ForkServer
 from .launcher import Launcher, Worker, launcher_for
 from .policy import AttemptResult, RetryPolicy, WorkerFailed, build_retrying, give_up_reason, unproductive_restarts
+from .runfiles import EventSink, Fallbacks, Tail, last_error_line
 from .standby import Standby
 from .view import PlainView, View, describe_exit
 from .watch import Action, Decision, Reading, Watch, arm_kill, begin, decide, observe
@@ -58,6 +62,8 @@ class WorkerSpec:
     #: Modules a fork server imports once; workers are then forked from it (see
     #: :mod:`runner.forkserver`). Empty, or a command it cannot run: every worker starts with exec.
     preload: tuple[str, ...] = ()
+    #: After a worker's exit for want of space (74), wait up to this long in all for space to return.
+    disk_wait: float = DEFAULT_DISK_WAIT_S
 
 
 @dataclass(frozen=True)
@@ -66,24 +72,6 @@ class Outcome:
     message: str
     history: tuple[AttemptResult, ...]
     wall_s: float
-
-
-class _Tail:
-    """Reads the well-formed records appended to a JSON-lines file since the last call; malformed
-    ones are skipped and counted (a worker's bug, or a crafted file, must not bring us down)."""
-
-    def __init__(self, path: Path, check: Check) -> None:
-        self.path = path
-        self.offset = 0
-        self.check = check
-        self.skipped = Skipped()
-
-    def read(self) -> list[dict[str, Any]]:
-        out = []
-        for off, rec in iter_records(self.path, self.offset, check=self.check, skipped=self.skipped):
-            self.offset = off
-            out.append(rec)
-        return out
 
 
 class Supervisor:
@@ -96,12 +84,12 @@ class Supervisor:
     def __init__(self, spec: WorkerSpec, *, view: View | None = None, chaos: Chaos | None = None,
                  sleep: Callable[[float], None] | None = None, lock: RunLock | None = None,
                  fork_server: ForkServer | None = None, launcher: Launcher | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, free: Callable[[Path], int] | None = None) -> None:
         """``lock``: the run directory's lock, if the caller took it already; ``fork_server``: one
         the caller started for ``spec.preload`` (the CLI does, so that it imports while the rest of
         the supervisor does), for the default launcher, which closes it when :meth:`run` ends;
         ``launcher``: another way to start workers; ``sleep`` and ``clock`` (monotonic seconds):
-        the back-off's sleep and the watch's time, for tests."""
+        the back-off's sleep and the watch's time, and ``free`` the run directory's free bytes, for tests."""
         self.spec = spec
         self.run_dir = Path(spec.run_dir)
         self.view = view or PlainView()
@@ -111,22 +99,26 @@ class Supervisor:
         self.history: list[AttemptResult] = []
         self._stop_signal: int | None = None
         self._wake_r, self._wake_w = -1, -1
-        self.losses = _Tail(self.run_dir / LOSSES, loss_problem)
-        self.events = _Tail(self.run_dir / EVENTS, event_problem)
+        self.losses = Tail(self.run_dir / LOSSES, loss_problem)
+        self.events = Tail(self.run_dir / EVENTS, event_problem)
+        self._sink = EventSink(self.run_dir / EVENTS, Source.SUPERVISOR, self.view.note)
         self.high_water = -1
         self.next_attempt = 1
-        self._fell_back: int | None = None  # the last attempt that fell back past a corrupt checkpoint
+        self._fallbacks = Fallbacks()
         self.launcher = launcher or launcher_for(
             spec.cmd, spec.preload, run_dir=self.run_dir, env=spec.env, timeout=spec.startup_timeout,
             record=self.record, note=self.view.note, server=fork_server,
         )
         self.standby = Standby(self.launcher, self.run_dir, spec.env, self.record)
         self._lock = lock
+        self.disk = DiskWait(self.run_dir, spec.disk_wait, sleep=self._sleep, clock=self._clock, record=self.record,
+                             note=self.view.note, stopped=lambda: self._stop_signal is not None,
+                             tick=self._wait_tick, free=free)
 
     # -- effects at the edge -------------------------------------------------------------------------
 
     def record(self, kind: EventKind, /, **fields: Any) -> None:
-        record_event(self.run_dir / EVENTS, Source.SUPERVISOR, kind, **fields)
+        self._sink.record(kind, **fields)  # on a full disk: dropped, the first of a run of them said
 
     def request_stop(self, signum: int) -> None:
         """Stop the job as if ``signum`` had arrived: the watch acts on it at its next tick."""
@@ -195,19 +187,40 @@ class Supervisor:
                 self.next_attempt = max(self.next_attempt, int(rec["attempt"]) + 1)
 
     def _retry_loop(self) -> tuple[ExitCode, str]:
+        """Attempts through the retry policy; after an exit for want of space, the wait for space
+        (:mod:`runner.diskwait`) and the policy again, with the same history."""
+        while True:
+            try:
+                return self._attempts()
+            except WorkerFailed as exc:
+                if exc.result.exit_class is not ExitClass.RESOURCE:
+                    return self._failure(exc.result)
+                attempt, progress, error = exc.result.attempt, exc.result.made_progress, exc.result.error
+            except OSError as exc:  # the supervisor's own write: an attempt's log on a full disk
+                full = as_resource_error(exc)
+                if full is None:
+                    raise
+                attempt, progress, error = self.next_attempt - 1, False, str(full)
+                self.view.note(f"cannot start attempt {attempt}: {full}")
+            action = self.disk.wait(attempt, progress)
+            if action is None:
+                return self._stopped(ExitClass.RESOURCE)
+            if action is DiskAction.GIVE_UP:
+                return self._out_of_space(error)
+            self.record(EventKind.RESTART, after_attempt=attempt, exit_class=ExitClass.RESOURCE.value, delay_s=0.0,
+                        made_progress=progress, unproductive_restarts=unproductive_restarts(self.history))
+
+    def _attempts(self) -> tuple[ExitCode, str]:
         retrying = build_retrying(self.spec.policy, sleep=self._sleep, before_sleep=self._before_sleep)
-        try:
-            for attempt in retrying:
-                if self._stop_signal is not None:
-                    # Stopped while backing off: end here, not start a worker only to stop it at once.
-                    return self._stopped(self.history[-1].exit_class if self.history else None)
-                with attempt:
-                    result = self._run_attempt()
-                    self.history.append(result)
-                    if result.exit_class is not ExitClass.COMPLETED:
-                        raise WorkerFailed(self.history)
-        except WorkerFailed as exc:
-            return self._failure(exc.result)
+        for attempt in retrying:
+            if self._stop_signal is not None:
+                # Stopped while backing off: end here, not start a worker only to stop it at once.
+                return self._stopped(self.history[-1].exit_class if self.history else None)
+            with attempt:
+                result = self._run_attempt()
+                self.history.append(result)
+                if result.exit_class is not ExitClass.COMPLETED:
+                    raise WorkerFailed(self.history)
         restarts = len(self.history) - 1
         self.record(EventKind.JOB_COMPLETED, attempts=len(self.history), restarts=restarts)
         msg = f"job completed after {len(self.history)} attempt(s), {restarts} restart(s)"
@@ -223,10 +236,12 @@ class Supervisor:
     def _failure(self, r: AttemptResult) -> tuple[ExitCode, str]:
         if r.exit_class is ExitClass.USER_STOPPED:
             return self._stopped(r.exit_class)
+        said = (r.error or "no message").removeprefix("error: ")
         if r.exit_class is ExitClass.BAD_INPUT:
-            said = (r.error or "no message").removeprefix("error: ")
             msg = f"the worker rejected its input (exit {r.returncode}), not retrying: {said}"
             code = ExitCode(r.returncode) if r.returncode in ExitCode._value2member_map_ else ExitCode.BAD_CONFIG
+        elif r.exit_class is ExitClass.NON_FINITE:
+            msg, code = f"the job computed a non-finite value, not retrying: {said}", ExitCode.NON_FINITE
         else:
             msg = "giving up: " + give_up_reason(self.history, self.spec.policy)
             if r.error:
@@ -235,6 +250,13 @@ class Supervisor:
         kind = EventKind.GAVE_UP if code is ExitCode.GAVE_UP else EventKind.STOPPED
         self.record(kind, reason=msg, exit_class=r.exit_class.value)
         return code, msg  # the caller says it, once (Outcome.message)
+
+    def _out_of_space(self, error: str | None) -> tuple[ExitCode, str]:
+        msg = "giving up: " + give_up_message(self.run_dir, *self.disk.last, self.spec.disk_wait) + \
+            (f"; last error: {error.removeprefix('error: ')}" if error else "")
+        self.record(EventKind.GAVE_UP, reason=msg, exit_class=ExitClass.RESOURCE.value)
+        self.view.note(msg)
+        return ExitCode.IO_ERROR, msg
 
     def _before_sleep(self, rs: RetryCallState) -> None:
         delay = rs.next_action.sleep if rs.next_action is not None else 0.0
@@ -277,25 +299,18 @@ class Supervisor:
         n = w.attempt
         steps = [r for r in self.losses.read() if r.get("attempt") == n]
         events = [e for e in self.events.read() if e.get("source") == Source.WORKER and e.get("attempt") == n]
+        for line in self._fallbacks.warnings(events, n, self.high_water):
+            self.view.note(line)
         for e in events:
-            if e.get("event") == EventKind.CHECKPOINT_FALLBACK:
-                self._fell_back = n
-                self.view.note(f"warning: {e.get('reason')}")
-            elif e.get("event") == EventKind.ATTEMPT_STARTED:
-                resumed = int(e.get("resumed_from_step") or 0)
-                if resumed == 0 and self._fell_back == n:
-                    self.view.note(f"warning: attempt {n} found no valid checkpoint and restarts from step 0 "
-                                   f"({self.high_water + 1} steps to recompute)")
-                self.view.resumed(n, resumed, e.get("total_steps"))
+            if e.get("event") == EventKind.ATTEMPT_STARTED:
+                self.view.resumed(n, int(e.get("resumed_from_step") or 0), e.get("total_steps"))
         for rec in steps:
             self.high_water = max(self.high_water, int(rec["step"]))
             self.view.step(rec, restarts=len(self.history))
         mtime = self._heartbeat_mtime()
         beat = read_heartbeat(self.run_dir) if mtime != w.heartbeat or steps else None
-        vitals = proc.vitals() if proc is not None else None
-        if vitals is None:
-            return Reading(steps, events, mtime, beat)
-        return Reading(steps, events, mtime, beat, cpu_s=vitals.cpu_s, state=vitals.state)
+        v = proc.vitals() if proc is not None else None
+        return Reading(steps, events, mtime, beat, cpu_s=v.cpu_s if v else None, state=v.state if v else None)
 
     def _watch(self, proc: Worker, w: Watch) -> tuple[Watch, Action]:
         """Watch the worker until it exits, or a decision ends it; returns that decision's action
@@ -308,7 +323,7 @@ class Supervisor:
             w = observe(w, reading, now)
             d = decide(w, now, hang_timeout=self.spec.hang_timeout, startup_timeout=self.spec.startup_timeout,
                        stop_requested=self._stop_signal is not None,
-                       want_spare=self.spec.standby and not self.standby.up)
+                       want_spare=self.spec.standby and self.standby.can_spawn)
             if d.spawn_spare:
                 self.standby.spawn()
             if d.action is not Action.CONTINUE:
@@ -336,6 +351,16 @@ class Supervisor:
             proc.kill()
         else:
             proc.kill()
+
+    def _wait_tick(self, attempt: int) -> None:
+        """Chaos's tick while the supervisor waits for disk space: no worker runs, so only its
+        changes to files are carried out."""
+        if self.chaos is not None:
+            obs = Observation(attempt, 0, (), (), None, DISK_WAIT_PHASE)
+            for action in self.chaos.on_tick(obs):
+                if isinstance(action, FileEffect):
+                    self.record(EventKind.CHAOS_FAULT, attempt=attempt, effect=action.apply(), last_step=None,
+                                **(action.fault or {}))
 
     def _carry_out(self, actions: Sequence[SendSignal | FileEffect], proc: Worker, w: Watch) -> None:
         """Do what chaos decided: the one place its faults reach the worker and the run directory."""
@@ -372,18 +397,3 @@ class Supervisor:
         if self.chaos is not None:
             self.chaos.on_exit(result)
         return result
-
-
-def last_error_line(log: Path, tail_bytes: int = 8192) -> str | None:
-    """The worker's last non-empty output line: the exception or error message, usually."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - tail_bytes))
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        if line.strip():
-            return line.strip()
-    return None

@@ -46,7 +46,10 @@ class PlainView:
         self._restarts = 0
 
     def _say(self, text: str) -> None:
-        print(f"[runner {time.strftime('%H:%M:%S')}] {text}", file=self.out, flush=True)
+        try:
+            print(f"[runner {time.strftime('%H:%M:%S')}] {text}", file=self.out, flush=True)
+        except OSError:
+            pass  # the output is a file on a full disk: the line is lost, the run goes on
 
     def attempt_started(self, attempt: int, pid: int) -> None:
         self._say(f"attempt {attempt} started, pid {pid}")
@@ -103,8 +106,11 @@ class RichView(PlainView):
 
     def _say(self, text: str) -> None:
         # ``text`` may hold the worker's own output: escape it, or '[x]' vanishes and '[/x]' raises MarkupError.
-        self.progress.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(text)}", markup=True,
-                                    highlight=False)
+        try:
+            self.progress.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(text)}", markup=True,
+                                        highlight=False)
+        except OSError:
+            pass
 
     def attempt_started(self, attempt: int, pid: int) -> None:
         self.progress.update(self.task, attempt=attempt)

@@ -29,6 +29,9 @@ from rundir.exitcodes import ExitCode
         pytest.param(69, ExitClass.BAD_INPUT, id="69-locked"),
         pytest.param(73, ExitClass.BAD_INPUT, id="73-unwritable"),
         pytest.param(78, ExitClass.BAD_INPUT, id="78-bad-config"),
+        pytest.param(74, ExitClass.RESOURCE, id="74-disk-full-quota-or-io-error"),
+        pytest.param(76, ExitClass.NON_FINITE, id="76-nan-or-inf"),
+        pytest.param(77, ExitClass.CRASHED, id="77-reserved-not-a-class-of-its-own"),
     ],
 )
 def test_classify_exit_by_returncode(returncode: int, expected: ExitClass) -> None:
@@ -88,6 +91,8 @@ def test_signal_name(returncode: int | None, name: str | None) -> None:
         (ExitClass.BAD_INPUT, False),
         (ExitClass.HUNG, True),
         (ExitClass.USER_STOPPED, False),
+        (ExitClass.RESOURCE, False),  # not at once: the supervisor waits for space first
+        (ExitClass.NON_FINITE, False),  # deterministic: a retry computes the same NaN
     ],
 )
 def test_retriable(cls: ExitClass, retriable: bool) -> None:
@@ -96,5 +101,23 @@ def test_retriable(cls: ExitClass, retriable: bool) -> None:
 
 def test_every_class_has_a_retriable_entry_and_a_stable_value() -> None:
     assert {c.value for c in ExitClass} == {
-        "completed", "preempted", "killed", "crashed", "bad-input", "hung", "user-stopped",
+        "completed", "preempted", "killed", "crashed", "bad-input", "hung", "user-stopped", "resource", "non-finite",
     }
+
+
+@pytest.mark.parametrize("returncode", [74, 76])
+@pytest.mark.parametrize(("flags", "expected"), [
+    ({"hung": True}, ExitClass.HUNG),
+    ({"stopped_by_user": True}, ExitClass.USER_STOPPED),
+])
+def test_the_supervisors_own_knowledge_wins_over_74_and_76(returncode: int, flags: dict[str, bool],
+                                                           expected: ExitClass) -> None:
+    assert classify_exit(returncode, **flags) is expected
+
+
+def test_the_classify_docstring_table_names_every_class() -> None:
+    import rundir.classify as mod
+
+    assert mod.__doc__ is not None
+    rows = {line.split()[0] for line in mod.__doc__.splitlines() if line[:1].isupper() and line.split()}
+    assert {c.name for c in ExitClass} <= rows

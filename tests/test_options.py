@@ -46,7 +46,7 @@ def parser() -> OneLineParser:
 def test_the_supervisors_defaults() -> None:
     ns = parser().parse_args([])
     assert vars(ns) == {"max_restarts": 20, "crash_loop": 3, "hang_timeout": 300.0, "startup_timeout": 600.0,
-                        "grace": 30.0, "standby": None, "preload": None}
+                        "grace": 30.0, "disk_wait": 600.0, "standby": None, "preload": None}
 
 
 @pytest.mark.parametrize(("argv", "field", "want"), [

@@ -64,6 +64,10 @@ P, N = True, False  # made progress / did not
         (((C.CRASHED, N), (C.KILLED, N), (C.HUNG, P)), 0),
         (((C.CRASHED, N), (C.KILLED, P), (C.HUNG, N), (C.CRASHED, N)), 2),
         (((C.KILLED, P), (C.PREEMPTED, N)), 1),  # a preemption without progress is in the streak too
+        # an exit for want of space is no failure of the job's: the supervisor waited for space
+        (((C.RESOURCE, N), (C.RESOURCE, N), (C.RESOURCE, N)), 0),
+        (((C.CRASHED, N), (C.RESOURCE, N), (C.CRASHED, N)), 2),  # nor does it break a streak
+        (((C.CRASHED, N), (C.RESOURCE, P)), 0),  # it may have made progress before the disk filled
     ],
 )
 def test_no_progress_streak(spec: tuple[tuple[ExitClass, bool], ...], streak: int) -> None:
@@ -80,6 +84,8 @@ def test_no_progress_streak(spec: tuple[tuple[ExitClass, bool], ...], streak: in
         (((C.BAD_INPUT, N),), 0),  # not retriable: no restart spent
         (((C.USER_STOPPED, N),), 0),
         (((C.COMPLETED, N),), 0),
+        (((C.RESOURCE, N),) * 5, 0),  # restarted after the wait for space, not from the budget
+        (((C.NON_FINITE, N),), 0),  # never retried
     ],
 )
 def test_unproductive_restarts(spec: tuple[tuple[ExitClass, bool], ...], count: int) -> None:

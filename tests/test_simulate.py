@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.faults import FaultKind
+from chaos.faults import DEFAULT_KINDS, FaultKind
 from chaos.simulate import SIMULATION_DEFAULTS, chaos_parser, chosen_kinds, simulate_main
 from model.job import BUILTIN
 from rundir.exitcodes import ExitCode, UserError
@@ -20,7 +20,8 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 @pytest.mark.parametrize(("argv", "want"), [
-    ((), list(FaultKind)),
+    ((), list(DEFAULT_KINDS)),  # disk-full is opt-in: it needs root and a mount
+    (("--fault-kinds", "disk-full"), [FaultKind.DISK_FULL]),
     (("--fault-kinds", "hang"), [FaultKind.HANG]),
     (("--fault-kinds", "sigkill,hang"), [FaultKind.SIGKILL, FaultKind.HANG]),
     (("--fault-kinds", "crash", "sigkill, crash"), [FaultKind.CRASH, FaultKind.SIGKILL]),  # each once, in order

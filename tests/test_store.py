@@ -398,3 +398,67 @@ def test_the_manifest_says_whether_a_checkpoint_is_durable_and_old_ones_count_as
     assert fresh.verify(checkpoint_name(1)).step == 1
     fresh.save(3, files_for(3), {}, durable=False)
     assert fresh.committed() == [checkpoint_name(1), checkpoint_name(3)]
+
+
+# -- a full disk ----------------------------------------------------------------------------------------------
+
+
+class FullAfter(LocalStorage):
+    """Local storage whose disk fills once ``room`` more bytes were written: the next write raises
+    ENOSPC in the middle (the kernel's answer, at ``_write_all``), naming no file."""
+
+    def __init__(self, root: Path, room: int) -> None:
+        super().__init__(root)
+        self.room = room
+
+    def put(self, key: str, data, *, commit: bool = True, durable: bool = True) -> None:
+        size = len(data) if isinstance(data, bytes) else sum(m.nbytes for m in data)
+        if size > self.room:
+            import checkpoint.storage as storage_mod
+
+            real = storage_mod._write_all
+
+            def short(fd: int, parts: list[memoryview]) -> None:
+                os.write(fd, bytes(parts[0][: self.room]) if parts else b"")  # half a file, then no more space
+                raise OSError(28, "No space left on device")
+
+            storage_mod._write_all = short
+            try:
+                super().put(key, data, commit=commit, durable=durable)
+            finally:
+                storage_mod._write_all = real
+        self.room -= size
+        super().put(key, data, commit=commit, durable=durable)
+
+
+A8, B8 = (len(v) for v in files_for(8).values())
+
+
+# No room at all, in a.bin, in b.bin, in the manifest: the commit point.
+@pytest.mark.parametrize("room", [0, 100, A8 + 100, A8 + B8 + 10], ids=["none", "a", "b", "manifest"])
+def test_a_save_that_finds_the_disk_full_commits_nothing_and_leaves_nothing(tmp_path: Path, room: int) -> None:
+    make_store(tmp_path).save(4, files_for(4), {})
+    store = CheckpointStore(FullAfter(tmp_path, room))
+    with pytest.raises(OSError) as got:
+        store.save(8, files_for(8), {})
+    assert got.value.errno == 28 and Path(got.value.filename).parent == ckpt_dir(tmp_path, 8)  # names the file
+    assert step_dirs(tmp_path) == [checkpoint_name(4)]  # no torn directory taking the space the next one needs
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    ck = make_store(tmp_path).load_latest()
+    assert ck is not None and ck.step == 4 and dict(ck.files) == files_for(4)
+
+
+def test_a_full_disk_on_a_real_tmpfs_loses_nothing_committed(tmp_path: Path) -> None:
+    from tests.helpers.tmpfs import fill, tmpfs
+
+    with tmpfs(tmp_path / "disk", "256k") as disk:
+        store = make_store(disk)
+        store.save(4, files_for(4), {})
+        fill(disk / "filler")
+        with pytest.raises(OSError) as got:
+            store.save(8, {"big.bin": bytes(64 * 1024)}, {})
+        assert got.value.errno == 28 and got.value.filename == str(ckpt_dir(disk, 8) / "big.bin")
+        assert step_dirs(disk) == [checkpoint_name(4)]
+        (disk / "filler").unlink()  # space again: the next save goes through
+        store.save(8, {"big.bin": bytes(64 * 1024)}, {})
+        assert make_store(disk).committed() == [checkpoint_name(4), checkpoint_name(8)]

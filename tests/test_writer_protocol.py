@@ -4,6 +4,7 @@ reply is refused. No process, no socket."""
 
 from __future__ import annotations
 
+import errno
 import pickle
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from checkpoint.writer_protocol import (
     MAX_MESSAGE,
+    NonFiniteState,
     ReplyKind,
     Request,
     Saved,
@@ -51,8 +53,29 @@ FAILURES: dict[str, tuple[bytes, str]] = {
 @pytest.mark.parametrize("case", list(FAILURES))
 def test_a_failure_or_a_garbled_reply_raises_writer_error(case: str) -> None:
     data, message = FAILURES[case]
-    with pytest.raises(WriterError, match=message):
+    with pytest.raises(WriterError, match=message) as got:
         unpack_reply(data)
+    assert (got.value.errno, got.value.filename) == (None, None)
+
+
+@pytest.mark.parametrize(("err", "path", "message"), [
+    (errno.ENOSPC, "/run/checkpoints/step-000000025/train.safetensors",
+     "checkpoint after step 25: No space left on device writing /run/checkpoints/step-000000025/train.safetensors"),
+    (errno.EDQUOT, "/run/events.jsonl", "checkpoint after step 25: Disk quota exceeded writing /run/events.jsonl"),
+    (errno.EIO, "", "checkpoint after step 25: Input/output error writing a file"),
+])
+def test_a_failure_with_an_errno_carries_it_and_the_path_back(err: int, path: str, message: str) -> None:
+    with pytest.raises(WriterError) as got:
+        unpack_reply(pack_reply(ReplyKind.FAILED, 25, text=path, err=err))
+    assert str(got.value) == message
+    assert (got.value.errno, got.value.filename) == (err, path or None)
+
+
+def test_a_refused_non_finite_snapshot_says_what_is_not_finite() -> None:
+    with pytest.raises(NonFiniteState) as got:
+        unpack_reply(pack_reply(ReplyKind.NON_FINITE, 15, text="model.safetensors: fc.weight holds nan"))
+    assert (got.value.step, got.value.what) == (15, "model.safetensors: fc.weight holds nan")
+    assert isinstance(got.value, WriterError) and got.value.errno is None
 
 
 REQUESTS: dict[str, Request] = {

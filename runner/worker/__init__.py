@@ -24,21 +24,27 @@ A user's own script uses it the same way the built-in MNIST job does::
         w.complete(params_sha256=...)
 
 :class:`Worker` (in :mod:`.api`) is a facade over parts that each do one job: :mod:`.files`,
-:mod:`.session`, :mod:`.faults` and :mod:`.standby`.
+:mod:`.session`, :mod:`.faults` and :mod:`.standby`. :func:`run_guarded` (:mod:`.guard`) runs a job's
+``main``: bad input, a full disk (exit 74) or a NaN loss (exit 76) end it with one line, not a traceback.
 """
 
 from __future__ import annotations
 
 from rundir.contract import ENV_CHAOS_ARM, PAUSED_EVENT, PAUSED_PHASE
+from rundir.errors import NonFiniteError, ResourceError
 from rundir.names import ENV_ATTEMPT, ENV_STANDBY, EVENTS, FINAL, HEARTBEAT, JOB, LOSSES, WORKER_LOCK, read_heartbeat
 
 from .api import Worker
 from .faults import SimulatedDeviceError
 from .files import HEARTBEAT_EVERY_S
+from .guard import run_guarded
 from .session import Snapshot
 
 __all__ = [
     "Worker",
+    "run_guarded",
+    "ResourceError",
+    "NonFiniteError",
     "SimulatedDeviceError",
     "Snapshot",
     "ENV_ATTEMPT",

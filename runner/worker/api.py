@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,6 +18,7 @@ from checkpoint.cadence import Cadence, estimate_mtbf, failure_history
 from checkpoint.storage import Data, LocalStorage
 from checkpoint.store import Checkpoint, CheckpointStore
 from rundir.contract import Arm
+from rundir.errors import as_resource_error
 from rundir.events import EventKind
 from rundir.exitcodes import ExitCode, UserError
 from rundir.journal import read_records
@@ -36,6 +39,18 @@ from .session import CheckpointSession, Snapshot
 from .standby import wait_for_go
 
 __all__ = ["Worker"]
+
+
+def _say(line: str) -> None:
+    """Print a line of the worker's own to its log; if that fails (a full disk), the error names the log."""
+    try:
+        print(line, flush=True)
+    except OSError as exc:
+        try:
+            exc.filename = os.readlink(f"/proc/self/fd/{sys.stdout.fileno()}")
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise
 
 
 class Worker:
@@ -64,7 +79,13 @@ class Worker:
                 raise UserError(f"run directory {self.run_dir} does not exist", ExitCode.BAD_CONFIG)
             self._session.start_writer()  # a spare's waits with it
             return
-        self._activate(os.environ)
+        try:
+            self._activate(os.environ)
+        except OSError as exc:
+            full = as_resource_error(exc)
+            if full is None:
+                raise
+            raise full from exc
 
     def _activate(self, env: Mapping[str, str]) -> None:
         """Take the run directory: the worker lock, the heartbeat, the journal and the signals."""
@@ -97,7 +118,14 @@ class Worker:
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Close; a write that found the disk full, over quota or failing - the job's own, the
+        journal's, the checkpoint writer's - leaves as a :class:`rundir.errors.ResourceError` (exit
+        74) naming the file and the cause."""
         self.close()
+        if ev is not None and not isinstance(ev, UserError):
+            full = as_resource_error(ev)
+            if full is not None:
+                raise full from ev
 
     def close(self) -> None:
         self._session.close()
@@ -168,7 +196,7 @@ class Worker:
         self._take_signals()
 
         def warn(msg: str) -> None:
-            print(f"warning: {msg}", flush=True)
+            _say(f"warning: {msg}")
             self.event(EventKind.CHECKPOINT_FALLBACK, reason=msg)
 
         ckpt = self.store.load_latest(warn=warn)
@@ -181,8 +209,12 @@ class Worker:
         self, step: int, *, loss: float, epoch: int = 0, batch: int = 0, acc: float | None = None,
         lr: float | None = None,
     ) -> None:
-        """Journal one completed step (global, 0-based) and beat the heart."""
+        """Journal one completed step (global, 0-based) and beat the heart. A NaN or infinite
+        ``loss`` is not journaled: it raises :class:`rundir.errors.NonFiniteError` (exit 76) naming
+        the step and the last good checkpoint, which the checkpoint in flight, if any, becomes first."""
         files = self._require_active()
+        if not math.isfinite(loss):
+            self._session.stop_non_finite(step, f"the loss is {float(loss)} at step {step}")
         self._faults.step(step)
         dt = self._session.step_done()
         files.losses.write(step, loss=loss, epoch=epoch, batch=batch, acc=acc, lr=lr, dt=dt)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rundir.errors import writing
 from rundir.events import EventKind, Source, record_event
 from rundir.exitcodes import ExitCode, UserError
 from rundir.journal import JsonlWriter, loss_problem, read_journal
@@ -71,14 +72,16 @@ class Heartbeat:
         self.pid, self.attempt, self.every_s = pid, attempt, every_s
         self._clock = clock
         self._last: tuple[str, float] | None = None  # the phase last written, and when
+        self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def beat(self, phase: str, step: int | None = None) -> None:
         """Write ``phase`` now."""
         rec = {"pid": self.pid, "attempt": self.attempt, "phase": phase, "step": step, "time": time.time()}
         data = json.dumps(rec).encode()
-        os.pwrite(self._fd, data, 0)
-        os.ftruncate(self._fd, len(data))
+        with writing(self.path):
+            os.pwrite(self._fd, data, 0)
+            os.ftruncate(self._fd, len(data))
         self._last = (phase, self._clock())
 
     def training(self, step: int) -> None:
@@ -155,12 +158,19 @@ class AttemptFiles:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``path`` whole or not at all; a failed write (a full disk) names ``path`` and leaves no
+    temporary file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with writing(path):
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, path)
 
 
 def config_conflict(have: Mapping[str, Any], want: Mapping[str, Any]) -> str | None:

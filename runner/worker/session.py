@@ -6,6 +6,11 @@ training goes on (:meth:`CheckpointSession.checkpoint`, deferred or not).
 The training thread's step time never includes checkpoint time: every stall, synchronous save and
 wait for a deferred copy is taken out of the step it fell in (:meth:`CheckpointSession.step_done`)
 and counted as the checkpoint's cost in the :class:`Cadence` instead.
+
+A snapshot whose arrays hold a NaN or an infinity is never committed: checked here before a
+synchronous save, in the writer process before an asynchronous one (off the training thread). Either
+way the job stops with :class:`rundir.errors.NonFiniteError` naming the step and the last good
+checkpoint (:func:`non_finite_message`).
 """
 
 from __future__ import annotations
@@ -13,21 +18,31 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from checkpoint.cadence import DEFAULT_DURABLE_EVERY_S, Cadence, durable_due
-from checkpoint.state import StateArrays, pack_chunks
+from checkpoint.state import StateArrays, non_finite, pack_chunks
 from checkpoint.storage import Data, LocalStorage
 from checkpoint.store import CheckpointStore
 from checkpoint.writer import CheckpointWriter, Saved
+from checkpoint.writer_protocol import NonFiniteState
+from rundir.errors import NonFiniteError
 from rundir.events import EventKind
 
 from .faults import Beat, FaultPoints
 from .files import TRAIN_PHASE, EventLog
 
-__all__ = ["Snapshot", "Writer", "CheckpointSession", "CHECKPOINT_PHASE"]
+__all__ = ["Snapshot", "Writer", "CheckpointSession", "CHECKPOINT_PHASE", "non_finite_message"]
 
 CHECKPOINT_PHASE = "checkpoint"
+
+
+def non_finite_message(what: str, last_good: str | None) -> str:
+    """The one line of a non-finite stop: ``what`` (``"the loss is nan at step 41"``) and the
+    checkpoint a rerun would resume from."""
+    if last_good is None:
+        return f"{what}; no checkpoint was saved before it"
+    return f"{what}; the last good checkpoint is {last_good}"
 
 
 class Snapshot(Protocol):
@@ -126,7 +141,11 @@ class CheckpointSession:
         snapshot = capture()
         if wait:
             self._beat(CHECKPOINT_PHASE, step=step)
-            files, meta = pack_chunks(snapshot.arrays())
+            now = snapshot.arrays().complete()
+            bad = non_finite(now.files)
+            if bad is not None:
+                self.stop_non_finite(step, f"the parameters are not finite at step {step} ({bad})")
+            files, meta = pack_chunks(now)
             self._save(step, files, meta, t0)
             self._beat(TRAIN_PHASE, step=step)
             return
@@ -162,11 +181,28 @@ class CheckpointSession:
         self.cadence.add_cost(waited)
 
     def flush(self) -> None:
-        """Wait for the checkpoint being written in the background, if any; raise its error."""
+        """Wait for the checkpoint being written in the background, if any; raise its error
+        (:class:`NonFiniteError` for a snapshot the writer refused as not finite)."""
         if self._writer is not None:
-            saved = self._writer.wait()
+            try:
+                saved = self._writer.wait()
+            except NonFiniteState as exc:
+                self.stop_non_finite(exc.step, f"the parameters are not finite at step {exc.step} ({exc.what})")
             if saved is not None:
                 self._committed(saved)
+
+    def last_good(self) -> str | None:
+        """The newest committed checkpoint's name: what a rerun resumes from (it is verified then)."""
+        committed = self.store.committed()
+        return committed[-1] if committed else None
+
+    def stop_non_finite(self, step: int, what: str) -> NoReturn:
+        """A non-finite value at ``step``: record it and raise :class:`NonFiniteError`. Nothing of it
+        was committed; the checkpoint being written, taken before it, is finished first."""
+        self.flush()  # a snapshot in flight that is not finite either came first, and raises here
+        last = self.last_good()
+        self._events.record(EventKind.NON_FINITE, step=step, what=what, last_good=last)
+        raise NonFiniteError(non_finite_message(what, last))
 
     def _save(self, step: int, files: Mapping[str, Data], meta: Mapping[str, Any], t0: float) -> str:
         self._saving_step = step

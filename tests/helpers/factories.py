@@ -85,7 +85,8 @@ def saved(step: int, name: str | None = None) -> dict[str, Any]:
 #: A plausible exit status for each class (a signal death is negative, as ``Popen.returncode`` says it).
 EXIT_CODES: Mapping[ExitClass, int] = {
     ExitClass.COMPLETED: 0, ExitClass.PREEMPTED: 75, ExitClass.KILLED: -9, ExitClass.CRASHED: 1,
-    ExitClass.HUNG: -9, ExitClass.BAD_INPUT: 65, ExitClass.USER_STOPPED: 75,
+    ExitClass.HUNG: -9, ExitClass.BAD_INPUT: 65, ExitClass.USER_STOPPED: 75, ExitClass.RESOURCE: 74,
+    ExitClass.NON_FINITE: 76,
 }
 
 

@@ -1,0 +1,1 @@
+"""Small jobs of the tests' own, run as scripts under the worker API (and the supervisor)."""
