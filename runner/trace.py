@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ __all__ = ["Trace", "Comparison", "Verdict", "Judgement", "stitch", "load_trace"
            "config_differences", "stop_reason"]
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     """How a run compares with its reference, and the exit code that says so.
 
     ``pass``: every step's loss and the final parameters are bit-identical (exit 0).

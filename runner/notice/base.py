@@ -7,7 +7,7 @@ import email.utils
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 __all__ = [
@@ -17,7 +17,7 @@ __all__ = [
 ]
 
 
-class NoticeSource(str, Enum):
+class NoticeSource(StrEnum):
     """Who gave the notice: a cloud's metadata server, or the scheduler's signal."""
 
     AWS = "aws"
@@ -30,7 +30,7 @@ class NoticeSource(str, Enum):
         return self.value
 
 
-class NoticeKind(str, Enum):
+class NoticeKind(StrEnum):
     """What is coming. ``terminate``, ``stop`` and ``preempt`` take the machine away at the deadline;
     ``rebalance`` (AWS) and ``maintenance`` are early warnings that it may go; ``signal`` is a
     scheduler's SIGTERM (or the signal it was told to send) reaching the supervisor."""
@@ -57,7 +57,7 @@ NOTICE_WINDOW_S: Mapping[NoticeSource, float] = {
 }
 
 
-class NoticeChoice(str, Enum):
+class NoticeChoice(StrEnum):
     """Where ``--notice`` says to look; ``auto`` probes the metadata servers and the environment."""
 
     AUTO = "auto"
