@@ -47,6 +47,11 @@ class EventKind(StrEnum):
     FORK_SERVER_FAILED = "fork-server-failed"
     STANDBY_SPAWNED = "standby-spawned"
     STANDBY_LOST = "standby-lost"
+    # preemption notices (docs/run-directory.md)
+    NOTICE_SOURCE_DETECTED = "notice-source-detected"
+    PREEMPTION_NOTICE = "preemption-notice"
+    NOTICE_DEADLINE_CHECK = "notice-deadline-check"
+    NOTICE_HANDLED = "notice-handled"
     # standby spare
     STANDBY_READY = "standby-ready"
     # worker and checkpoint writer

@@ -21,6 +21,7 @@ __all__ = [
     "JsonlWriter",
     "append_record",
     "read_records",
+    "Tail",
     "read_journal",
     "iter_records",
     "iter_loss_records",
@@ -162,6 +163,24 @@ def iter_loss_records(path: Path, start: int = 0, *, skipped: Skipped | None = N
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The parseable records of a journal (use :func:`read_journal` to check them and count)."""
     return list(read_journal(path).records)
+
+
+class Tail:
+    """Reads the well-formed records appended to a JSON-lines file since the last call; malformed
+    ones are skipped and counted (a worker's bug, or a crafted file, must not bring us down)."""
+
+    def __init__(self, path: Path, check: Check) -> None:
+        self.path = path
+        self.offset = 0
+        self.check = check
+        self.skipped = Skipped()
+
+    def read(self) -> list[dict[str, Any]]:
+        out = []
+        for off, rec in iter_records(self.path, self.offset, check=self.check, skipped=self.skipped):
+            self.offset = off
+            out.append(rec)
+        return out
 
 
 # -- what a well-formed record is -----------------------------------------------------------------------

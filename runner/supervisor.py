@@ -26,13 +26,15 @@ from rundir.classify import ExitClass, classify_exit, signal_name
 from rundir.contract import Chaos, FileEffect, Observation, SendSignal
 from rundir.events import EventKind, Source, record_event
 from rundir.exitcodes import ExitCode
-from rundir.journal import Check, Skipped, event_problem, iter_records, loss_problem
+from rundir.journal import Tail, event_problem, loss_problem
 from rundir.lock import RunLock
 from rundir.names import ENV_ATTEMPT, EVENTS, HEARTBEAT, LOSSES, read_heartbeat, worker_env
 
 from .forkserver import ForkServer
 from .launcher import Launcher, Worker, launcher_for
+from .notice_desk import NoticeDesk
 from .policy import AttemptResult, RetryPolicy, WorkerFailed, build_retrying, give_up_reason, unproductive_restarts
+from .preempt import NoticeSettings, Preemption, stop_grace
 from .standby import Standby
 from .view import PlainView, View, describe_exit
 from .watch import Action, Decision, Reading, Watch, arm_kill, begin, decide, observe
@@ -58,6 +60,7 @@ class WorkerSpec:
     #: Modules a fork server imports once; workers are then forked from it (see
     #: :mod:`runner.forkserver`). Empty, or a command it cannot run: every worker starts with exec.
     preload: tuple[str, ...] = ()
+    notice: NoticeSettings = NoticeSettings()  # where to watch for a preemption notice (runner.preempt)
 
 
 @dataclass(frozen=True)
@@ -66,24 +69,6 @@ class Outcome:
     message: str
     history: tuple[AttemptResult, ...]
     wall_s: float
-
-
-class _Tail:
-    """Reads the well-formed records appended to a JSON-lines file since the last call; malformed
-    ones are skipped and counted (a worker's bug, or a crafted file, must not bring us down)."""
-
-    def __init__(self, path: Path, check: Check) -> None:
-        self.path = path
-        self.offset = 0
-        self.check = check
-        self.skipped = Skipped()
-
-    def read(self) -> list[dict[str, Any]]:
-        out = []
-        for off, rec in iter_records(self.path, self.offset, check=self.check, skipped=self.skipped):
-            self.offset = off
-            out.append(rec)
-        return out
 
 
 class Supervisor:
@@ -111,8 +96,8 @@ class Supervisor:
         self.history: list[AttemptResult] = []
         self._stop_signal: int | None = None
         self._wake_r, self._wake_w = -1, -1
-        self.losses = _Tail(self.run_dir / LOSSES, loss_problem)
-        self.events = _Tail(self.run_dir / EVENTS, event_problem)
+        self.losses = Tail(self.run_dir / LOSSES, loss_problem)
+        self.events = Tail(self.run_dir / EVENTS, event_problem)
         self.high_water = -1
         self.next_attempt = 1
         self.launcher = launcher or launcher_for(
@@ -121,6 +106,8 @@ class Supervisor:
         )
         self.standby = Standby(self.launcher, self.run_dir, spec.env, self.record)
         self._lock = lock
+        self.notices = NoticeDesk(spec.notice, self.run_dir, grace=spec.grace, record=self.record, note=self.view.note)
+        self._preemption: Preemption | None = None  # the notice being acted on
 
     # -- effects at the edge -------------------------------------------------------------------------
 
@@ -132,13 +119,17 @@ class Supervisor:
         self._stop_signal = signum
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        self.request_stop(signum)  # only recorded; the monitor loop acts on it
+        if signum in self.notices.signals:  # under Kubernetes or Slurm, a notice
+            self.notices.on_signal(signum)
+        else:
+            self.request_stop(signum)  # only recorded; the monitor loop acts on it
 
     def _interruptible_sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while self._stop_signal is None and (left := deadline - time.monotonic()) > 0:
+        while self._stop_signal is None and self._preemption is None and (left := deadline - time.monotonic()) > 0:
             select.select([self._wake_r], [], [], left)
             self._drain_wake()
+            self._take_notices()
 
     def _drain_wake(self) -> None:
         try:
@@ -166,10 +157,12 @@ class Supervisor:
             self._catch_up()
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             old_wakeup = signal.set_wakeup_fd(self._wake_w)
-            old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            old = {s: signal.signal(s, self._on_signal) for s in {signal.SIGINT, signal.SIGTERM, *self.notices.signals}}
+            self.notices.start(self._wake_w)
             try:
                 code, message = self._retry_loop()
             finally:
+                self.notices.close()
                 self.standby.discard()
                 for s, h in old.items():
                     signal.signal(s, h)
@@ -197,12 +190,18 @@ class Supervisor:
         retrying = build_retrying(self.spec.policy, sleep=self._sleep, before_sleep=self._before_sleep)
         try:
             for attempt in retrying:
+                self._take_notices()
+                if self._preemption is not None:  # a notice while backing off: nothing runs, nothing to save
+                    return self._preempted(None)
                 if self._stop_signal is not None:
                     # Stopped while backing off: end here, not start a worker only to stop it at once.
                     return self._stopped(self.history[-1].exit_class if self.history else None)
                 with attempt:
                     result = self._run_attempt()
                     self.history.append(result)
+                    self._take_notices(result.attempt, result.last_step)
+                    if self._preemption is not None and result.exit_class is not ExitClass.COMPLETED:
+                        return self._preempted(result)
                     if result.exit_class is not ExitClass.COMPLETED:
                         raise WorkerFailed(self.history)
         except WorkerFailed as exc:
@@ -219,6 +218,19 @@ class Supervisor:
         self.record(EventKind.STOPPED, reason=msg, exit_class=exit_class.value if exit_class else None)
         self.view.note(msg)
         return ExitCode.INTERRUPTED, msg
+
+    def _preempted(self, r: AttemptResult | None) -> tuple[ExitCode, str]:
+        """After a notice: no restart on a machine that is going away, but exit 75 saying where the state is."""
+        assert self._preemption is not None
+        code, msg = self.notices.conclude(self._preemption, r, self._clock())
+        self.record(EventKind.STOPPED, reason=msg, exit_class=r.exit_class.value if r else None)
+        return code, msg
+
+    def _take_notices(self, attempt: int | None = None, last_step: int | None = None) -> None:
+        """Log the notices that came; keep the first one to act on."""
+        p = self.notices.take(self._clock(), stopping=self._preemption is not None, attempt=attempt,
+                              last_step=last_step)
+        self._preemption = self._preemption or p
 
     def _failure(self, r: AttemptResult) -> tuple[ExitCode, str]:
         if r.exit_class is ExitClass.USER_STOPPED:
@@ -284,6 +296,7 @@ class Supervisor:
         for rec in steps:
             self.high_water = max(self.high_water, int(rec["step"]))
             self.view.step(rec, restarts=len(self.history))
+        self.notices.observe(events, steps)
         mtime = self._heartbeat_mtime()
         beat = read_heartbeat(self.run_dir) if mtime != w.heartbeat or steps else None
         vitals = proc.vitals() if proc is not None else None
@@ -300,8 +313,9 @@ class Supervisor:
             now = self._clock()
             reading = self._read(w, proc)
             w = observe(w, reading, now)
+            self._take_notices(w.attempt, w.last_step)
             d = decide(w, now, hang_timeout=self.spec.hang_timeout, startup_timeout=self.spec.startup_timeout,
-                       stop_requested=self._stop_signal is not None,
+                       stop_requested=self._stop_signal is not None, preempt=self._preemption is not None,
                        want_spare=self.spec.standby and not self.standby.up)
             if d.spawn_spare:
                 self.standby.spawn()
@@ -317,11 +331,14 @@ class Supervisor:
 
     def _end(self, d: Decision, proc: Worker, w: Watch) -> None:
         """Carry out a decision that ends the attempt."""
-        if d.action is Action.STOP:
-            by = signal_name(-(self._stop_signal or signal.SIGTERM))
-            self.record(EventKind.STOP_REQUESTED, attempt=w.attempt, signal=by, grace_s=self.spec.grace)
-            self.view.note(f"stopping: SIGTERM to the worker, SIGKILL after {self.spec.grace:g} s")
-            proc.stop(self.spec.grace)
+        if d.action in (Action.STOP, Action.PREEMPT):
+            p = self._preemption if d.action is Action.PREEMPT else None
+            grace = stop_grace(self.spec.grace, p.deadline_at, self._clock()) if p else self.spec.grace
+            by = p.notice.detail.get("signal") if p else signal_name(-(self._stop_signal or signal.SIGTERM))
+            self.record(EventKind.STOP_REQUESTED, attempt=w.attempt, signal=by, grace_s=round(grace, 3),
+                        **({"notice": p.notice.source.value} if p else {}))
+            self.view.note(f"stopping: SIGTERM to the worker, SIGKILL after {round(grace, 1):g} s")
+            proc.stop(grace)
         elif d.action is Action.KILL_HUNG:
             silent = d.silent_s or 0.0
             self.record(EventKind.HANG_DETECTED, attempt=w.attempt, pid=proc.pid, silent_s=round(silent, 3),
