@@ -11,6 +11,9 @@ corrupt-checkpoint  once the checkpoint after ``step`` steps is committed, one o
                     truncated or gets a flipped byte (bad storage), then the worker is SIGKILLed
 hang                SIGSTOP once ``step`` is done: only the heartbeat timeout can catch it
 crash               the worker is armed to raise a simulated device error inside step ``step``
+notice              a cloud's preemption notice (opt-in): once ``step`` is done, the fake metadata
+                    server of ``detail["cloud"]`` (aws, gcp or azure) says the machine goes in
+                    ``detail["window_s"]`` s; the supervisor saves, exits 75, and a new one goes on
 =================== ==========================================================================
 """
 
@@ -21,7 +24,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS"]
+__all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS", "OPT_IN_KINDS", "NOTICE_CLOUDS",
+           "NOTICE_WINDOW_S"]
 
 
 class FaultKind(StrEnum):
@@ -31,12 +35,19 @@ class FaultKind(StrEnum):
     CORRUPT_CHECKPOINT = "corrupt-checkpoint"
     HANG = "hang"
     CRASH = "crash"
+    NOTICE = "notice"
 
 
 #: Faults the worker must be armed for before it starts (they happen inside it).
 ARMED_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CRASH})
 #: Faults that target a checkpoint, so their step must be one where a checkpoint is taken.
 CHECKPOINT_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CORRUPT_CHECKPOINT})
+#: Kinds drawn only when asked for (``--fault-kinds``): a notice ends the supervisor, and starting a
+#: new one (a fork server that imports Paddle again) costs a few seconds a notice.
+OPT_IN_KINDS = frozenset({FaultKind.NOTICE})
+#: The clouds a notice comes from, and its window from notice to reclaim, scaled down from minutes.
+NOTICE_CLOUDS = ("aws", "gcp", "azure")
+NOTICE_WINDOW_S = 5.0
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,16 @@
 """Arming faults and deciding when they fire; the supervisor carries out what this decides.
 
 The :class:`Injector` follows the schedule one fault at a time. Each tick it looks at what the worker
-did (steps, events, heartbeat phase) and returns actions - send this signal, corrupt that file - to the
-supervisor, which owns the processes. Faults that happen inside the worker are armed through the
-worker's environment before it starts.
+did (steps, events, heartbeat phase) and returns actions - send this signal, corrupt that file, turn
+a fake cloud's metadata server to preempted - to the supervisor, which owns the processes. Faults
+that happen inside the worker are armed through the worker's environment before it starts.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,11 @@ from rundir.paths import PathEscape, confined
 from .faults import ARMED_KINDS, Fault, FaultKind
 from .schedule import Schedule
 
-__all__ = ["Injector", "FaultHit", "corrupt_file"]
+__all__ = ["Injector", "FaultHit", "corrupt_file", "NoticeTrigger"]
+
+#: Turns the fake metadata server of a ``notice`` fault to preempted (the trial owns the servers);
+#: returns what it did and when the machine is reclaimed (seconds since the epoch).
+NoticeTrigger = Callable[[Fault], tuple[str, float | None]]
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,12 @@ class FaultHit:
     time: float | None
     effect: str | None = None
     missed: bool = False
+    deadline: float | None = None  # notice: when the fake cloud reclaims the machine
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "target_step": self.target_step, "attempt": self.attempt,
-                "hit_step": self.hit_step, "time": self.time, "effect": self.effect, "missed": self.missed}
+                "hit_step": self.hit_step, "time": self.time, "effect": self.effect, "missed": self.missed,
+                **({"deadline": self.deadline} if self.deadline is not None else {})}
 
 
 def corrupt_file(path: Path, mode: str, position: float) -> str:
@@ -59,13 +65,16 @@ def corrupt_file(path: Path, mode: str, position: float) -> str:
 
 
 class Injector:
-    def __init__(self, schedule: Schedule, run_dir: Path, *, grace: float = 5.0) -> None:
+    def __init__(self, schedule: Schedule, run_dir: Path, *, grace: float = 5.0,
+                 notice: NoticeTrigger | None = None) -> None:
         self.schedule = schedule
         self.run_dir = Path(run_dir)
         self.grace = grace
+        self.notice = notice
         self.pending: list[Fault] = list(schedule.faults)
         self.hits: list[FaultHit] = []
-        self._fired: tuple[int, float, int | None, str | None] | None = None  # attempt, time, step, effect
+        # attempt, time, step, effect, deadline
+        self._fired: tuple[int, float, int | None, str | None, float | None] | None = None
 
     @property
     def current(self) -> Fault | None:
@@ -80,7 +89,7 @@ class Injector:
     def _fire(self, obs: Observation, effect: str | None = None) -> dict[str, Any]:
         f = self.current
         assert f is not None
-        self._fired = (obs.attempt, time.time(), obs.last_step, effect)
+        self._fired = (obs.attempt, time.time(), obs.last_step, effect, None)
         return {"fault": f.kind.value, "target_step": f.step}
 
     def on_tick(self, obs: Observation) -> Sequence[SendSignal | FileEffect]:
@@ -94,6 +103,8 @@ class Injector:
             return [SendSignal(signal.SIGTERM, kill_after=self.grace, fault=self._fire(obs))]
         if f.kind is FaultKind.HANG and reached:
             return [SendSignal(signal.SIGSTOP, fault=self._fire(obs))]
+        if f.kind is FaultKind.NOTICE and reached:
+            return [self._give_notice(f, obs)]
         paused = obs.phase == PAUSED_PHASE or any(e.get("event") == PAUSED_EVENT for e in obs.new_events)
         if f.kind is FaultKind.CHECKPOINT_WRITE and paused:
             return [SendSignal(signal.SIGKILL, fault=self._fire(obs))]
@@ -118,11 +129,21 @@ class Injector:
                 what = f"not applied: {exc}"
             except OSError as exc:
                 what = f"not applied: {exc.strerror or exc}"
-            self._fired = (obs.attempt, time.time(), obs.last_step, what)
+            self._fired = (obs.attempt, time.time(), obs.last_step, what, None)
             return what
 
         fault = self._fire(obs)
         return [FileEffect(apply, fault=fault), SendSignal(signal.SIGKILL, fault=fault)]
+
+    def _give_notice(self, f: Fault, obs: Observation) -> FileEffect:
+        """The cloud's notice, through the trial's fake metadata server; the supervisor must hear it."""
+
+        def apply() -> str:
+            what, deadline = self.notice(f) if self.notice is not None else ("not applied: no metadata server", None)
+            self._fired = (obs.attempt, time.time(), obs.last_step, what, deadline)
+            return what
+
+        return FileEffect(apply, fault=self._fire(obs))
 
     def on_exit(self, result: AttemptEnd) -> None:
         f = self.current
@@ -130,8 +151,8 @@ class Injector:
             return
         completed = result.exit_class is ExitClass.COMPLETED
         if self._fired is not None:
-            attempt, t, step, effect = self._fired
-            self.hits.append(FaultHit(f.kind.value, f.step, attempt, step, t, effect))
+            attempt, t, step, effect, deadline = self._fired
+            self.hits.append(FaultHit(f.kind.value, f.step, attempt, step, t, effect, deadline=deadline))
         elif f.kind is FaultKind.CRASH and result.exit_class is ExitClass.CRASHED:
             self.hits.append(FaultHit(f.kind.value, f.step, result.attempt, result.last_step, result.ended))
         elif not completed:

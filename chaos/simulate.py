@@ -15,7 +15,7 @@ from runner.adapter import JobAdapter
 from runner.options import add_supervisor_arguments, write_json
 from runner.view import make_console, make_view
 
-from .faults import FaultKind
+from .faults import OPT_IN_KINDS, FaultKind
 from .report import ReportView
 from .schedule import Schedule, ScheduleError, checkpoint_steps, draw_schedule
 from .trial import ensure_reference, run_trial
@@ -25,8 +25,9 @@ __all__ = ["simulate_main", "chaos_parser", "chosen_kinds", "SIMULATION_DEFAULTS
 DEFAULT_FAULTS = 6
 #: What a simulation uses in place of the supervisor's defaults: a checkpoint every 5 steps, a hang
 #: judged after 3 s of silence and idleness, 120 s for a start-up on a busy machine, 5 s for a
-#: SIGTERMed worker to save its state.
-SIMULATION_DEFAULTS = {"checkpoint_every_steps": 5, "hang_timeout": 3.0, "startup_timeout": 120.0, "grace": 5.0}
+#: SIGTERMed worker to save its state, and no cloud to watch (a ``notice`` fault brings its own).
+SIMULATION_DEFAULTS = {"checkpoint_every_steps": 5, "hang_timeout": 3.0, "startup_timeout": 120.0, "grace": 5.0,
+                       "notice": "none"}
 
 
 def _kind_list(text: str) -> list[str]:
@@ -40,9 +41,10 @@ def _kind_list(text: str) -> list[str]:
 
 
 def chosen_kinds(ns: argparse.Namespace) -> list[FaultKind]:
-    """The fault kinds of ``--fault-kinds`` (comma- or space-separated), each once; all by default."""
+    """The fault kinds of ``--fault-kinds`` (comma- or space-separated), each once; by default all
+    but the opt-in ones (``notice``)."""
     if not ns.fault_kinds:
-        return list(FaultKind)
+        return [k for k in FaultKind if k not in OPT_IN_KINDS]
     flat = [k for group in ns.fault_kinds for k in group]
     return [FaultKind(k) for k in dict.fromkeys(flat)]
 
@@ -57,7 +59,8 @@ def chaos_parser(job: JobAdapter, prog: str, description: str) -> argparse.Argum
     g = p.add_argument_group("chaos")
     kinds = ", ".join(k.value for k in FaultKind)
     g.add_argument("--fault-kinds", type=_kind_list, nargs="+", default=None, metavar="KIND",
-                   help=f"kinds to draw from (default all): {kinds}")
+                   help=f"kinds to draw from (default all but notice, which starts a new supervisor on each "
+                        f"cloud notice and is asked for by name): {kinds}")
     g.add_argument("--chaos-seed", type=int, default=0, help="seed of the fault schedule (default 0)")
     p.add_argument("--reference-cache", type=Path, default=Path("runs/references"),
                    help="where uninterrupted reference runs are kept and reused (default runs/references)")

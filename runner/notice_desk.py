@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,10 @@ class NoticeDesk:
                  detect_fn: Callable[..., Detection] = detect,
                  sources_fn: Callable[..., list[Source]] = sources_for,
                  wall: Callable[[], float] = time.time) -> None:
+        """``detect_fn`` and ``sources_fn``: :func:`runner.notice.detect` and :func:`runner.notice.sources_for`,
+        or fakes; ``wall``: the clock of notice times (seconds since the epoch)."""
         self.settings, self.run_dir, self.grace = settings, Path(run_dir), grace
-        self._record, self._note, self._wall = record, note, wall
+        self._record, self._note, self.wall = record, note, wall
         self._env = dict(os.environ if environ is None else environ)
         self._detect, self._sources_for = detect_fn, sources_fn
         self.signals = settings.notice_signals(self._env)
@@ -117,11 +120,12 @@ class NoticeDesk:
             if self._closed:
                 return
             if sources:
-                self.watcher = NoticeWatcher(sources, self._heard).start()
+                self.watcher = NoticeWatcher(sources, self.deliver).start()
         self._inbox.put(d)
         self._poke()
 
-    def _heard(self, notice: Notice) -> None:
+    def deliver(self, notice: Notice) -> None:
+        """Hand a notice in, from any thread (the watcher does)."""
         self._inbox.put(notice)
         self._poke()
 
@@ -162,11 +166,17 @@ class NoticeDesk:
             if isinstance(item, Detection):
                 self._log_detection(item)
                 continue
-            notice = signal_notice(item, self._env, self._wall()) if isinstance(item, int) else item
+            notice = self._signal_notice(item) if isinstance(item, int) else item
             reaction = respond(notice, stopping=stopping or act is not None, act_on_early=self.settings.act_on_early)
             if reaction is Reaction.ACT:
-                act = preemption(notice, now, self._wall())
+                act = preemption(notice, now, self.wall())
             self._log_notice(notice, reaction, attempt, last_step)
+
+    def _signal_notice(self, signum: int) -> Notice:
+        """A signal's notice: Slurm's or Kubernetes' as ``--notice`` says, else as the environment does."""
+        n = signal_notice(signum, self._env, self.wall())
+        named = {NoticeChoice.K8S: NoticeSource.K8S, NoticeChoice.SLURM: NoticeSource.SLURM}.get(self.settings.choice)
+        return replace(n, source=named) if named is not None else n
 
     def _log_detection(self, d: Detection) -> None:
         self.detection = d
@@ -178,7 +188,7 @@ class NoticeDesk:
 
     def _log_notice(self, n: Notice, reaction: Reaction, attempt: int | None, last_step: int | None) -> None:
         cost = self._cost()
-        now = self._wall()
+        now = self.wall()
         ok = None if cost is None else notice_deadline_ok(n.deadline, now, cost.total_s, NOTICE_MARGIN_S)
         left = None if n.deadline is None else round(n.deadline - now, 3)
         self._record(EventKind.PREEMPTION_NOTICE, **_notice_fields(n), reaction=reaction.value, **_attempt(attempt),
