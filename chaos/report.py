@@ -44,6 +44,7 @@ class Notice:
     deadline: float | None = None  # notice: when the machine is reclaimed
     received: float | None = None  # notice: when the supervisor heard it (None: it never did)
     committed_at: float | None = None  # notice: when the state after it was committed (None: never)
+    finished: bool = False  # notice: the attempt finished the job instead (all its steps are in final.json)
 
     @property
     def made_deadline(self) -> bool | None:
@@ -62,6 +63,8 @@ class Notice:
     @property
     def steps_lost(self) -> int | None:
         """Steps completed at the notice that the next attempt had to compute again; None if unknown."""
+        if self.finished:
+            return 0
         if self.resumed_from_step is None:
             return None
         return max(0, self.steps_done - self.resumed_from_step)
@@ -103,13 +106,14 @@ def notices(events: Sequence[Mapping[str, Any]], hits: Sequence[Mapping[str, Any
              and isinstance(h.get("attempt"), int)}
     handled = {e["attempt"]: e for e in sup("notice-handled")}
     acted = {e["attempt"]: e for e in sup("preemption-notice") if e.get("reaction") == "act"}
-    for a, e in acted.items():
+    for a, e in acted.items():  # the job may have finished first: final.json then holds every step
         out.append(Notice(a, e.get("last_step"), after(a), "notice", truth.get(a, e.get("deadline")),
-                          e.get("received"), handled.get(a, {}).get("committed_at")))
+                          e.get("received"), handled.get(a, {}).get("committed_at") or done_at.get(a), a in done_at))
     for a, deadline in truth.items():  # given, and never acted on: only finishing the job in time saves it
         if a not in acted:
             hit = next(h for h in hits if h.get("attempt") == a and h.get("kind") == "notice")
-            out.append(Notice(a, hit.get("hit_step"), after(a), "notice", deadline, None, done_at.get(a)))
+            out.append(Notice(a, hit.get("hit_step"), after(a), "notice", deadline, None, done_at.get(a),
+                              a in done_at))
     return out
 
 
@@ -315,10 +319,12 @@ def _faults_text(faults: Sequence[Mapping[str, Any]]) -> str:
 def _notices_text(notice_list: Sequence[Notice]) -> str:
     def one(n: Notice) -> str:
         lost = "?" if n.steps_lost is None else str(n.steps_lost)
-        where = "no later attempt" if n.resumed_from_step is None else f"resumed from {n.resumed_from_step}"
+        where = ("it finished the job" if n.finished else "no later attempt" if n.resumed_from_step is None
+                 else f"resumed from {n.resumed_from_step}")
         text = f"{lost} (attempt {n.attempt}: {n.steps_done} steps done at the notice, {where})"
         if n.kind == "notice" and n.received is not None and n.committed_at is not None:
-            text += f", committed {n.committed_at - n.received:.2f} s after the notice"
+            done = "finished" if n.finished else "committed"
+            text += f", {done} {n.committed_at - n.received:.2f} s after the notice"
             if n.deadline is not None:
                 text += f", {n.deadline - n.committed_at:.2f} s before the deadline"
         return text

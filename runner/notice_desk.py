@@ -90,6 +90,7 @@ class NoticeDesk:
         self._save_s: float | None = None  # the slowest durable checkpoint seen
         self._last_commit: Commit | None = None
         self._checked = False
+        self.preemption: Preemption | None = None  # the notice acted on, once one is
 
     # -- threads: detection, the watcher, signals ---------------------------------------------------
 
@@ -155,21 +156,21 @@ class NoticeDesk:
 
     # -- the main thread ---------------------------------------------------------------------------
 
-    def take(self, now: float, *, stopping: bool, attempt: int | None, last_step: int | None) -> Preemption | None:
-        """Log what arrived since the last call; the notice to act on, if one came (``now``: monotonic)."""
-        act: Preemption | None = None
+    def take(self, now: float, attempt: int | None = None, last_step: int | None = None) -> Preemption | None:
+        """Log what arrived since the last call (``now``: monotonic; the attempt watched, if any, and its
+        last step); the first notice to act on becomes :attr:`preemption`, which is returned."""
         while True:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                return act
+                return self.preemption
             if isinstance(item, Detection):
                 self._log_detection(item)
                 continue
             notice = self._signal_notice(item) if isinstance(item, int) else item
-            reaction = respond(notice, stopping=stopping or act is not None, act_on_early=self.settings.act_on_early)
+            reaction = respond(notice, stopping=self.preemption is not None, act_on_early=self.settings.act_on_early)
             if reaction is Reaction.ACT:
-                act = preemption(notice, now, self.wall())
+                self.preemption = preemption(notice, now, self.wall())
             self._log_notice(notice, reaction, attempt, last_step)
 
     def _signal_notice(self, signum: int) -> Notice:
@@ -251,10 +252,12 @@ class NoticeDesk:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None, None
 
-    def conclude(self, p: Preemption, r: AttemptResult | None, now: float) -> tuple[ExitCode, str]:
-        """After the worker stopped for ``p`` (``r``: its attempt; None if none was running): measure,
-        approve (Azure), record, and the supervisor's exit code and closing line."""
-        self.take(now, stopping=True, attempt=r.attempt if r else None, last_step=r.last_step if r else None)
+    def conclude(self, r: AttemptResult | None, now: float) -> tuple[ExitCode, str]:
+        """After the worker stopped for :attr:`preemption` (``r``: its attempt; None if none was running):
+        measure, approve (Azure), record, and the supervisor's exit code and closing line."""
+        self.take(now, r.attempt if r else None, r.last_step if r else None)
+        p = self.preemption
+        assert p is not None
         saved, _ = self._newest()
         commit = self._last_commit
         if commit is None or commit.time < p.notice.received:
@@ -269,6 +272,7 @@ class NoticeDesk:
                      committed_at=commit.time if commit else None, **commit_figures(p.notice, commit),
                      steps_lost=lost, approved=approved)
         msg = preempted_message(p.notice, saved_step=saved, lost=lost, exit_how=describe_exit(r) if r else "")
+        self._record(EventKind.STOPPED, reason=msg, exit_class=r.exit_class.value if r else None)
         return ExitCode.PREEMPTED, msg
 
     def _approve(self, n: Notice) -> bool | None:

@@ -34,7 +34,7 @@ from .forkserver import ForkServer
 from .launcher import Launcher, Worker, launcher_for
 from .notice_desk import NoticeDesk
 from .policy import AttemptResult, RetryPolicy, WorkerFailed, build_retrying, give_up_reason, unproductive_restarts
-from .preempt import NoticeSettings, Preemption, stop_grace
+from .preempt import NoticeSettings, stop_grace
 from .standby import Standby
 from .view import PlainView, View, describe_exit
 from .watch import Action, Decision, Reading, Watch, arm_kill, begin, decide, observe
@@ -107,7 +107,6 @@ class Supervisor:
         self.standby = Standby(self.launcher, self.run_dir, spec.env, self.record)
         self._lock = lock
         self.notices = NoticeDesk(spec.notice, self.run_dir, grace=spec.grace, record=self.record, note=self.view.note)
-        self._preemption: Preemption | None = None  # the notice being acted on
 
     # -- effects at the edge -------------------------------------------------------------------------
 
@@ -119,17 +118,15 @@ class Supervisor:
         self._stop_signal = signum
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        if signum in self.notices.signals:  # under Kubernetes or Slurm, a notice
-            self.notices.on_signal(signum)
-        else:
-            self.request_stop(signum)  # only recorded; the monitor loop acts on it
+        # Only recorded; the monitor loop acts on it. Under Kubernetes or Slurm, a signal is a notice.
+        (self.notices.on_signal if signum in self.notices.signals else self.request_stop)(signum)
 
     def _interruptible_sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while self._stop_signal is None and self._preemption is None and (left := deadline - time.monotonic()) > 0:
+        while self._stop_signal is None and self.notices.take(self._clock()) is None and (
+                left := deadline - time.monotonic()) > 0:
             select.select([self._wake_r], [], [], left)
             self._drain_wake()
-            self._take_notices()
 
     def _drain_wake(self) -> None:
         try:
@@ -190,18 +187,17 @@ class Supervisor:
         retrying = build_retrying(self.spec.policy, sleep=self._sleep, before_sleep=self._before_sleep)
         try:
             for attempt in retrying:
-                self._take_notices()
-                if self._preemption is not None:  # a notice while backing off: nothing runs, nothing to save
-                    return self._preempted(None)
+                if self.notices.take(self._clock()) is not None:  # while backing off: nothing runs, nothing to save
+                    return self.notices.conclude(None, self._clock())
                 if self._stop_signal is not None:
                     # Stopped while backing off: end here, not start a worker only to stop it at once.
                     return self._stopped(self.history[-1].exit_class if self.history else None)
                 with attempt:
                     result = self._run_attempt()
                     self.history.append(result)
-                    self._take_notices(result.attempt, result.last_step)
-                    if self._preemption is not None and result.exit_class is not ExitClass.COMPLETED:
-                        return self._preempted(result)
+                    notice = self.notices.take(self._clock(), result.attempt, result.last_step)
+                    if notice is not None and result.exit_class is not ExitClass.COMPLETED:
+                        return self.notices.conclude(result, self._clock())  # no restart on a machine going away
                     if result.exit_class is not ExitClass.COMPLETED:
                         raise WorkerFailed(self.history)
         except WorkerFailed as exc:
@@ -218,19 +214,6 @@ class Supervisor:
         self.record(EventKind.STOPPED, reason=msg, exit_class=exit_class.value if exit_class else None)
         self.view.note(msg)
         return ExitCode.INTERRUPTED, msg
-
-    def _preempted(self, r: AttemptResult | None) -> tuple[ExitCode, str]:
-        """After a notice: no restart on a machine that is going away, but exit 75 saying where the state is."""
-        assert self._preemption is not None
-        code, msg = self.notices.conclude(self._preemption, r, self._clock())
-        self.record(EventKind.STOPPED, reason=msg, exit_class=r.exit_class.value if r else None)
-        return code, msg
-
-    def _take_notices(self, attempt: int | None = None, last_step: int | None = None) -> None:
-        """Log the notices that came; keep the first one to act on."""
-        p = self.notices.take(self._clock(), stopping=self._preemption is not None, attempt=attempt,
-                              last_step=last_step)
-        self._preemption = self._preemption or p
 
     def _failure(self, r: AttemptResult) -> tuple[ExitCode, str]:
         if r.exit_class is ExitClass.USER_STOPPED:
@@ -313,9 +296,9 @@ class Supervisor:
             now = self._clock()
             reading = self._read(w, proc)
             w = observe(w, reading, now)
-            self._take_notices(w.attempt, w.last_step)
+            preempt = self.notices.take(now, w.attempt, w.last_step) is not None
             d = decide(w, now, hang_timeout=self.spec.hang_timeout, startup_timeout=self.spec.startup_timeout,
-                       stop_requested=self._stop_signal is not None, preempt=self._preemption is not None,
+                       stop_requested=self._stop_signal is not None, preempt=preempt,
                        want_spare=self.spec.standby and not self.standby.up)
             if d.spawn_spare:
                 self.standby.spawn()
@@ -332,7 +315,7 @@ class Supervisor:
     def _end(self, d: Decision, proc: Worker, w: Watch) -> None:
         """Carry out a decision that ends the attempt."""
         if d.action in (Action.STOP, Action.PREEMPT):
-            p = self._preemption if d.action is Action.PREEMPT else None
+            p = self.notices.preemption if d.action is Action.PREEMPT else None
             grace = stop_grace(self.spec.grace, p.deadline_at, self._clock()) if p else self.spec.grace
             by = p.notice.detail.get("signal") if p else signal_name(-(self._stop_signal or signal.SIGTERM))
             self.record(EventKind.STOP_REQUESTED, attempt=w.attempt, signal=by, grace_s=round(grace, 3),

@@ -72,11 +72,11 @@ def test_auto_detects_in_the_background_and_says_so_once(tmp_path: Path, wake: t
     desk.start(wake[1])
     took = time.perf_counter() - t
     assert took < 0.05, f"start() took {took:.3f} s: detection is not in the background"
-    assert desk.take(0.0, stopping=False, attempt=None, last_step=None) is None and log.events == []
+    assert desk.take(0.0) is None and log.events == []
     assert wait_until(lambda: desk.waiting)
     assert os.read(wake[0], 16) == b"n"  # the main loop was woken
-    desk.take(0.0, stopping=False, attempt=None, last_step=None)
-    desk.take(0.0, stopping=False, attempt=None, last_step=None)
+    desk.take(0.0)
+    desk.take(0.0)
     desk.close()
     (found,) = log.of(EventKind.NOTICE_SOURCE_DETECTED)
     assert (found["choice"], found["endpoint"], found["signals"]) == ("none", None, [])
@@ -92,7 +92,7 @@ def test_a_failing_detection_watches_nothing(tmp_path: Path) -> None:
     desk = desk_for(tmp_path, NoticeSettings(NoticeChoice.AUTO), log, detect_fn=broken)
     desk.start()
     assert wait_until(lambda: desk.waiting)
-    desk.take(0.0, stopping=False, attempt=None, last_step=None)
+    desk.take(0.0)
     assert log.of(EventKind.NOTICE_SOURCE_DETECTED)[0]["reason"] == "detection failed: RuntimeError: bug"
     assert desk.watcher is None
 
@@ -172,7 +172,7 @@ def test_a_watched_notice_reaches_the_main_loop(tmp_path: Path, wake: tuple[int,
     acted: list[Any] = []
 
     def drained(desk: NoticeDesk) -> bool:
-        p = desk.take(1.0, stopping=bool(acted), attempt=3, last_step=40)
+        p = desk.take(1.0, 3, 40)
         if p is not None:
             acted.append(p)
         return bool(acted)
@@ -203,7 +203,7 @@ def test_a_scheduler_signal_is_a_notice_of_that_scheduler(tmp_path: Path) -> Non
     desk.start()
     desk.on_signal(signal.SIGUSR1)
     desk.on_signal(signal.SIGTERM)
-    p = desk.take(5.0, stopping=False, attempt=1, last_step=9)
+    p = desk.take(5.0, 1, 9)
     assert p is not None and p.notice.source is NoticeSource.SLURM and p.notice.kind is NoticeKind.SIGNAL
     assert p.notice.detail == {"signal": "SIGUSR1", "SLURM_JOB_ID": "42"} and p.deadline_at is None
     assert [e["reaction"] for e in log.of(EventKind.PREEMPTION_NOTICE)] == [Reaction.ACT, Reaction.RECORD]
@@ -220,7 +220,7 @@ def test_the_deadline_check_speaks_once_the_cost_is_known(tmp_path: Path, persis
     log = Log()
     desk = desk_for(tmp_path, NoticeSettings(NoticeChoice.AWS, metadata_url="http://127.0.0.1:9"), log)
     desk.start()
-    desk.take(0.0, stopping=False, attempt=None, last_step=None)
+    desk.take(0.0)
     desk.observe([], [{"step": 0, "dt": 0.25}])
     assert log.of(EventKind.NOTICE_DEADLINE_CHECK) == []
     desk.observe([saved(5, 9.0, 100.0, durable=False)], [])  # not durable: not what a notice's save costs
@@ -245,13 +245,12 @@ def test_after_the_save_azure_is_approved_and_the_figures_recorded(tmp_path: Pat
         desk.start(wake[1])
         fake.preempt(0.0, window_s=20.0)
         assert wait_until(lambda: desk.waiting and desk.watcher is not None and bool(desk.watcher.delivered))
-        p = None
-        while p is None:
-            p = desk.take(1.0, stopping=False, attempt=2, last_step=40)
+        p = desk.take(1.0, 2, 40)
+        assert p is not None
         desk.observe([saved(41, 0.1, p.notice.received + 0.3)], [])
         r = AttemptResult(attempt=2, pid=1, exit_class=ExitClass.PREEMPTED, returncode=75, signal=None,
                           resumed_from=30, last_step=40, made_progress=True, started=0.0, ended=0.0)
-        code, msg = desk.conclude(p, r, 2.0)
+        code, msg = desk.conclude(r, 2.0)
         desk.close()
         assert fake.approvals == [p.notice.detail["EventId"]]
     assert code is ExitCode.PREEMPTED
@@ -270,7 +269,7 @@ def test_a_broken_metadata_server_is_counted_never_raised(tmp_path: Path, mode: 
         desk = desk_for(tmp_path, NoticeSettings(NoticeChoice.AWS, metadata_url=fake.url, poll_s=0.02), log)
         desk.start()
         time.sleep(0.3)
-        assert desk.take(0.0, stopping=False, attempt=1, last_step=1) is None
+        assert desk.take(0.0, 1, 1) is None
         t = time.perf_counter()
         desk.close()
         assert time.perf_counter() - t < 1.0

@@ -377,6 +377,12 @@ NOTICE_CASES = {
 }
 
 
+FINISHED_FIRST = [*cloud_events(None)[:4],  # acted on, but the worker finished the job before its SIGTERM came
+                  {"time": 211.0, "source": "worker", "event": "job-completed", "attempt": 1},
+                  sup("attempt-exited", 1, 211.1, exit_class="completed")]
+NOTICE_CASES["the-job-finished-first"] = (FINISHED_FIRST, "pass", None)
+
+
 @pytest.mark.parametrize(("events", "verdict", "reason"), NOTICE_CASES.values(), ids=NOTICE_CASES.keys())
 def test_a_cloud_notice_in_the_verdict(events: list[dict], verdict: str, reason: str | None) -> None:
     r = make_report(events=events, hits=[CLOUD_HIT])
@@ -395,3 +401,9 @@ def test_a_cloud_notice_in_the_view() -> None:
                     .splitlines())
     assert re.search(r"0 \(attempt 1: 9 steps done at the notice, resumed from 9\), committed 0.25\s+s after the "
                      r"notice, 4.70 s before the deadline", text), text
+
+
+def test_a_notice_that_the_job_outran_in_the_view() -> None:
+    text = " ".join(line.strip("│ ") for line in render(make_report(events=FINISHED_FIRST, hits=[CLOUD_HIT]))
+                    .splitlines())
+    assert "0 (attempt 1: 9 steps done at the notice, it finished the job), finished 0.95 s after" in text, text
