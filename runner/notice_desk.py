@@ -227,10 +227,12 @@ class NoticeDesk:
 
     def _check_deadline(self) -> None:
         """Once the source's window and the cost of saving are both known: say whether it fits."""
-        d, cost = self.detection, self._cost()
-        if self._checked or d is None or d.choice not in _CLOUDS or cost is None:
+        d = self.detection
+        if self._checked or d is None or d.choice not in _CLOUDS or self._save_s is None:
             return
         self._checked = True
+        cost = self._cost()
+        assert cost is not None
         window = NOTICE_WINDOW_S[NoticeSource(d.choice.value)]
         ok, text = deadline_check(d.choice.value, window, self.grace, cost)
         self._record(EventKind.NOTICE_DEADLINE_CHECK, notice=d.choice.value, window_s=window, grace_s=self.grace,

@@ -125,7 +125,8 @@ def deadline_check(source: str, window_s: float, grace_s: float, cost: SaveCost,
     ``--grace``, and the sentence that says so with the sizes and times."""
     fits_window = notice_deadline_ok(window_s, 0.0, cost.total_s, margin_s)
     fits_grace = cost.total_s <= grace_s
-    what = (f"a {source} notice gives {window_s:g} s; finishing a step ({cost.step_s:.2f} s) and a durable "
+    article = "an" if source[:1] in ("a", "e", "i", "o", "u") else "a"
+    what = (f"{article} {source} notice gives {window_s:g} s; finishing a step ({cost.step_s:.2f} s) and a durable "
             f"checkpoint ({_size(cost.checkpoint_bytes)}, {cost.checkpoint_s:.2f} s) takes {cost.total_s:.2f} s")
     if fits_window and fits_grace:
         return True, f"{what}: it fits, {window_s - margin_s - cost.total_s:.1f} s to spare"

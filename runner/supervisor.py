@@ -176,12 +176,15 @@ class Supervisor:
         return Outcome(code, message, tuple(self.history), wall)
 
     def _catch_up(self) -> None:
-        """A rerun continues where a killed supervisor left off: attempt numbers and progress."""
-        for rec in self.losses.read():
+        """A rerun continues where a killed supervisor left off: attempt numbers and progress (and what
+        saving the state costs, for a notice's deadline)."""
+        steps, events = self.losses.read(), self.events.read()
+        for rec in steps:
             self.high_water = max(self.high_water, int(rec["step"]))
-        for rec in self.events.read():
+        for rec in events:
             if rec.get("source") == Source.SUPERVISOR and "attempt" in rec:
                 self.next_attempt = max(self.next_attempt, int(rec["attempt"]) + 1)
+        self.notices.observe(events, steps)
 
     def _retry_loop(self) -> tuple[ExitCode, str]:
         retrying = build_retrying(self.spec.policy, sleep=self._sleep, before_sleep=self._before_sleep)

@@ -232,7 +232,7 @@ def test_the_deadline_check_speaks_once_the_cost_is_known(tmp_path: Path, persis
     assert (check["notice"], check["window_s"], check["ok"], check["step_s"], check["checkpoint_s"]) == (
         "aws", 120.0, ok, 0.25, persist_s)
     warned = [n for n in log.notes if n.startswith("warning:")]
-    assert warned == ([] if ok else ["warning: a aws notice gives 120 s; finishing a step (0.25 s) and a durable "
+    assert warned == ([] if ok else ["warning: an aws notice gives 120 s; finishing a step (0.25 s) and a durable "
                                      "checkpoint (size unknown, 150.00 s) takes 150.25 s, more than the window "
                                      "less a 2 s margin: the state will not be saved in time (checkpoint less, or "
                                      "on a faster disk)"])

@@ -96,7 +96,7 @@ def test_deadline_check(window: float, grace: float, step_s: float, ckpt_s: floa
     got, text = deadline_check("aws", window, grace, SaveCost(step_s, ckpt_s, 3_200_000_000))
     assert got is ok
     assert said in text
-    assert text.startswith(f"a aws notice gives {window:g} s; finishing a step ({step_s:.2f} s) and a durable "
+    assert text.startswith(f"an aws notice gives {window:g} s; finishing a step ({step_s:.2f} s) and a durable "
                            f"checkpoint (3.2 GB, {ckpt_s:.2f} s)")
 
 

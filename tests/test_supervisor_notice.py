@@ -230,3 +230,19 @@ def test_a_decide_that_ignores_notices_fails_the_table(tmp_path: Path, monkeypat
     monkeypatch.setattr(supervisor_mod, "decide", ignores_notices)
     with pytest.raises((AssertionError, Runaway)):
         check_notice(tmp_path / "broken", case)
+
+
+def test_a_rerun_says_at_start_up_when_saving_cannot_beat_the_deadline(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / EVENTS).write_text(  # an earlier supervisor's run: its checkpoints took 150 s to commit
+        '{"time": 1.0, "source": "supervisor", "event": "attempt-spawned", "attempt": 1}\n'
+        '{"time": 2.0, "source": "worker", "event": "checkpoint-saved", "attempt": 1, "step": 5, '
+        '"name": "step-000000005", "durable": true, "persist_s": 150.0}\n')
+    run = supervise(tmp_path, [training(5, 7)])
+    assert run.outcome.code is ExitCode.OK
+    (check,) = run.events(EventKind.NOTICE_DEADLINE_CHECK)
+    (spawned,) = [e for e in run.events(EventKind.ATTEMPT_SPAWNED) if e["attempt"] == 2]
+    assert check["ok"] is False and check["checkpoint_s"] == 150.0 and check["time"] <= spawned["time"]
+    assert "warning: an aws notice gives 120 s; finishing a step (0.00 s) and a durable checkpoint (size unknown, " \
+           "150.00 s) takes 150.00 s, more than the window less a 2 s margin" in run.said
