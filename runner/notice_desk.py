@@ -200,7 +200,7 @@ class NoticeDesk:
                 Reaction.RECORD: "already stopping: recorded only"}[reaction]
         self._note(f"{describe_notice(n)}: {what}")
         if ok is False and reaction is Reaction.ACT and cost is not None:
-            self._note(f"warning: {left:.1f} s left; saving the state took {cost.total_s:.2f} s so far: "
+            self._note(f"warning: {left:.1f} s left, and saving the state has taken up to {cost.total_s:.2f} s: "
                        "it may not commit before the deadline")
 
     def observe(self, events: Sequence[Mapping[str, Any]], steps: Sequence[Mapping[str, Any]]) -> None:

@@ -246,3 +246,18 @@ def test_a_rerun_says_at_start_up_when_saving_cannot_beat_the_deadline(tmp_path:
     assert check["ok"] is False and check["checkpoint_s"] == 150.0 and check["time"] <= spawned["time"]
     assert "warning: an aws notice gives 120 s; finishing a step (0.00 s) and a durable checkpoint (size unknown, " \
            "150.00 s) takes 150.00 s, more than the window less a 2 s margin" in run.said
+
+
+def test_a_notice_too_close_to_save_in_time_is_said(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / EVENTS).write_text(
+        '{"time": 1.0, "source": "supervisor", "event": "attempt-spawned", "attempt": 1}\n'
+        '{"time": 2.0, "source": "worker", "event": "checkpoint-saved", "attempt": 1, "step": 5, '
+        '"name": "step-000000005", "durable": true, "persist_s": 5.0}\n')
+    run = supervise(tmp_path, [training(5, 9)], [Give(AT, left=6.0)])
+    assert run.outcome.code is ExitCode.PREEMPTED
+    (notice,) = run.events(EventKind.PREEMPTION_NOTICE)
+    assert (notice["deadline_ok"], notice["save_s"], notice["seconds_left"]) == (False, 6.0, 6.0)  # a step, a save
+    assert "warning: 6.0 s left, and saving the state has taken up to 6.00 s: it may not commit before the " \
+           "deadline" in run.said
