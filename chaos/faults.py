@@ -16,6 +16,9 @@ disk-full           once ``step`` is done, a file (:data:`FILLER`) fills the run
                     supervisor waits for space; a few seconds later the filler is removed, and
                     the run goes on. Opt-in (root only: the simulation mounts a 64 MiB tmpfs on
                     the run directory, so that only the trial's own disk fills)
+notice              a cloud's preemption notice (opt-in): once ``step`` is done, the fake metadata
+                    server of ``detail["cloud"]`` (aws, gcp or azure) says the machine goes in
+                    ``detail["window_s"]`` s; the supervisor saves, exits 75, and a new one goes on
 =================== ==========================================================================
 
 The default kinds (:data:`DEFAULT_KINDS`) are the ones that are always safe to run; disk-full is
@@ -30,7 +33,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS", "OPT_IN_KINDS", "DEFAULT_KINDS", "FILLER"]
+__all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS", "OPT_IN_KINDS", "DEFAULT_KINDS", "FILLER",
+           "NOTICE_CLOUDS", "NOTICE_WINDOW_S"]
 
 
 class FaultKind(StrEnum):
@@ -41,18 +45,24 @@ class FaultKind(StrEnum):
     HANG = "hang"
     CRASH = "crash"
     DISK_FULL = "disk-full"
+    NOTICE = "notice"
 
 
 #: Faults the worker must be armed for before it starts (they happen inside it).
 ARMED_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CRASH})
 #: Faults that target a checkpoint, so their step must be one where a checkpoint is taken.
 CHECKPOINT_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CORRUPT_CHECKPOINT})
-#: Faults that run only when named: they need what not every machine allows (root, a mount).
-OPT_IN_KINDS = frozenset({FaultKind.DISK_FULL})
+#: Faults that run only when named (``--fault-kinds``): disk-full needs what not every machine allows
+#: (root, a mount); a notice ends the supervisor, and starting a new one (a fork server that imports
+#: Paddle again) costs a few seconds a notice.
+OPT_IN_KINDS = frozenset({FaultKind.DISK_FULL, FaultKind.NOTICE})
 #: What a chaos run draws from unless told otherwise, in a fixed order (a seed's schedule depends on it).
 DEFAULT_KINDS = tuple(k for k in FaultKind if k not in OPT_IN_KINDS)
 #: The file the disk-full fault fills the run directory's file system with; nothing reads it.
 FILLER = ".chaos-filler"
+#: The clouds a notice comes from, and its window from notice to reclaim, scaled down from minutes.
+NOTICE_CLOUDS = ("aws", "gcp", "azure")
+NOTICE_WINDOW_S = 5.0
 
 
 @dataclass(frozen=True)

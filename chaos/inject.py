@@ -1,9 +1,9 @@
 """Arming faults and deciding when they fire; the supervisor carries out what this decides.
 
 The :class:`Injector` follows the schedule one fault at a time. Each tick it looks at what the worker
-did (steps, events, heartbeat phase) and returns actions - send this signal, corrupt that file - to the
-supervisor, which owns the processes. Faults that happen inside the worker are armed through the
-worker's environment before it starts.
+did (steps, events, heartbeat phase) and returns actions - send this signal, corrupt that file, turn
+a fake cloud's metadata server to preempted - to the supervisor, which owns the processes. Faults
+that happen inside the worker are armed through the worker's environment before it starts.
 
 A disk-full fault fills the run directory's file system; the injector frees it again at a later tick
 (:data:`FREE_AFTER_S` after the fill, once the filled worker is gone - the supervisor, waiting for
@@ -40,7 +40,7 @@ from .faults import ARMED_KINDS, FILLER, Fault, FaultKind
 from .schedule import Schedule
 
 __all__ = ["Injector", "FaultHit", "corrupt_file", "fill_disk", "free_disk", "FREE_AFTER_S", "FREE_ANYWAY_S",
-           "MAX_FILL"]
+           "MAX_FILL", "NoticeTrigger"]
 
 #: A filled disk is freed this long after the fill, at a tick where the filled worker is gone ...
 FREE_AFTER_S = 2.0
@@ -49,6 +49,10 @@ FREE_ANYWAY_S = 30.0
 #: A file system with more free than this is not a chaos tmpfs: the disk-full fault leaves it alone.
 MAX_FILL = 256 << 20
 _MiB = 1 << 20
+
+#: Turns the fake metadata server of a ``notice`` fault to preempted (the trial owns the servers);
+#: returns what it did and when the machine is reclaimed (seconds since the epoch).
+NoticeTrigger = Callable[[Fault], tuple[str, float | None]]
 
 
 @dataclass(frozen=True)
@@ -62,10 +66,12 @@ class FaultHit:
     time: float | None
     effect: str | None = None
     missed: bool = False
+    deadline: float | None = None  # notice: when the fake cloud reclaims the machine
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "target_step": self.target_step, "attempt": self.attempt,
-                "hit_step": self.hit_step, "time": self.time, "effect": self.effect, "missed": self.missed}
+                "hit_step": self.hit_step, "time": self.time, "effect": self.effect, "missed": self.missed,
+                **({"deadline": self.deadline} if self.deadline is not None else {})}
 
 
 def corrupt_file(path: Path, mode: str, position: float) -> str:
@@ -119,16 +125,19 @@ def free_disk(path: Path) -> str:
 
 
 class Injector:
-    """``clock``: monotonic seconds, when to free a filled disk (fake in tests)."""
+    """``clock``: monotonic seconds, when to free a filled disk (fake in tests); ``notice``: what
+    turns a fake cloud to preempted."""
 
     def __init__(self, schedule: Schedule, run_dir: Path, *, grace: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, notice: NoticeTrigger | None = None) -> None:
         self.schedule = schedule
         self.run_dir = Path(run_dir)
         self.grace = grace
+        self.notice = notice
         self.pending: list[Fault] = list(schedule.faults)
         self.hits: list[FaultHit] = []
-        self._fired: tuple[int, float, int | None, str | None] | None = None  # attempt, time, step, effect
+        # attempt, time, step, effect, deadline
+        self._fired: tuple[int, float, int | None, str | None, float | None] | None = None
         self._clock = clock
         self._filled: tuple[float, int] | None = None  # when the disk was filled, and in which attempt
 
@@ -145,7 +154,7 @@ class Injector:
     def _fire(self, obs: Observation, effect: str | None = None) -> dict[str, Any]:
         f = self.current
         assert f is not None
-        self._fired = (obs.attempt, time.time(), obs.last_step, effect)
+        self._fired = (obs.attempt, time.time(), obs.last_step, effect, None)
         return {"fault": f.kind.value, "target_step": f.step}
 
     def on_tick(self, obs: Observation) -> Sequence[SendSignal | FileEffect]:
@@ -164,6 +173,8 @@ class Injector:
             return [SendSignal(signal.SIGTERM, kill_after=self.grace, fault=self._fire(obs))]
         if f.kind is FaultKind.HANG and reached:
             return [SendSignal(signal.SIGSTOP, fault=self._fire(obs))]
+        if f.kind is FaultKind.NOTICE and reached:
+            return [self._give_notice(f, obs)]
         paused = obs.phase == PAUSED_PHASE or any(e.get("event") == PAUSED_EVENT for e in obs.new_events)
         if f.kind is FaultKind.CHECKPOINT_WRITE and paused:
             return [SendSignal(signal.SIGKILL, fault=self._fire(obs))]
@@ -182,7 +193,7 @@ class Injector:
                 what = fill_disk(self.run_dir / FILLER)
             except OSError as exc:
                 what = f"not applied: {exc.strerror or exc}"
-            self._fired = (obs.attempt, time.time(), obs.last_step, what)
+            self._fired = (obs.attempt, time.time(), obs.last_step, what, None)
             if not what.startswith("not applied"):
                 self._filled = (self._clock(), obs.attempt)
             return what
@@ -216,11 +227,21 @@ class Injector:
                 what = f"not applied: {exc}"
             except OSError as exc:
                 what = f"not applied: {exc.strerror or exc}"
-            self._fired = (obs.attempt, time.time(), obs.last_step, what)
+            self._fired = (obs.attempt, time.time(), obs.last_step, what, None)
             return what
 
         fault = self._fire(obs)
         return [FileEffect(apply, fault=fault), SendSignal(signal.SIGKILL, fault=fault)]
+
+    def _give_notice(self, f: Fault, obs: Observation) -> FileEffect:
+        """The cloud's notice, through the trial's fake metadata server; the supervisor must hear it."""
+
+        def apply() -> str:
+            what, deadline = self.notice(f) if self.notice is not None else ("not applied: no metadata server", None)
+            self._fired = (obs.attempt, time.time(), obs.last_step, what, deadline)
+            return what
+
+        return FileEffect(apply, fault=self._fire(obs))
 
     def on_exit(self, result: AttemptEnd) -> None:
         f = self.current
@@ -228,8 +249,8 @@ class Injector:
             return
         completed = result.exit_class is ExitClass.COMPLETED
         if self._fired is not None:
-            attempt, t, step, effect = self._fired
-            self.hits.append(FaultHit(f.kind.value, f.step, attempt, step, t, effect))
+            attempt, t, step, effect, deadline = self._fired
+            self.hits.append(FaultHit(f.kind.value, f.step, attempt, step, t, effect, deadline=deadline))
         elif f.kind is FaultKind.CRASH and result.exit_class is ExitClass.CRASHED:
             self.hits.append(FaultHit(f.kind.value, f.step, result.attempt, result.last_step, result.ended))
         elif not completed:

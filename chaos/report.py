@@ -4,10 +4,12 @@
 :class:`ReportView` only formats; :meth:`ChaosReport.to_json` writes the same numbers as JSON.
 Malformed events and loss records are skipped and counted, never raised.
 
-The verdict is the comparison's (:func:`runner.trace.judge`), with one more way to fail: a
-preemption notice (a ``sigterm`` fault) must lose no step. The worker has the grace period to save
-its state; if the next attempt resumes from a checkpoint older than the last step completed at the
-notice, those steps are lost, even though recomputing them keeps the trace exact.
+The verdict is the comparison's (:func:`runner.trace.judge`), with two more ways to fail. A
+preemption notice (a ``sigterm`` fault, or a cloud's ``notice`` the supervisor acted on) must lose no
+step: the worker has the grace period to save its state; if the next attempt resumes from a
+checkpoint older than the last step completed at the notice, those steps are lost, even though
+recomputing them keeps the trace exact. And a cloud's notice must see the state committed before
+the machine is reclaimed (the fake cloud's deadline).
 """
 
 from __future__ import annotations
@@ -32,11 +34,27 @@ __all__ = ["EpochRow", "ChaosReport", "build_report", "restart_latencies", "epoc
 
 @dataclass(frozen=True)
 class Notice:
-    """One preemption notice (a ``sigterm`` fault) and where the next attempt took up the job."""
+    """One preemption notice (a ``sigterm`` fault, or a cloud's ``notice``) and where the next attempt
+    took up the job."""
 
     attempt: int
     last_step: int | None  # the last step completed when the notice was sent
     resumed_from_step: int | None  # steps the next attempt's checkpoint held; None: no next attempt
+    kind: str = "sigterm"
+    deadline: float | None = None  # notice: when the machine is reclaimed
+    received: float | None = None  # notice: when the supervisor heard it (None: it never did)
+    committed_at: float | None = None  # notice: when the state after it was committed (None: never)
+    finished: bool = False  # notice: the attempt finished the job instead (all its steps are in final.json)
+
+    @property
+    def made_deadline(self) -> bool | None:
+        """A cloud's notice: whether its state was committed before the deadline (or there was nothing
+        new to commit); None for a ``sigterm`` fault."""
+        if self.kind != "notice":
+            return None
+        if self.committed_at is None:
+            return self.received is not None and self.steps_lost == 0
+        return self.deadline is None or self.committed_at <= self.deadline
 
     @property
     def steps_done(self) -> int:
@@ -45,37 +63,75 @@ class Notice:
     @property
     def steps_lost(self) -> int | None:
         """Steps completed at the notice that the next attempt had to compute again; None if unknown."""
+        if self.finished:
+            return 0
         if self.resumed_from_step is None:
             return None
         return max(0, self.steps_done - self.resumed_from_step)
 
     def to_json(self) -> dict[str, Any]:
-        return {"attempt": self.attempt, "last_step": self.last_step, "resumed_from_step": self.resumed_from_step,
-                "steps_lost": self.steps_lost}
+        d: dict[str, Any] = {"attempt": self.attempt, "last_step": self.last_step,
+                             "resumed_from_step": self.resumed_from_step, "steps_lost": self.steps_lost}
+        if self.kind == "notice":
+            d.update(kind=self.kind, deadline=self.deadline, received=self.received, committed_at=self.committed_at,
+                     made_deadline=self.made_deadline)
+        return d
 
 
-def notices(events: Sequence[Mapping[str, Any]]) -> list[Notice]:
-    """The preemption notices chaos sent (the supervisor's ``chaos-fault`` records of a ``sigterm``
-    fault), each with the ``resumed_from_step`` of the next attempt the worker started."""
+def notices(events: Sequence[Mapping[str, Any]], hits: Sequence[Mapping[str, Any]] = ()) -> list[Notice]:
+    """The preemption notices: chaos's ``sigterm`` faults (the supervisor's ``chaos-fault`` records),
+    and the cloud notices the supervisor acted on (``preemption-notice``, then ``notice-handled``) or
+    that a ``notice`` fault gave and it never acted on; each with the ``resumed_from_step`` of the
+    next attempt the worker started. A ``notice`` hit's deadline is the fake cloud's own."""
     resumed: dict[int, int | None] = {}
+    done_at: dict[int, float] = {}  # the attempt that completed the job, and when
     for e in events:
-        if e.get("source") == "worker" and e.get("event") == "attempt-started" and isinstance(e.get("attempt"), int):
-            resumed.setdefault(e["attempt"], e.get("resumed_from_step") or 0)
-    out = []
-    for e in events:
-        if (e.get("source") == "supervisor" and e.get("event") == "chaos-fault" and e.get("fault") == "sigterm"
-                and e.get("signal") == "SIGTERM" and isinstance(e.get("attempt"), int)):
-            later = [a for a in resumed if a > e["attempt"]]
-            out.append(Notice(e["attempt"], e.get("last_step"), resumed[min(later)] if later else None))
+        if e.get("source") == "worker" and isinstance(e.get("attempt"), int):
+            if e.get("event") == "attempt-started":
+                resumed.setdefault(e["attempt"], e.get("resumed_from_step") or 0)
+            elif e.get("event") == "job-completed" and isinstance(e.get("time"), int | float):
+                done_at[e["attempt"]] = float(e["time"])
+
+    def after(attempt: int) -> int | None:
+        later = [a for a in resumed if a > attempt]
+        return resumed[min(later)] if later else None
+
+    def sup(kind: str) -> list[Mapping[str, Any]]:
+        return [e for e in events if e.get("source") == "supervisor" and e.get("event") == kind
+                and isinstance(e.get("attempt"), int)]
+
+    out = [Notice(e["attempt"], e.get("last_step"), after(e["attempt"])) for e in sup("chaos-fault")
+           if e.get("fault") == "sigterm" and e.get("signal") == "SIGTERM"]
+    truth = {h["attempt"]: h.get("deadline") for h in hits if h.get("kind") == "notice" and not h.get("missed")
+             and isinstance(h.get("attempt"), int)}
+    handled = {e["attempt"]: e for e in sup("notice-handled")}
+    acted = {e["attempt"]: e for e in sup("preemption-notice") if e.get("reaction") == "act"}
+    for a, e in acted.items():  # the job may have finished first: final.json then holds every step
+        out.append(Notice(a, e.get("last_step"), after(a), "notice", truth.get(a, e.get("deadline")),
+                          e.get("received"), handled.get(a, {}).get("committed_at") or done_at.get(a), a in done_at))
+    for a, deadline in truth.items():  # given, and never acted on: only finishing the job in time saves it
+        if a not in acted:
+            hit = next(h for h in hits if h.get("attempt") == a and h.get("kind") == "notice")
+            out.append(Notice(a, hit.get("hit_step"), after(a), "notice", deadline, None, done_at.get(a),
+                              a in done_at))
     return out
 
 
 def judge_report(comparison: Comparison, notice_list: Sequence[Notice]) -> Judgement:
-    """The comparison's verdict; a run that compares bit-exact still fails if a notice lost steps."""
+    """The comparison's verdict; a run that compares bit-exact still fails if a notice lost steps, or
+    a cloud's notice saw its state committed after its deadline (or never)."""
     j = comparison.judgement
     lost = [n for n in notice_list if n.steps_lost]
-    if j.verdict is not Verdict.PASS or not lost:
+    late = [n for n in notice_list if n.made_deadline is False]
+    if j.verdict is not Verdict.PASS or not (lost or late):
         return j
+    if not lost:
+        n = late[0]
+        when = ("never" if n.committed_at is None or n.deadline is None
+                else f"{n.committed_at - n.deadline:.2f} s after its deadline")
+        heard = "" if n.received is not None else ", and the supervisor never acted on it"
+        return Judgement(Verdict.DIVERGED, f"a cloud's preemption notice (attempt {n.attempt}) saw the state "
+                                           f"committed {when}{heard}")
     total = sum(n.steps_lost or 0 for n in lost)
     first = lost[0]
     who = "a preemption notice" if len(lost) == 1 else f"{len(lost)} preemption notices"
@@ -240,7 +296,7 @@ def build_report(
         reference_compute_s=reference_compute_s(reference),
         epochs=tuple(epoch_rows(reference, run, hits)),
         replay=replay,
-        notices=tuple(notices(good_events)),
+        notices=tuple(notices(good_events, hits)),
         skipped_events=len(events) - len(good_events),
         skipped_records=max(run.skipped, len(records) - len(good_records)),
     )
@@ -263,8 +319,15 @@ def _faults_text(faults: Sequence[Mapping[str, Any]]) -> str:
 def _notices_text(notice_list: Sequence[Notice]) -> str:
     def one(n: Notice) -> str:
         lost = "?" if n.steps_lost is None else str(n.steps_lost)
-        where = "no later attempt" if n.resumed_from_step is None else f"resumed from {n.resumed_from_step}"
-        return f"{lost} (attempt {n.attempt}: {n.steps_done} steps done at the notice, {where})"
+        where = ("it finished the job" if n.finished else "no later attempt" if n.resumed_from_step is None
+                 else f"resumed from {n.resumed_from_step}")
+        text = f"{lost} (attempt {n.attempt}: {n.steps_done} steps done at the notice, {where})"
+        if n.kind == "notice" and n.received is not None and n.committed_at is not None:
+            done = "finished" if n.finished else "committed"
+            text += f", {done} {n.committed_at - n.received:.2f} s after the notice"
+            if n.deadline is not None:
+                text += f", {n.deadline - n.committed_at:.2f} s before the deadline"
+        return text
 
     return "\n".join(one(n) for n in notice_list)
 

@@ -7,7 +7,8 @@ loop); faults on checkpoints are placed on steps where the job takes one.
 
 A loaded schedule is data from a file, so every fault is checked before anything runs: a step of 0
 or more, and for corrupt-checkpoint a known mode, a position in [0, 1] and a file name that stays
-inside the checkpoint (``rundir.paths.check_name``: not absolute, no ``..``, not empty, no NUL).
+inside the checkpoint (``rundir.paths.check_name``: not absolute, no ``..``, not empty, no NUL);
+for notice a known cloud and a window of at most ten minutes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from rundir.paths import PathEscape, check_name
 
-from .faults import CHECKPOINT_KINDS, Fault, FaultKind
+from .faults import CHECKPOINT_KINDS, NOTICE_CLOUDS, NOTICE_WINDOW_S, Fault, FaultKind
 
 __all__ = ["Schedule", "draw_schedule", "checkpoint_steps", "ScheduleError", "fault_problem", "MIN_GAP",
            "SCHEDULE_FILE", "CORRUPT_FILES", "CORRUPT_MODES"]
@@ -40,6 +41,8 @@ def fault_problem(fault: Fault) -> str | None:
     """What is wrong with one fault of a schedule, or None."""
     if fault.step < 0:
         return "its step is negative"
+    if fault.kind is FaultKind.NOTICE:
+        return _notice_problem(fault.detail)
     if fault.kind is not FaultKind.CORRUPT_CHECKPOINT:
         return None
     d = fault.detail
@@ -52,6 +55,15 @@ def fault_problem(fault: Fault) -> str | None:
     pos = d.get("position", 0.5)
     if isinstance(pos, bool) or not isinstance(pos, int | float) or not 0 <= pos <= 1:
         return f"its position {pos!r} is not a number from 0 to 1"
+    return None
+
+
+def _notice_problem(d: Mapping[str, Any]) -> str | None:
+    if d.get("cloud") not in NOTICE_CLOUDS:
+        return f"its cloud {d.get('cloud')!r} is not one of {', '.join(NOTICE_CLOUDS)}"
+    w = d.get("window_s", NOTICE_WINDOW_S)
+    if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w <= 600:
+        return f"its window_s {w!r} is not a number of seconds in (0, 600]"
     return None
 
 
@@ -143,6 +155,8 @@ def draw_schedule(
         if kind is FaultKind.CORRUPT_CHECKPOINT:
             detail = {"mode": rng.choice(["truncate", "flip-byte"]), "file": rng.choice(CORRUPT_FILES),
                       "position": round(rng.random(), 6)}
+        elif kind is FaultKind.NOTICE:
+            detail = {"cloud": rng.choice(NOTICE_CLOUDS), "window_s": NOTICE_WINDOW_S}
         faults.append(Fault(kind, step, detail))
         prev = step
     return Schedule(seed=seed, total_steps=total_steps, faults=tuple(faults))

@@ -26,9 +26,10 @@ __all__ = ["simulate_main", "chaos_parser", "chosen_kinds", "SIMULATION_DEFAULTS
 DEFAULT_FAULTS = 6
 #: What a simulation uses in place of the supervisor's defaults: a checkpoint every 5 steps, a hang
 #: judged after 3 s of silence and idleness, 120 s for a start-up on a busy machine, 5 s for a
-#: SIGTERMed worker to save its state, 30 s of waiting for disk space.
+#: SIGTERMed worker to save its state, 30 s of waiting for disk space, and no cloud to watch (a
+#: ``notice`` fault brings its own).
 SIMULATION_DEFAULTS = {"checkpoint_every_steps": 5, "hang_timeout": 3.0, "startup_timeout": 120.0, "grace": 5.0,
-                       "disk_wait": 30.0}
+                       "disk_wait": 30.0, "notice": "none"}
 
 
 def _kind_list(text: str) -> list[str]:
@@ -43,7 +44,7 @@ def _kind_list(text: str) -> list[str]:
 
 def chosen_kinds(ns: argparse.Namespace) -> list[FaultKind]:
     """The fault kinds of ``--fault-kinds`` (comma- or space-separated), each once; by default all but
-    the opt-in ones (disk-full: see :mod:`chaos.faults`)."""
+    the opt-in ones (disk-full and notice: see :mod:`chaos.faults`)."""
     if not ns.fault_kinds:
         return list(DEFAULT_KINDS)
     flat = [k for group in ns.fault_kinds for k in group]
@@ -61,7 +62,8 @@ def chaos_parser(job: JobAdapter, prog: str, description: str) -> argparse.Argum
     kinds = ", ".join(k.value for k in FaultKind)
     opt_in = ", ".join(k.value for k in FaultKind if k in OPT_IN_KINDS)
     g.add_argument("--fault-kinds", type=_kind_list, nargs="+", default=None, metavar="KIND",
-                   help=f"kinds to draw from (default all but {opt_in}, which needs root): {kinds}")
+                   help=f"kinds to draw from (default all but {opt_in}, which are asked for by name: disk-full "
+                        f"needs root, a notice starts a new supervisor): {kinds}")
     g.add_argument("--chaos-seed", type=int, default=0, help="seed of the fault schedule (default 0)")
     p.add_argument("--reference-cache", type=Path, default=Path("runs/references"),
                    help="where uninterrupted reference runs are kept and reused (default runs/references)")

@@ -20,11 +20,13 @@ from rundir.exitcodes import ExitCode, UserError
 from rundir.journal import read_records
 from rundir.names import EVENTS, FINAL, LOSSES
 from runner.adapter import JobAdapter
+from runner.options import notice_settings
 from runner.policy import RetryPolicy
-from runner.supervisor import Supervisor, WorkerSpec
+from runner.supervisor import WorkerSpec
 from runner.trace import compare, load_trace
 from runner.view import View
 
+from .clouds import CloudFakes, supervise_through_notices
 from .inject import Injector
 from .report import ChaosReport, build_report
 from .schedule import SCHEDULE_FILE, Schedule
@@ -92,7 +94,8 @@ def _prepare_run_dir(job: JobAdapter, schedule: Schedule, run_dir: Path, ref: Pa
 def run_trial(job: JobAdapter, ns: argparse.Namespace, schedule: Schedule, run_dir: Path, ref: Path, *,
               view: View) -> TrialResult:
     """Run the job under the supervisor with ``schedule``'s faults and verify it against ``ref``; on
-    a small tmpfs of its own if the schedule fills the disk (:mod:`chaos.tmpfs`)."""
+    a small tmpfs of its own if the schedule fills the disk (:mod:`chaos.tmpfs`); after a notice
+    fault's exit 75, a new supervisor continues (:mod:`chaos.clouds`)."""
     with disk_for(schedule, run_dir):
         return _supervised_trial(job, ns, schedule, run_dir, ref, view=view)
 
@@ -107,17 +110,18 @@ def _supervised_trial(job: JobAdapter, ns: argparse.Namespace, schedule: Schedul
         policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop), standby=ns.standby is not False,
         preload=ns.preload if ns.preload is not None else job.preload, disk_wait=ns.disk_wait,
     )
-    injector = Injector(schedule, run_dir, grace=ns.grace)
-    outcome = Supervisor(spec, view=view, chaos=injector).run()
-    if outcome.code is not ExitCode.OK:
-        view.note(outcome.message)
+    fakes = CloudFakes()
+    injector = Injector(schedule, run_dir, grace=ns.grace, notice=fakes.trigger)
+    outcomes = supervise_through_notices(spec, injector, fakes, view, notice_settings(ns))
+    if outcomes[-1].code is not ExitCode.OK:
+        view.note(outcomes[-1].message)
     reference, run = load_trace(ref), load_trace(run_dir)
     identity = {**job.identity(ns), "chaos_seed": schedule.seed,
                 "checkpoint_every_steps": ns.checkpoint_every_steps, "run_dir": str(run_dir), "reference_dir": str(ref)}
     report = build_report(
         job=identity, reference=reference, run=run, comparison=compare(reference, run),
         events=read_records(run_dir / EVENTS), records=read_records(run_dir / LOSSES),
-        hits=[h.to_json() for h in injector.hits], wall_s=outcome.wall_s,
+        hits=[h.to_json() for h in injector.hits], wall_s=sum(o.wall_s for o in outcomes),
         replay=replay_command(job, ns, schedule_path),
     )
-    return TrialResult(report, outcome.code, schedule_path)
+    return TrialResult(report, outcomes[-1].code, schedule_path)

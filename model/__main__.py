@@ -8,6 +8,7 @@ not writable, 69 run directory in use, 74 a write found the disk full (or over q
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -109,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(ns: argparse.Namespace) -> int:
+    # SIGTERM and SIGINT wait, blocked in this thread and every thread started from now on (NumPy's
+    # and Paddle's), until Worker.restore() takes them: Paddle's import installs a handler that
+    # aborts the process, and a notice during start-up must end in exit 75 like any other.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     from runner.worker import Worker  # no Paddle yet: the heartbeat starts before the slow import
 
     from .data import prepare

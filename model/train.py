@@ -166,6 +166,9 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
     worker.durable_every_s = cfg.durable_every_s
     ckpt = worker.restore(total_steps=total)
     step, epoch, batch, order, data_state = _resume(cfg, ckpt, model, opt, data_rng, n)
+    if worker.preemption_requested:  # stopped before its first step: its checkpoint holds all there is
+        worker.event(EventKind.PREEMPTED, step=step)
+        return ExitCode.PREEMPTED
 
     while epoch < cfg.epochs:
         idx = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]

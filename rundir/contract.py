@@ -77,7 +77,8 @@ class SendSignal:
 
 @dataclass(frozen=True)
 class FileEffect:
-    """Change files in the run directory (e.g. corrupt a checkpoint); ``apply`` returns a description."""
+    """Change files in the run directory (e.g. corrupt a checkpoint), or the world around the worker
+    (a fake cloud's preemption notice); ``apply`` returns a description."""
 
     apply: Callable[[], str]
     fault: dict[str, Any] | None = None

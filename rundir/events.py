@@ -50,6 +50,11 @@ class EventKind(StrEnum):
     STANDBY_LOST = "standby-lost"
     DISK_FULL = "disk-full"
     DISK_SPACE_RETURNED = "disk-space-returned"
+    # preemption notices (docs/run-directory.md)
+    NOTICE_SOURCE_DETECTED = "notice-source-detected"
+    PREEMPTION_NOTICE = "preemption-notice"
+    NOTICE_DEADLINE_CHECK = "notice-deadline-check"
+    NOTICE_HANDLED = "notice-handled"
     # standby spare
     STANDBY_READY = "standby-ready"
     # worker and checkpoint writer

@@ -173,9 +173,6 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return list(read_journal(path).records)
 
 
-# -- what a well-formed record is -----------------------------------------------------------------------
-
-
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

@@ -21,6 +21,7 @@ __all__ = [
     "FINAL",
     "JOB",
     "WORKER_LOCK",
+    "heartbeat_mtime",
     "read_heartbeat",
     "worker_env",
 ]
@@ -35,6 +36,14 @@ HEARTBEAT = "heartbeat"
 FINAL = "final.json"
 JOB = "job.json"
 WORKER_LOCK = "worker.lock"
+
+
+def heartbeat_mtime(run_dir: Path) -> int | None:
+    """When the heartbeat file last changed (ns), or None if there is none: a change is a sign of life."""
+    try:
+        return os.stat(Path(run_dir) / HEARTBEAT).st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 def read_heartbeat(run_dir: Path) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from rundir.exitcodes import ExitCode, UserError
 from rundir.names import ENV_RUN_DIR
 
 from .adapter import JobAdapter
-from .options import add_supervisor_arguments
+from .options import add_supervisor_arguments, notice_settings
 
 __all__ = ["main", "build_parser", "builtin_job"]
 
@@ -84,7 +84,7 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
                               startup_timeout=ns.startup_timeout, grace=ns.grace,
                               policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop),
                               standby=ns.standby if ns.standby is not None else command is None, preload=preload,
-                              disk_wait=ns.disk_wait)
+                              disk_wait=ns.disk_wait, notice=notice_settings(ns))
             outcome = Supervisor(spec, view=make_view(), lock=lock, fork_server=server).run()
         finally:
             if server is not None:

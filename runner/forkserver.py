@@ -265,6 +265,7 @@ def main(argv: Sequence[str]) -> int:
         sys.stderr.flush()
         os._exit(result)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in an exec'd worker: not the preloaded Paddle's abort
     return _run(result)
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rundir.argparsing import non_negative, positive, seconds, seconds_or_zero
 from rundir.exitcodes import ExitCode, UserError
 
-__all__ = ["add_supervisor_arguments", "module_list", "write_json"]
+from .notice import NoticeChoice, parse_choice, parse_signal_name
+from .preempt import NoticeSettings
+
+__all__ = ["add_supervisor_arguments", "add_notice_arguments", "notice_settings", "module_list", "write_json"]
 
 
 def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,6 +46,7 @@ def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
                         "starting each with exec (default: model.train for the built-in job, none for a command "
                         "after '--', which must then be 'PYTHON -m M ...' or 'PYTHON FILE ...', PYTHON being "
                         "the path of this interpreter)")
+    add_notice_arguments(p)
 
 
 def module_list(text: str) -> tuple[str, ...]:
@@ -60,3 +66,52 @@ def write_json(path: Path, obj: Any) -> None:
         path.write_text(json.dumps(obj, indent=1) + "\n")
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}", ExitCode.UNWRITABLE) from None
+
+
+def add_notice_arguments(p: argparse.ArgumentParser) -> None:
+    """The preemption notice's options (docs/spot.md)."""
+    g = p.add_argument_group("preemption notice")
+    g.add_argument("--notice", type=_choice, default=NoticeChoice.AUTO, metavar="SOURCE",
+                   help="watch for the machine's preemption notice: aws, gcp, azure (their metadata servers), k8s, "
+                        "slurm (a signal to the supervisor), none, or auto: probe the three clouds in the background, "
+                        "else Slurm or Kubernetes from the environment (default auto; none in simulations). On a "
+                        "notice the worker saves its state at the step it reached and the supervisor exits 75 "
+                        "instead of restarting it")
+    g.add_argument("--notice-signal", type=_signal, default=signal.SIGTERM, metavar="SIG",
+                   help="k8s and slurm: the signal that is the notice, besides SIGTERM (e.g. USR1 for Slurm's "
+                        "--signal=USR1@60; default TERM)")
+    g.add_argument("--metadata-url", type=_url, default=None, metavar="URL",
+                   help="the metadata server's base URL, for any cloud (default: the SDK's variable, else "
+                        "http://169.254.169.254)")
+    g.add_argument("--act-on-rebalance", action="store_true",
+                   help="act on an early warning (AWS rebalance recommendation, GCP or Azure maintenance) as on a "
+                        "notice (default: report it only)")
+    g.add_argument("--notice-poll", type=seconds, default=None, metavar="S",
+                   help="poll the metadata server every S seconds (default: each cloud's own, AWS 5 s, Azure 1 s; "
+                        "GCP long-polls)")
+
+
+def notice_settings(ns: argparse.Namespace) -> NoticeSettings:
+    return NoticeSettings(choice=NoticeChoice(ns.notice), signal=int(ns.notice_signal), metadata_url=ns.metadata_url,
+                          act_on_early=ns.act_on_rebalance, poll_s=ns.notice_poll)
+
+
+def _choice(text: str) -> NoticeChoice:
+    try:
+        return parse_choice(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _signal(text: str) -> signal.Signals:
+    try:
+        return parse_signal_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"not an http URL: {text!r}")
+    return text.strip()

@@ -207,7 +207,8 @@ class WorkerProcess:
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
-            pass
+            # No such group yet: a worker just forked has not called setsid(). The signal must not be lost.
+            targets.add(self.pid)
         for pid in targets:
             try:
                 os.kill(pid, sig)

@@ -12,8 +12,6 @@ module does it. A worker that exits 74 (no space) is restarted once space return
 
 from __future__ import annotations
 
-import os
-import select
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,15 +28,18 @@ from rundir.events import EventKind, Source
 from rundir.exitcodes import ExitCode
 from rundir.journal import event_problem, loss_problem
 from rundir.lock import RunLock
-from rundir.names import ENV_ATTEMPT, EVENTS, HEARTBEAT, LOSSES, read_heartbeat, worker_env
+from rundir.names import ENV_ATTEMPT, EVENTS, LOSSES, heartbeat_mtime, read_heartbeat, worker_env
 
 from .diskwait import DEFAULT_DISK_WAIT_S, DiskAction, DiskWait, give_up_message
 from .forkserver import ForkServer
 from .launcher import Launcher, Worker, launcher_for
+from .notice_desk import NoticeDesk
 from .policy import AttemptResult, RetryPolicy, WorkerFailed, build_retrying, give_up_reason, unproductive_restarts
+from .preempt import NoticeSettings, stop_grace
 from .runfiles import EventSink, Fallbacks, Tail, last_error_line
 from .standby import Standby
 from .view import PlainView, View, describe_exit
+from .wakeup import Wakeup
 from .watch import Action, Decision, Reading, Watch, arm_kill, begin, decide, observe
 
 __all__ = ["WorkerSpec", "Supervisor", "Outcome"]
@@ -64,6 +65,7 @@ class WorkerSpec:
     preload: tuple[str, ...] = ()
     #: After a worker's exit for want of space (74), wait up to this long in all for space to return.
     disk_wait: float = DEFAULT_DISK_WAIT_S
+    notice: NoticeSettings = NoticeSettings()  # where to watch for a preemption notice (runner.preempt)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class Supervisor:
         self._clock = clock or time.monotonic
         self.history: list[AttemptResult] = []
         self._stop_signal: int | None = None
-        self._wake_r, self._wake_w = -1, -1
+        self._wake = Wakeup((), self._on_signal)  # entered by run()
         self.losses = Tail(self.run_dir / LOSSES, loss_problem)
         self.events = Tail(self.run_dir / EVENTS, event_problem)
         self._sink = EventSink(self.run_dir / EVENTS, Source.SUPERVISOR, self.view.note)
@@ -114,6 +116,7 @@ class Supervisor:
         self.disk = DiskWait(self.run_dir, spec.disk_wait, sleep=self._sleep, clock=self._clock, record=self.record,
                              note=self.view.note, stopped=lambda: self._stop_signal is not None,
                              tick=self._wait_tick, free=free)
+        self.notices = NoticeDesk(spec.notice, self.run_dir, grace=spec.grace, record=self.record, note=self.view.note)
 
     # -- effects at the edge -------------------------------------------------------------------------
 
@@ -125,26 +128,11 @@ class Supervisor:
         self._stop_signal = signum
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        self.request_stop(signum)  # only recorded; the monitor loop acts on it
+        # Only recorded; the monitor loop acts on it. Under Kubernetes or Slurm, a signal is a notice.
+        (self.notices.on_signal if signum in self.notices.signals else self.request_stop)(signum)
 
     def _interruptible_sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while self._stop_signal is None and (left := deadline - time.monotonic()) > 0:
-            select.select([self._wake_r], [], [], left)
-            self._drain_wake()
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 512):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
-    def _heartbeat_mtime(self) -> int | None:
-        try:
-            return os.stat(self.run_dir / HEARTBEAT).st_mtime_ns
-        except FileNotFoundError:
-            return None
+        self._wake.sleep(seconds, lambda: self._stop_signal is not None or self.notices.take(self._clock()) is not None)
 
     # -- the run -------------------------------------------------------------------------------------
 
@@ -157,19 +145,15 @@ class Supervisor:
                 lock.acquire()
             self.launcher.open()
             self._catch_up()
-            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            old_wakeup = signal.set_wakeup_fd(self._wake_w)
-            old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                code, message = self._retry_loop()
-            finally:
-                self.standby.discard()
-                for s, h in old.items():
-                    signal.signal(s, h)
-                signal.set_wakeup_fd(old_wakeup)
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-                self.view.close()
+            self._wake = Wakeup({signal.SIGINT, signal.SIGTERM, *self.notices.signals}, self._on_signal)
+            with self._wake:
+                self.notices.start(self._wake.w)
+                try:
+                    code, message = self._retry_loop()
+                finally:
+                    self.notices.close()
+                    self.standby.discard()
+                    self.view.close()
         finally:
             self.launcher.close()
             lock.release()
@@ -179,12 +163,15 @@ class Supervisor:
         return Outcome(code, message, tuple(self.history), wall)
 
     def _catch_up(self) -> None:
-        """A rerun continues where a killed supervisor left off: attempt numbers and progress."""
-        for rec in self.losses.read():
+        """A rerun continues where a killed supervisor left off: attempt numbers and progress (and what
+        saving the state costs, for a notice's deadline)."""
+        steps, events = self.losses.read(), self.events.read()
+        for rec in steps:
             self.high_water = max(self.high_water, int(rec["step"]))
-        for rec in self.events.read():
+        for rec in events:
             if rec.get("source") == Source.SUPERVISOR and "attempt" in rec:
                 self.next_attempt = max(self.next_attempt, int(rec["attempt"]) + 1)
+        self.notices.observe(events, steps)
 
     def _retry_loop(self) -> tuple[ExitCode, str]:
         """Attempts through the retry policy; after an exit for want of space, the wait for space
@@ -213,12 +200,17 @@ class Supervisor:
     def _attempts(self) -> tuple[ExitCode, str]:
         retrying = build_retrying(self.spec.policy, sleep=self._sleep, before_sleep=self._before_sleep)
         for attempt in retrying:
+            if self.notices.take(self._clock()) is not None:  # while backing off: nothing runs, nothing to save
+                return self.notices.conclude(None, self._clock())
             if self._stop_signal is not None:
                 # Stopped while backing off: end here, not start a worker only to stop it at once.
                 return self._stopped(self.history[-1].exit_class if self.history else None)
             with attempt:
                 result = self._run_attempt()
                 self.history.append(result)
+                notice = self.notices.take(self._clock(), result.attempt, result.last_step)
+                if notice is not None and result.exit_class is not ExitClass.COMPLETED:
+                    return self.notices.conclude(result, self._clock())  # no restart on a machine going away
                 if result.exit_class is not ExitClass.COMPLETED:
                     raise WorkerFailed(self.history)
         restarts = len(self.history) - 1
@@ -273,7 +265,7 @@ class Supervisor:
         log = self.run_dir / "logs" / f"attempt-{n:03d}.log"
         started = time.time()
         proc = self._launch(n, log)
-        w = begin(n, proc.pid, self._clock(), heartbeat=self._heartbeat_mtime(), high_water=self.high_water)
+        w = begin(n, proc.pid, self._clock(), heartbeat=heartbeat_mtime(self.run_dir), high_water=self.high_water)
         w, ended_by = self._watch(proc, w)
         proc.kill_leftovers()
         w = observe(w, self._read(w), self._clock())  # what it wrote before it exited
@@ -307,7 +299,8 @@ class Supervisor:
         for rec in steps:
             self.high_water = max(self.high_water, int(rec["step"]))
             self.view.step(rec, restarts=len(self.history))
-        mtime = self._heartbeat_mtime()
+        self.notices.observe(events, steps)
+        mtime = heartbeat_mtime(self.run_dir)
         beat = read_heartbeat(self.run_dir) if mtime != w.heartbeat or steps else None
         v = proc.vitals() if proc is not None else None
         return Reading(steps, events, mtime, beat, cpu_s=v.cpu_s if v else None, state=v.state if v else None)
@@ -316,13 +309,14 @@ class Supervisor:
         """Watch the worker until it exits, or a decision ends it; returns that decision's action
         (CONTINUE: it exited by itself). It wakes on the exit, on a signal, or every tick."""
         tick = TICK if self.chaos is None else CHAOS_TICK
-        while not proc.wait(tick, wake_fds=[self._wake_r]):
-            self._drain_wake()
+        while not proc.wait(tick, wake_fds=[self._wake.r]):
+            self._wake.drain()
             now = self._clock()
             reading = self._read(w, proc)
             w = observe(w, reading, now)
+            preempt = self.notices.take(now, w.attempt, w.last_step) is not None
             d = decide(w, now, hang_timeout=self.spec.hang_timeout, startup_timeout=self.spec.startup_timeout,
-                       stop_requested=self._stop_signal is not None,
+                       stop_requested=self._stop_signal is not None, preempt=preempt,
                        want_spare=self.spec.standby and self.standby.can_spawn)
             if d.spawn_spare:
                 self.standby.spawn()
@@ -338,11 +332,14 @@ class Supervisor:
 
     def _end(self, d: Decision, proc: Worker, w: Watch) -> None:
         """Carry out a decision that ends the attempt."""
-        if d.action is Action.STOP:
-            by = signal_name(-(self._stop_signal or signal.SIGTERM))
-            self.record(EventKind.STOP_REQUESTED, attempt=w.attempt, signal=by, grace_s=self.spec.grace)
-            self.view.note(f"stopping: SIGTERM to the worker, SIGKILL after {self.spec.grace:g} s")
-            proc.stop(self.spec.grace)
+        if d.action in (Action.STOP, Action.PREEMPT):
+            p = self.notices.preemption if d.action is Action.PREEMPT else None
+            grace = stop_grace(self.spec.grace, p.deadline_at, self._clock()) if p else self.spec.grace
+            by = p.notice.detail.get("signal") if p else signal_name(-(self._stop_signal or signal.SIGTERM))
+            self.record(EventKind.STOP_REQUESTED, attempt=w.attempt, signal=by, grace_s=round(grace, 3),
+                        **({"notice": p.notice.source.value} if p else {}))
+            self.view.note(f"stopping: SIGTERM to the worker, SIGKILL after {round(grace, 1):g} s")
+            proc.stop(grace)
         elif d.action is Action.KILL_HUNG:
             silent = d.silent_s or 0.0
             self.record(EventKind.HANG_DETECTED, attempt=w.attempt, pid=proc.pid, silent_s=round(silent, 3),

@@ -92,10 +92,13 @@ class Action(Enum):
     SIGTERM, ``grace`` seconds, then SIGKILL; the attempt is USER_STOPPED. KILL_HUNG: silent for
     longer than the hang timeout: SIGKILL; the attempt is HUNG. KILL_AFTER_CHAOS: a chaos signal's
     ``kill_after`` ran out with the worker still alive: SIGKILL; classed by its exit status.
+    PREEMPT: a preemption notice (:mod:`runner.preempt`): SIGTERM, a grace that ends before the
+    deadline, then SIGKILL; classed by its exit status (75: saved), and never restarted.
     """
 
     CONTINUE = "continue"
     STOP = "stop"
+    PREEMPT = "preempt"
     KILL_HUNG = "kill-hung"
     KILL_AFTER_CHAOS = "kill-after-chaos"
 
@@ -168,9 +171,12 @@ def hung(w: Watch, now: float, *, hang_timeout: float, startup_timeout: float) -
 
 
 def decide(w: Watch, now: float, *, hang_timeout: float, stop_requested: bool, want_spare: bool,
-           startup_timeout: float) -> Decision:
+           startup_timeout: float, preempt: bool = False) -> Decision:
     """What to do after the tick at ``now``. ``want_spare``: standby is on and no spare is up; one is
-    started after the first step, so that it does not slow the worker's start-up."""
+    started after the first step, so that it does not slow the worker's start-up. ``preempt``: a
+    notice is to be acted on; it goes before a stop (the machine is going away either way)."""
+    if preempt:
+        return Decision(Action.PREEMPT)
     if stop_requested:
         return Decision(Action.STOP)
     why = hung(w, now, hang_timeout=hang_timeout, startup_timeout=startup_timeout)

@@ -26,6 +26,7 @@ from runner.process import Usage, Vitals
 from runner.watch import Action, Decision, Watch, decide
 
 LIMIT = 120.0  # fake seconds: a run past this is a runaway (a decision that never ends a worker)
+WALL0 = 1_800_000_000.0  # the wall clock (seconds since the epoch) at fake time 0
 
 
 class Runaway(Exception):
@@ -39,14 +40,25 @@ class Clock:
         self.now = 0.0
         self.slept: list[float] = []
         self.on_sleep: Callable[[], None] | None = None
+        self.alarms: list[tuple[float, Callable[[], None]]] = []
 
     def __call__(self) -> float:
         return self.now
+
+    def wall(self) -> float:
+        """The same time as seconds since the epoch (notices and events carry those)."""
+        return WALL0 + self.now
+
+    def at(self, t: float, then: Callable[[], None]) -> None:
+        """Call ``then`` once time reaches ``t`` (as from another thread, e.g. a notice's watcher)."""
+        self.alarms = sorted([*self.alarms, (t, then)], key=lambda a: a[0])
 
     def advance_to(self, t: float) -> None:
         if t > LIMIT:
             raise Runaway(f"the run went on past {LIMIT} s")
         self.now = max(self.now, t)
+        while self.alarms and self.alarms[0][0] <= self.now:
+            self.alarms.pop(0)[1]()
 
     def sleep(self, seconds: float) -> None:
         self.slept.append(float(seconds))
@@ -148,6 +160,7 @@ class FakeWorker:
         self._log = open(log, "ab")  # kept open: it follows the file when a spare's log is renamed
         self._next = 0
         self._stopped = False
+        self._steps = 0  # steps done (the highest step it completed, plus one)
 
     # -- the script
 
@@ -162,8 +175,9 @@ class FakeWorker:
 
     def _do(self, op: Op) -> None:
         if isinstance(op, Step):
+            self._steps = max(self._steps, op.n + 1)
             append_record(self.run_dir / LOSSES, {"attempt": self.attempt, "step": op.n, "epoch": op.n // 100,
-                                                  "loss": 1.0 / (op.n + 1)})
+                                                  "loss": 1.0 / (op.n + 1), "dt": 1.0})
             if op.beat:
                 self._beat("train")
         elif isinstance(op, Beat):
@@ -236,6 +250,11 @@ class FakeWorker:
         elif sig == signal.SIGCONT:
             self._stopped = False
         elif sig == signal.SIGTERM and self.script.on_term is not None and not self._stopped:
+            if self.script.on_term == 75 and self._steps:  # saved at once, durably, as the built-in job does
+                append_record(self.run_dir / EVENTS, {
+                    "time": self.clock.wall(), "source": Source.WORKER.value, "attempt": self.attempt,
+                    "event": EventKind.CHECKPOINT_SAVED.value, "step": self._steps, "durable": True,
+                    "name": f"step-{self._steps:09d}", "persist_s": 0.25, "asynchronous": False})
             self._exit(self.script.on_term)
 
     def stop(self, grace: float) -> bool:

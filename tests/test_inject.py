@@ -284,3 +284,33 @@ def test_corrupt_file_truncates_an_empty_file_harmlessly(tmp_path: Path) -> None
     path.write_bytes(b"")
     assert corrupt_file(path, "truncate", 0.5) == f"truncated {tmp_path.name}/empty to 0 of 0 bytes"
     assert path.read_bytes() == b""
+
+
+# -- notice: the trial's fake cloud is told, and the hit keeps its deadline ----------------------------------
+
+
+def test_a_notice_fault_tells_the_fake_cloud_once_the_target_step_is_done() -> None:
+    told: list[Fault] = []
+    fault = Fault(FaultKind.NOTICE, TARGET, {"cloud": "gcp", "window_s": 5.0})
+
+    def trigger(f: Fault) -> tuple[str, float | None]:
+        told.append(f)
+        return "gcp metadata server: preempted, reclaimed in 5 s", 1234.5
+
+    inj = Injector(schedule_of(fault), Path("/nonexistent-run"), notice=trigger)
+    assert inj.on_tick(obs(TARGET - 1)) == [] and inj.env_for(1) == {}
+    (a,) = inj.on_tick(obs(TARGET, attempt=2))
+    assert isinstance(a, FileEffect) and a.fault == {"fault": "notice", "target_step": TARGET}
+    assert told == []  # decided, not done: the supervisor carries it out
+    assert a.apply() == "gcp metadata server: preempted, reclaimed in 5 s" and told == [fault]
+    assert inj.on_tick(obs(TARGET + 1, attempt=2)) == []
+    inj.on_exit(attempt_result(ExitClass.PREEMPTED, attempt=2, last_step=TARGET + 1))
+    (hit,) = inj.hits
+    assert (hit.kind, hit.attempt, hit.hit_step, hit.deadline) == ("notice", 2, TARGET, 1234.5)
+    assert hit.to_json()["deadline"] == 1234.5 and "deadline" not in FaultHit("sigkill", 1, 1, 1, 1.0).to_json()
+    assert inj.current is None
+
+
+def test_a_notice_fault_without_a_fake_cloud_says_it_was_not_applied() -> None:
+    (a,) = injector((FaultKind.NOTICE, 3)).on_tick(obs(3))
+    assert isinstance(a, FileEffect) and a.apply() == "not applied: no metadata server"

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from pathlib import Path
 
 import pytest
 
 from rundir.argparsing import OneLineParser
 from rundir.exitcodes import ExitCode, UserError
+from runner.notice.base import NoticeChoice
 from runner.options import add_supervisor_arguments, module_list, write_json
 
 
@@ -46,7 +48,9 @@ def parser() -> OneLineParser:
 def test_the_supervisors_defaults() -> None:
     ns = parser().parse_args([])
     assert vars(ns) == {"max_restarts": 20, "crash_loop": 3, "hang_timeout": 300.0, "startup_timeout": 600.0,
-                        "grace": 30.0, "disk_wait": 600.0, "standby": None, "preload": None}
+                        "grace": 30.0, "disk_wait": 600.0, "standby": None, "preload": None,
+                        "notice": NoticeChoice.AUTO, "notice_signal": signal.SIGTERM, "metadata_url": None,
+                        "act_on_rebalance": False, "notice_poll": None}
 
 
 @pytest.mark.parametrize(("argv", "field", "want"), [

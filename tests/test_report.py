@@ -343,3 +343,67 @@ def test_the_view_of_an_incomplete_run() -> None:
     text = render(r)
     assert "INCOMPLETE the run is missing 6 of 12 steps (from step 6)" in text
     assert "None" not in [line for line in text.splitlines() if line.startswith("INCOMPLETE")][0]
+
+
+# -- a cloud's notice: no step lost, and the state committed before the machine goes -----------------------
+
+CLOUD_HIT = {"kind": "notice", "target_step": 7, "attempt": 1, "hit_step": 7, "time": 210.0, "missed": False,
+             "effect": "aws metadata server: preempted, reclaimed in 5 s", "deadline": 215.0}
+
+
+def cloud_events(committed_at: float | None, resumed: int = 9, acted: bool = True) -> list[dict]:
+    evs = [sup("attempt-spawned", 1, 200.0),
+           {"time": 200.5, "source": "worker", "event": "attempt-started", "attempt": 1, "resumed_from_step": 0},
+           sup("chaos-fault", 1, 210.0, fault="notice", target_step=7, last_step=7, effect=CLOUD_HIT["effect"])]
+    if acted:
+        evs += [sup("preemption-notice", 1, 210.1, notice="aws", reaction="act", last_step=8, deadline=215.0,
+                    received=210.05),
+                sup("notice-handled", 1, 210.4, committed_at=committed_at)]
+    else:
+        evs.append({"time": 216.5, "source": "worker", "event": "job-completed", "attempt": 1})
+    return [*evs, sup("attempt-exited", 1, 210.5, exit_class="preempted"), sup("attempt-spawned", 2, 212.0),
+            {"time": 212.5, "source": "worker", "event": "attempt-started", "attempt": 2, "resumed_from_step": resumed}]
+
+
+NOTICE_CASES = {
+    "saved-in-time": (cloud_events(210.3), "pass", None),
+    "committed-after-the-deadline": (cloud_events(215.5), "diverged",
+                                     "a cloud's preemption notice (attempt 1) saw the state committed 0.50 s after "
+                                     "its deadline"),
+    "never-committed-steps-lost": (cloud_events(None, resumed=5), "diverged",
+                                   "a preemption notice lost 4 steps (attempt 1 had done 9, the next resumed from 5)"),
+    "never-acted-on": (cloud_events(None, acted=False), "diverged",
+                       "saw the state committed 1.50 s after its deadline, and the supervisor never acted on it"),
+}
+
+
+FINISHED_FIRST = [*cloud_events(None)[:4],  # acted on, but the worker finished the job before its SIGTERM came
+                  {"time": 211.0, "source": "worker", "event": "job-completed", "attempt": 1},
+                  sup("attempt-exited", 1, 211.1, exit_class="completed")]
+NOTICE_CASES["the-job-finished-first"] = (FINISHED_FIRST, "pass", None)
+
+
+@pytest.mark.parametrize(("events", "verdict", "reason"), NOTICE_CASES.values(), ids=NOTICE_CASES.keys())
+def test_a_cloud_notice_in_the_verdict(events: list[dict], verdict: str, reason: str | None) -> None:
+    r = make_report(events=events, hits=[CLOUD_HIT])
+    assert r.verdict == verdict, r.judgement.reason
+    if reason is not None:
+        assert reason in r.judgement.reason
+    (n,) = r.to_json()["steps_lost_per_notice"]
+    assert n["kind"] == "notice" and n["deadline"] == 215.0  # the fake cloud's own deadline
+
+
+def test_a_cloud_notice_in_the_view() -> None:
+    d = make_report(events=cloud_events(210.3), hits=[CLOUD_HIT]).to_json()["steps_lost_per_notice"]
+    assert d == [{"attempt": 1, "last_step": 8, "resumed_from_step": 9, "steps_lost": 0, "kind": "notice",
+                  "deadline": 215.0, "received": 210.05, "committed_at": 210.3, "made_deadline": True}]
+    text = " ".join(line.strip("│ ") for line in render(make_report(events=cloud_events(210.3), hits=[CLOUD_HIT]))
+                    .splitlines())
+    assert re.search(r"0 \(attempt 1: 9 steps done at the notice, resumed from 9\), committed 0.25\s+s after the "
+                     r"notice, 4.70 s before the deadline", text), text
+
+
+def test_a_notice_that_the_job_outran_in_the_view() -> None:
+    text = " ".join(line.strip("│ ") for line in render(make_report(events=FINISHED_FIRST, hits=[CLOUD_HIT]))
+                    .splitlines())
+    assert "0 (attempt 1: 9 steps done at the notice, it finished the job), finished 0.95 s after" in text, text

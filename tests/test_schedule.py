@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.faults import CHECKPOINT_KINDS, DEFAULT_KINDS, Fault, FaultKind
+from chaos.faults import CHECKPOINT_KINDS, DEFAULT_KINDS, NOTICE_CLOUDS, NOTICE_WINDOW_S, Fault, FaultKind
 from chaos.schedule import (
     CORRUPT_FILES,
     MIN_GAP,
@@ -131,6 +131,25 @@ def test_corrupt_checkpoint_faults_say_how_to_corrupt(seed: int) -> None:
         assert f.detail["file"] in CORRUPT_FILES
         assert 0.0 <= f.detail["position"] <= 1.0
     assert all(not f.detail for f in s.faults if f.kind is not FaultKind.CORRUPT_CHECKPOINT)
+
+
+def test_notice_faults_name_a_cloud_drawn_from_the_seed() -> None:
+    clouds = []
+    for seed in range(10):
+        s = draw(seed, 8, [*ALL, FaultKind.NOTICE], epochs=6)
+        assert {f.kind for f in s.faults} == {*ALL, FaultKind.NOTICE}
+        for f in s.faults:
+            if f.kind is FaultKind.NOTICE:
+                assert f.detail["window_s"] == NOTICE_WINDOW_S
+                clouds.append(f.detail["cloud"])
+        assert s == draw(seed, 8, [*ALL, FaultKind.NOTICE], epochs=6)
+    assert set(clouds) == set(NOTICE_CLOUDS)
+
+
+def test_a_schedule_without_notices_draws_as_before() -> None:
+    # the notice's cloud is drawn only for a notice fault: the other kinds' schedules did not move
+    assert summary(draw(0))[:2] == [("crash", 10, {}), ("corrupt-checkpoint", 15, {
+        "mode": "flip-byte", "file": "model.safetensors", "position": 0.755804})]  # as before notices existed
 
 
 def test_a_single_kind_fills_every_slot() -> None:
@@ -257,6 +276,13 @@ BAD_FAULTS = [
     pytest.param(corrupt(position="half"), "its position 'half' is not a number", id="position-a-string"),
     pytest.param(corrupt(position=True), "its position True is not a number", id="position-a-bool"),
     pytest.param({"kind": "sigkill", "step": -3}, "its step is negative", id="negative-step"),
+    pytest.param({"kind": "notice", "step": 3, "detail": {"cloud": "ibm"}},
+                 "its cloud 'ibm' is not one of aws, gcp, azure", id="notice-unknown-cloud"),
+    pytest.param({"kind": "notice", "step": 3}, "its cloud None is not one of", id="notice-no-cloud"),
+    pytest.param({"kind": "notice", "step": 3, "detail": {"cloud": "aws", "window_s": 0}},
+                 "its window_s 0 is not a number of seconds in (0, 600]", id="notice-no-window"),
+    pytest.param({"kind": "notice", "step": 3, "detail": {"cloud": "aws", "window_s": "5"}},
+                 "its window_s '5' is not a number", id="notice-window-a-string"),
     pytest.param({"kind": "sigkill", "step": 3, "detail": [1, 2]}, "is not an object with an object 'detail'",
                  id="detail-a-list"),
 ]
@@ -284,6 +310,7 @@ def test_any_file_inside_the_checkpoint_may_be_corrupted(tmp_path: Path, file: s
 @pytest.mark.parametrize("seed", range(20))
 def test_every_drawn_schedule_checks_out(seed: int) -> None:
     assert [fault_problem(f) for f in draw(seed, 8, epochs=6).faults] == [None] * 8
+    assert [fault_problem(f) for f in draw(seed, 8, list(FaultKind), epochs=6).faults] == [None] * 8
 
 
 def test_a_check_that_let_every_fault_through_would_be_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -98,6 +98,7 @@ class Worker:
         self._faults.arm = Arm.from_env(env)
         self._files = AttemptFiles.open(lock, self.run_dir, pid=self.pid, attempt=self.attempt)
         self._take_signals()
+        self._hold_signals(True)
         self.heartbeat("starting")
 
     @property
@@ -132,6 +133,7 @@ class Worker:
         if self._files is not None:
             self._files.close()
             self._files = None
+            self._hold_signals(False)  # a job that ends before restore() leaves nothing blocked
 
     # -- preemption ----------------------------------------------------------------------------------
 
@@ -139,6 +141,14 @@ class Worker:
         if self._handle_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+
+    def _hold_signals(self, hold: bool) -> None:
+        """From the start until :meth:`restore`, SIGTERM and SIGINT wait, blocked (not lost): a framework
+        imported meanwhile may put in a handler of its own that aborts the process (Paddle's does), and
+        a preemption notice during start-up must end in exit 75 like one during training. Blocked
+        signals stay blocked in a process started meanwhile; the checkpoint writer starts before."""
+        if self._handle_signals:
+            signal.pthread_sigmask(signal.SIG_BLOCK if hold else signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only record it: the training loop finishes its step and checkpoints at a safe point.
@@ -192,8 +202,10 @@ class Worker:
                 self.set_cadence(*self._cadence_args)
         self.heartbeat("restoring")
         # ``import paddle`` installs its own C-level SIGTERM handler, which aborts the process; the job
-        # imports its framework after creating the Worker, so take the signals back before training.
+        # imports its framework after creating the Worker, so take the signals back before training,
+        # and let in one that came meanwhile: it asks for a preemption like any other.
         self._take_signals()
+        self._hold_signals(False)
 
         def warn(msg: str) -> None:
             _say(f"warning: {msg}")
