@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from rundir.events import EventKind
 from rundir.exitcodes import ExitCode, UserError
+from rundir.names import WORKER_LOCK
 from runner.worker import Worker
 
 from .jobspec import AUTO, ENV_CHECKPOINT_EVERY, argv_identity, choose_run_dir, parse_every, split_run_dir
@@ -120,7 +121,7 @@ class Job:
         from .resumable import ResumableLoader
 
         self._before_start("job.resumable()")
-        wrapped = ResumableLoader(loader, on_batch=self._on_batch)
+        wrapped = ResumableLoader(loader, on_batch=self._on_batch, held=[self.run_dir / WORKER_LOCK])
         self._loaders.append(wrapped)
         return wrapped
 

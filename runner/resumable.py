@@ -21,7 +21,7 @@ Where the randomness lives:
 * With ``num_workers > 0`` the batches left in the epoch go to a new ``DataLoader`` over exactly
   those indices. Its worker processes draw from generators of their own, which no checkpoint can
   hold, and which batch lands on which worker changes on a resume: augmentation in the dataset must
-  seed itself from the sample (for instance ``np.random.default_rng((seed, epoch, index))``). Making
+  seed itself from the sample and the epoch, which :func:`sample_rng` does. Making
   the loader, which draws its workers' base seed from NumPy's global generator, leaves that
   generator as it was, and the workers ignore SIGTERM: a preemption notice is the training
   process's to act on. So a loader still iterating is closed (its workers told to leave) by
@@ -31,6 +31,7 @@ Where the randomness lives:
 from __future__ import annotations
 
 import atexit
+import os
 import random
 import signal
 import weakref
@@ -41,8 +42,8 @@ import numpy as np
 import paddle
 from paddle.io.dataloader.collate import default_collate_fn
 
-__all__ = ["ResumableLoader", "pack_batches", "unpack_batches", "check_position", "to_json", "from_json",
-           "sampler_state", "set_sampler_state"]
+__all__ = ["ResumableLoader", "sample_rng", "pack_batches", "unpack_batches", "check_position", "to_json", "from_json",
+           "sampler_state", "set_sampler_state", "close_fds_of"]
 
 
 # -- pure parts ------------------------------------------------------------------------------------------
@@ -155,6 +156,16 @@ def set_sampler_state(obj: object, state: Mapping[str, Any]) -> None:
 
 # -- the loader ------------------------------------------------------------------------------------------
 
+_epoch_now = 0  # the epoch a resumable loader last began (or resumed) reading; loader processes inherit it
+
+
+def sample_rng(index: int, seed: int = 0) -> np.random.Generator:
+    """A NumPy generator for sample ``index`` of the epoch being read: the same draws wherever the
+    sample is read (on the training thread or in any loader process) and however often (a resume
+    reads the rest of an epoch with new processes). Use it in a dataset's ``__getitem__`` for random
+    augmentation; with two resumable loaders, the epoch is that of the one that began last."""
+    return np.random.default_rng((seed, _epoch_now, int(index)))
+
 
 def _to_tensors(batch: Any) -> Any:
     """A collated batch as the DataLoader gives it: each NumPy array a Tensor, the structure kept."""
@@ -180,15 +191,37 @@ class _Batches:
         return len(self.batches)
 
 
-class _WorkerInit:
-    """A loader worker's start: SIGTERM is the training process's to act on (the supervisor sends it
-    to the whole process group), then the user's ``worker_init_fn``."""
+def close_fds_of(paths: Sequence[str], fd_dir: str = "/proc/self/fd") -> list[int]:
+    """Close this process's descriptors of ``paths``; the ones closed."""
+    want = {os.path.abspath(p) for p in paths}
+    closed: list[int] = []
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return closed
+    for name in fds:
+        try:
+            if os.readlink(os.path.join(fd_dir, name)) in want:
+                os.close(int(name))
+                closed.append(int(name))
+        except OSError:
+            continue
+    return closed
 
-    def __init__(self, user: Callable[[int], Any] | None) -> None:
-        self.user = user
+
+class _WorkerInit:
+    """A loader process's start: it lets go of ``held``, files of the training process's that it
+    inherited by fork (the run directory's worker lock: held by a loader process that outlives a
+    killed worker for a moment, it would keep the next attempt out); SIGTERM is the training
+    process's to act on (the supervisor sends it to the whole process group); then the user's
+    ``worker_init_fn``."""
+
+    def __init__(self, user: Callable[[int], Any] | None, held: Sequence[str] = ()) -> None:
+        self.user, self.held = user, tuple(held)
 
     def __call__(self, worker_id: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        close_fds_of(self.held)
         if self.user is not None:
             self.user(worker_id)
 
@@ -235,12 +268,14 @@ def _track(loader: ResumableLoader) -> None:
 
 class ResumableLoader:
     """Iterates like ``loader``, and can say and restore exactly where it is (see the module's
-    docstring). ``on_batch`` is called with this loader each time it yields a batch."""
+    docstring). ``on_batch`` is called with this loader each time it yields a batch; ``held`` are
+    files its loader processes let go of when they start."""
 
-    def __init__(self, loader: paddle.io.DataLoader, on_batch: Callable[[ResumableLoader], None] | None = None
-                 ) -> None:
+    def __init__(self, loader: paddle.io.DataLoader, on_batch: Callable[[ResumableLoader], None] | None = None,
+                 held: Sequence[str | os.PathLike[str]] = ()) -> None:
         self.loader = _check_loader(loader)
         self._on_batch = on_batch
+        self._held = [os.fspath(p) for p in held]
         self.epoch = -1  # the epoch drawn last; -1: none yet
         self.position = 0  # batches of that epoch yielded
         self._batches: list[list[int]] = []
@@ -275,6 +310,8 @@ class ResumableLoader:
         self._pending_order = self._pending_position = None
         self._batches, self._packed = batches, pack_batches(batches)
         self.position = check_position(position, len(batches))
+        global _epoch_now
+        _epoch_now = self.epoch
         self.close()
         gen = self._from_workers(position) if self.loader.num_workers > 0 else self._in_process(position)
         self._iteration = gen
@@ -304,7 +341,7 @@ class ResumableLoader:
         inner = paddle.io.DataLoader(
             ld.dataset, batch_sampler=_Batches(self._batches[start:]), num_workers=ld.num_workers,  # type: ignore[arg-type]
             collate_fn=ld.collate_fn, use_shared_memory=ld.use_shared_memory, timeout=ld.timeout,
-            worker_init_fn=_WorkerInit(ld.worker_init_fn), return_list=ld.return_list,
+            worker_init_fn=_WorkerInit(ld.worker_init_fn, self._held), return_list=ld.return_list,
             use_buffer_reader=ld.use_buffer_reader, prefetch_factor=ld.prefetch_factor)
         before = np.random.get_state()
         try:

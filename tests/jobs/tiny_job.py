@@ -4,7 +4,7 @@ shuffled batches with NumPy noise drawn in the dataset, and the sample ids of ev
 
 ``TINY_JOB_BREAK=PART`` makes a resume leave PART out (a test's switch, read only here): one of
 ``runner.jobstate.RESTORERS``' names. ``--workers N`` reads with N loader processes (the noise is then
-seeded from the sample and the epoch, as the docs ask).
+drawn from ``runner.sample_rng``, as the docs ask).
 """
 
 import argparse
@@ -27,14 +27,14 @@ class Noisy(paddle.io.Dataset):
         rng = np.random.default_rng(SEED)
         self.x = rng.normal(size=(N, FEATURES)).astype("float32")
         self.y = (self.x.sum(axis=1) > 0).astype("int64")
-        self.workers, self.epoch = workers, 0
+        self.workers = workers
 
     def __len__(self) -> int:
         return N
 
     def __getitem__(self, i: int):
-        if self.workers:  # in a loader process: seeded from the sample, not from the process
-            noise = np.random.default_rng((SEED, self.epoch, i)).normal(scale=0.1, size=FEATURES)
+        if self.workers:  # in a loader process: seeded from the sample and the epoch, not the process
+            noise = runner.sample_rng(i, SEED).normal(scale=0.1, size=FEATURES)
         else:  # on the training thread: NumPy's global generator, which the checkpoint holds
             noise = np.random.normal(scale=0.1, size=FEATURES)
         return (self.x[i] + noise).astype("float32"), self.y[i], np.int64(i)
@@ -59,8 +59,7 @@ def main(job: runner.Job) -> None:
     opt = paddle.optimizer.AdamW(sched, parameters=model.parameters(), grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
     job.restore(model=model, optimizer=opt)
     with open(job.run_dir / "ids.jsonl", "a") as ids:
-        for epoch in job.epochs(args.epochs):
-            ds.epoch = epoch
+        for _ in job.epochs(args.epochs):
             for x, y, i in loader:
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()
