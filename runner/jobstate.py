@@ -19,7 +19,7 @@ A resume goes through :data:`RESTORERS`, one entry per part, in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,8 @@ from checkpoint.store import Checkpoint
 
 from .resumable import ResumableLoader, from_json, to_json
 
-__all__ = ["FORMAT", "named", "Tracked", "Capture", "JobSnapshot", "Saved", "RESTORERS", "restore"]
+__all__ = ["FORMAT", "named", "find_schedulers", "split_extras", "stray_keys", "Tracked", "Capture", "JobSnapshot",
+           "Saved", "RESTORERS", "restore"]
 
 FORMAT = "runner.Job/1"
 _LRScheduler = paddle.optimizer.lr.LRScheduler
@@ -227,9 +228,27 @@ def restore_model(t: Tracked, s: Saved) -> None:
         ps.load_model(model, s.model if key == "" else _section(s.model, f"{key}/"))
 
 
+def _param_names(opt: paddle.optimizer.Optimizer) -> set[str]:
+    params: list[Any] = []
+    for p in getattr(opt, "_parameter_list", None) or []:
+        params.extend(p["params"] if isinstance(p, dict) else [p])
+    return {p.name for p in params}
+
+
+def stray_keys(keys: Iterable[str], params: set[str]) -> list[str]:
+    """Optimizer state names that belong to none of ``params`` (Paddle names an accumulator after its
+    parameter: ``PARAM_moment1_0``); Paddle would pass them over without a word."""
+    return [k for k in keys if not any(k.startswith(p + "_") for p in params)]
+
+
 def restore_optimizer(t: Tracked, s: Saved) -> None:
     for key, opt in t.optimizers.items():
         arrays = _section(s.train, _prefix("optimizer", key))
+        strays = stray_keys(arrays, _param_names(opt))
+        if strays:
+            raise ValueError(f"its optimizer state is for parameters this optimizer does not have ({strays[0]!r}); "
+                             "parameters are named in the order they are made: make the models and optimizers "
+                             "in the same order as the run that saved it")
         state: dict[str, Any] = {k: paddle.to_tensor(v) for k, v in arrays.items()}
         lr = opt._learning_rate
         if isinstance(lr, _LRScheduler):

@@ -49,6 +49,11 @@ def test_the_tree_keeps_the_contract() -> None:
     ("runner/policy.py", "from runner import supervisor", "No import cycles"),
     ("runner/worker/files.py", "from runner.worker import session", "facade over its parts"),
     ("runner/worker/session.py", "from runner.worker import standby", "facade over its parts"),
+    ("runner/job.py", "from runner import supervisor", "Layers"),
+    ("runner/resumable.py", "import chaos.inject", "Layers"),
+    ("runner/command.py", "import model.job", "Only the front door knows the built-in job"),
+    ("runner/command.py", "import numpy", "imports no framework"),
+    ("runner/jobspec.py", "import paddle", "imports no framework"),
 ])
 def test_a_planted_forbidden_import_breaks_the_contract(tmp_path: Path, module: str, planted: str,
                                                         contract: str) -> None:
