@@ -44,11 +44,12 @@ def train(job: runner.Job) -> None:
     np.random.seed(args.seed)
     train_set, test_set = data()
     model = paddle.nn.Sequential(
-        paddle.nn.Linear(30, 64), paddle.nn.ReLU(), paddle.nn.Dropout(0.2),
-        paddle.nn.Linear(64, 32), paddle.nn.ReLU(), paddle.nn.Dropout(0.2),
-        paddle.nn.Linear(32, 2))
+        paddle.nn.Linear(30, 512), paddle.nn.ReLU(), paddle.nn.Dropout(0.3),
+        paddle.nn.Linear(512, 512), paddle.nn.ReLU(), paddle.nn.Dropout(0.3),
+        paddle.nn.Linear(512, 512), paddle.nn.ReLU(), paddle.nn.Dropout(0.3),
+        paddle.nn.Linear(512, 2))
     loader = job.resumable(paddle.io.DataLoader(train_set, batch_size=32, shuffle=True))
-    sched = paddle.optimizer.lr.CosineAnnealingDecay(1e-2, T_max=args.epochs * len(loader))
+    sched = paddle.optimizer.lr.CosineAnnealingDecay(1e-3, T_max=args.epochs * len(loader))
     opt = paddle.optimizer.AdamW(sched, parameters=model.parameters(), weight_decay=1e-2,
                                  grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
     job.restore(model=model, optimizer=opt, scheduler=sched)
