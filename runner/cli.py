@@ -50,7 +50,8 @@ def build_parser(job: JobAdapter | None = None) -> argparse.ArgumentParser:
         prog="python -m runner",
         description="Run a training job under a supervisor that restarts it from its newest checkpoint.",
         epilog="Subcommands: 'verify RUN_DIR REFERENCE_DIR' and 'campaign'. "
-               "After '--', a command of your own that uses runner.worker replaces the built-in job.",
+               "After '--', a command of your own that uses runner.Job (or runner.worker) replaces the built-in "
+               "job, here and in --simulate-preemption and campaign.",
     )
     p.add_argument("--run-dir", type=Path, default=None, help="the job's state: checkpoints, journals, logs")
     (job or builtin_job()).add_arguments(p)

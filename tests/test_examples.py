@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import io
+import re
 import tokenize
 from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
 #: As the README's table gives them.
 RUNNER_LINES = {"mlp_dropout.py": 8, "cnn_augment.py": 8, "seq_gru.py": 7}
 
@@ -40,3 +42,8 @@ def test_an_example_is_small_and_its_runner_lines_are_few(name: str) -> None:
 
 def test_every_example_is_counted() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(RUNNER_LINES)
+
+
+def test_the_readme_gives_these_counts() -> None:
+    rows = re.findall(r"^\| `(\w+\.py)` \|.*\| (\d+) \|$", (ROOT / "README.md").read_text(), re.MULTILINE)
+    assert {name: int(n) for name, n in rows} == RUNNER_LINES
