@@ -77,6 +77,7 @@ class Job:
         self._current: ResumableLoader | None = None  # the loader that yielded last
         self._hooks: list[Any] = []
         self._completed = False
+        self._counting_epochs = False  # the loop runs in epochs(): the job counts them, not a loader
         self.steps = 0  # steps done
         self.epoch = 0
         self.resumed_from = 0  # the step the checkpoint restored held; 0 for a fresh run
@@ -177,6 +178,7 @@ class Job:
         """The epochs left of ``n``: from the one the checkpoint was taken in, else from 0."""
         per = len(self._loaders[0]) if len(self._loaders) == 1 else None
         self.start(total_steps=None if per is None else n * per)
+        self._counting_epochs = True
         while self.epoch < n:
             yield self.epoch
             self.epoch += 1
@@ -188,6 +190,8 @@ class Job:
         self.start()
         w = self.worker
         loader = self._current
+        if not self._counting_epochs and loader is not None:
+            self.epoch = max(loader.epoch, 0)  # a loop of its own: the loader's epochs
         w.report_step(self.steps, loss=float(loss), epoch=self.epoch, batch=loader.position - 1 if loader else 0,
                       acc=acc, lr=lr)
         self.steps += 1

@@ -215,3 +215,22 @@ def test_the_final_digest_is_of_the_models_parameters(tmp_path: Path) -> None:
     job.restore(model=model)
     job.complete()
     assert final(tmp_path)["params_sha256"] == params_digest({k: v.numpy() for k, v in model.state_dict().items()})
+
+
+def test_a_loop_of_its_own_journals_the_loaders_epochs(tmp_path: Path) -> None:
+    job = job_at(tmp_path, checkpoint_every=0)
+    with paddle.utils.unique_name.guard():
+        model = paddle.nn.Linear(3, 2)
+        opt = paddle.optimizer.SGD(0.1, parameters=model.parameters())
+        loader = job.resumable(paddle.io.DataLoader(Data(), batch_size=10))
+        job.restore(model=model, optimizer=opt)
+        for _ in range(2):
+            for x, _y in loader:
+                loss = model(x).mean()
+                loss.backward()
+                opt.step()
+                opt.clear_grad()
+                job.step(loss)
+        job.complete()
+    assert [(r["epoch"], r["batch"]) for r in losses(tmp_path)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert sorted(e["step"] for e in events(tmp_path, "checkpoint-saved")) == [2, 4]  # each epoch's end
