@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -336,3 +337,34 @@ def test_sample_rng_is_one_generator_per_sample_and_epoch() -> None:
         it.close()
     assert draws[0] != draws[1]  # another epoch
     assert sample_rng(0, seed=1).random() != sample_rng(0, seed=2).random()
+
+
+class WorkerFacts(paddle.io.Dataset):
+    """Each sample: whether ``path`` is open in the process reading it, and whether it ignores SIGTERM."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+               if os.path.exists(f"/proc/self/fd/{fd}")]
+        return (np.asarray([self.path in fds, os.getpid()], dtype=np.int64),
+                np.asarray(signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, dtype=np.int64))
+
+
+def test_loader_processes_let_go_of_the_lock_and_ignore_sigterm(tmp_path: Path) -> None:
+    lock = tmp_path / "worker.lock"
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC)  # held, as the worker holds its lock
+    try:
+        loader = ResumableLoader(paddle.io.DataLoader(WorkerFacts(lock), batch_size=1, num_workers=1), held=[lock])
+        for facts, ignores in loader:
+            is_open, pid = facts.numpy()[0].tolist()
+            assert pid != os.getpid() and not is_open and int(ignores.numpy()[0]) == 1
+        plain = paddle.io.DataLoader(WorkerFacts(lock), batch_size=1, num_workers=1)
+        facts, ignores = next(iter(plain))
+        assert facts.numpy()[0].tolist()[0] == 1 and int(ignores.numpy()[0]) == 0  # without the wrapper: held
+    finally:
+        os.close(fd)
