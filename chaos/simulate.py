@@ -54,7 +54,9 @@ def chosen_kinds(ns: argparse.Namespace) -> list[FaultKind]:
 def chaos_parser(job: JobAdapter, prog: str, description: str) -> argparse.ArgumentParser:
     """The options of every chaos command: the job's, the supervisor's (with the simulation's
     defaults) and the chaos ones."""
-    p = OneLineParser(prog=prog, description=description)
+    p = OneLineParser(prog=prog, description=description,
+                      epilog="After '--', a command of your own that uses runner.Job is proven instead of the "
+                             "built-in job: '... -- python my_job.py ARGS'.")
     job.add_arguments(p)
     add_supervisor_arguments(p)
     p.set_defaults(**SIMULATION_DEFAULTS)

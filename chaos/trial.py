@@ -18,7 +18,7 @@ from rich.console import Console
 from rundir.children import project_pythonpath
 from rundir.exitcodes import ExitCode, UserError
 from rundir.journal import read_records
-from rundir.names import EVENTS, FINAL, LOSSES
+from rundir.names import ENV_RUN_DIR, EVENTS, FINAL, LOSSES, worker_env
 from runner.adapter import JobAdapter
 from runner.options import notice_settings
 from runner.policy import RetryPolicy
@@ -32,12 +32,19 @@ from .report import ChaosReport, build_report
 from .schedule import SCHEDULE_FILE, Schedule
 from .tmpfs import disk_for
 
-__all__ = ["ensure_reference", "reference_key", "run_trial", "replay_command", "TrialResult"]
+__all__ = ["ensure_reference", "reference_key", "run_trial", "replay_command", "job_env", "TrialResult"]
 
 
 def reference_key(job: JobAdapter, ns: argparse.Namespace) -> str:
     blob = json.dumps({"identity": job.identity(ns), "data": job.cache_key(ns)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def job_env(job: JobAdapter, ns: argparse.Namespace, run_dir: Path) -> dict[str, str]:
+    """What a run of the job gets in its environment besides ours: the project on the path, the run
+    directory (a job of one's own reads it there) and the job's own variables."""
+    return {"PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH")), ENV_RUN_DIR: str(run_dir),
+            **job.env(ns)}
 
 
 def ensure_reference(job: JobAdapter, ns: argparse.Namespace, cache: Path, console: Console) -> Path:
@@ -54,7 +61,8 @@ def ensure_reference(job: JobAdapter, ns: argparse.Namespace, cache: Path, conso
     console.print(f"reference: running the uninterrupted job in {ref}", highlight=False)
     cmd = list(job.command(ref, job.argv(ns, reference=True)))
     with open(ref / "reference.log", "wb") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=worker_env(job_env(job, ns, ref))).returncode
     if rc != 0:
         lines = (ref / "reference.log").read_text(errors="replace").strip().splitlines()
         last = lines[-1] if lines else f"exit {rc}"
@@ -105,7 +113,7 @@ def _supervised_trial(job: JobAdapter, ns: argparse.Namespace, schedule: Schedul
     schedule_path = _prepare_run_dir(job, schedule, run_dir, ref)
     spec = WorkerSpec(
         cmd=job.command(run_dir, job.argv(ns)), run_dir=run_dir,
-        env={"PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH"))},
+        env=job_env(job, ns, run_dir),
         hang_timeout=ns.hang_timeout, startup_timeout=ns.startup_timeout, grace=ns.grace,
         policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop), standby=ns.standby is not False,
         preload=ns.preload if ns.preload is not None else job.preload, disk_wait=ns.disk_wait,

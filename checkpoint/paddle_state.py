@@ -57,6 +57,9 @@ __all__ = [
     "rng_snapshot",
     "RngSnapshots",
     "set_rng_states",
+    "set_paddle_rng",
+    "set_numpy_rng",
+    "set_python_rng",
     "export_paddle",
 ]
 
@@ -307,20 +310,37 @@ def set_rng_states(state: RngState, *, skip: frozenset[str] = frozenset()) -> No
     """Put back the RNG states a snapshot encoded: Paddle's generators, NumPy's global state (with
     its cached Gaussian) and Python's ``random``. ``skip`` names generators to leave as they are
     ("paddle", "numpy", "python"): only a deliberately broken resume does that."""
+    if "paddle" not in skip:
+        set_paddle_rng(state)
+    if "numpy" not in skip:
+        set_numpy_rng(state)
+    if "python" not in skip:
+        set_python_rng(state)
+
+
+def set_paddle_rng(state: RngState) -> None:
+    """Put back the Paddle generators' states of a snapshot (those of the place in use)."""
+    arrays, meta = state
+    restored = []
+    for i, (s, (device, seed, offset)) in enumerate(zip(paddle.get_rng_state(), meta["paddle"])):
+        cls = type(s)
+        obj = cls.__new__(cls)
+        obj.__setstate__((device, seed, offset, arrays[f"paddle/{i}"].tolist()))
+        restored.append(obj)
+    paddle.set_rng_state(restored)
+
+
+def set_numpy_rng(state: RngState) -> None:
+    """Put back NumPy's global state of a snapshot, with its cached Gaussian."""
     global _numpy_restores
     arrays, meta = state
-    if "paddle" not in skip:
-        restored = []
-        for i, (s, (device, seed, offset)) in enumerate(zip(paddle.get_rng_state(), meta["paddle"])):
-            cls = type(s)
-            obj = cls.__new__(cls)
-            obj.__setstate__((device, seed, offset, arrays[f"paddle/{i}"].tolist()))
-            restored.append(obj)
-        paddle.set_rng_state(restored)
-    if "numpy" not in skip:
-        name, pos, has_gauss, cached = meta["numpy"]
-        np.random.set_state((name, np.asarray(arrays["numpy/keys"], dtype=np.uint32), pos, has_gauss, cached))
-        _numpy_restores += 1
-    if "python" not in skip:
-        version, gauss = meta["python"]
-        random.setstate((version, tuple(int(x) for x in arrays["python/internal"]), gauss))
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.asarray(arrays["numpy/keys"], dtype=np.uint32), pos, has_gauss, cached))
+    _numpy_restores += 1
+
+
+def set_python_rng(state: RngState) -> None:
+    """Put back Python's ``random`` state of a snapshot."""
+    arrays, meta = state
+    version, gauss = meta["python"]
+    random.setstate((version, tuple(int(x) for x in arrays["python/internal"]), gauss))

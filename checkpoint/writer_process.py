@@ -43,6 +43,7 @@ __all__ = ["ForkedWriter", "WriterProcess", "main", "serve", "single_threaded", 
 
 #: How the writer is run when started with exec; a forked one shows the same command line.
 _COMMAND = [sys.executable, "-m", "checkpoint.writer_process"]
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def single_threaded() -> bool:
@@ -127,7 +128,14 @@ def start_writer(sock: socket.socket, root: Path, *, keep: int, events: Path) ->
     if single_threaded():
         return ForkedWriter.start(args, keep_fd=sock.fileno())
     env = dict(os.environ, PYTHONPATH=project_pythonpath(os.environ.get("PYTHONPATH")))
-    return subprocess.Popen([*_COMMAND, *args], pass_fds=[sock.fileno()], stdin=subprocess.DEVNULL, env=env)
+    # The new process starts with SIGTERM and SIGINT blocked (a signal mask outlives exec) until
+    # main() ignores them: one sent to the worker's group while it imports would end it. This
+    # thread holds them off for the fork alone; another thread, or this one after, takes them.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return subprocess.Popen([*_COMMAND, *args], pass_fds=[sock.fileno()], stdin=subprocess.DEVNULL, env=env)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 # -- in the writer process ----------------------------------------------------------------------------------
@@ -217,6 +225,7 @@ def main(argv: list[str]) -> int:
     # waits for this process, then checkpoints); this process ends with it either way.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked since exec, if started that way
     sock = socket.socket(fileno=int(fd))
     return serve(sock, Path(root), int(keep), Path(events))
 

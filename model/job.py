@@ -29,6 +29,9 @@ class BuiltinJob:
     def command(self, run_dir: Path, argv: Sequence[str]) -> tuple[str, ...]:
         return job_command(run_dir, argv)
 
+    def env(self, ns: argparse.Namespace) -> dict[str, str]:
+        return {}  # its options travel on its command line
+
     def identity(self, ns: argparse.Namespace) -> dict[str, Any]:
         return job_identity(ns)
 

@@ -1,6 +1,7 @@
 """What the front door needs to know about a job, and nothing more: its options, its command line,
 its identity (what makes two runs comparable) and its length. The built-in job's adapter is
-:data:`model.job.BUILTIN`; the supervisor, chaos and the checkpoint code never see the job itself."""
+:data:`model.job.BUILTIN`, a command of one's own's :class:`runner.command.CommandJob`; the
+supervisor, chaos and the checkpoint code never see the job itself."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ class JobAdapter(Protocol):
 
     def command(self, run_dir: Path, argv: Sequence[str]) -> tuple[str, ...]:
         """The command line that runs the job on ``run_dir``."""
+
+    def env(self, ns: argparse.Namespace) -> dict[str, str]:
+        """Environment variables for the job's processes, the reference's and the supervised run's."""
 
     def identity(self, ns: argparse.Namespace) -> dict[str, Any]:
         """Every setting that changes the loss trace (shown in reports, and part of the reference's key)."""

@@ -1,9 +1,9 @@
 """``python -m runner``: supervise a training job, simulate preemption, verify a resume.
 
     python -m runner --run-dir DIR [job options] [supervisor options] [-- CMD ...]
-    python -m runner --simulate-preemption [--faults N] [--fault-kinds ...] [--chaos-seed S] ...
+    python -m runner --simulate-preemption [--faults N] [--fault-kinds ...] [--chaos-seed S] ... [-- CMD ...]
     python -m runner verify RUN_DIR REFERENCE_DIR [--json FILE]
-    python -m runner campaign --trials N ...
+    python -m runner campaign --trials N ... [-- CMD ...]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from rundir.names import ENV_RUN_DIR
 from .adapter import JobAdapter
 from .options import add_supervisor_arguments, notice_settings
 
-__all__ = ["main", "build_parser", "builtin_job"]
+__all__ = ["main", "build_parser", "builtin_job", "job_for"]
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -37,12 +37,22 @@ def builtin_job() -> JobAdapter:
     return BUILTIN
 
 
+def job_for(command: list[str] | None) -> JobAdapter:
+    """The job the chaos commands prove: the built-in one, or the command after '--'."""
+    if command is None:
+        return builtin_job()
+    from .command import CommandJob
+
+    return CommandJob(command)
+
+
 def build_parser(job: JobAdapter | None = None) -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m runner",
         description="Run a training job under a supervisor that restarts it from its newest checkpoint.",
         epilog="Subcommands: 'verify RUN_DIR REFERENCE_DIR' and 'campaign'. "
-               "After '--', a command of your own that uses runner.worker replaces the built-in job.",
+               "After '--', a command of your own that uses runner.Job (or runner.worker) replaces the built-in "
+               "job, here and in --simulate-preemption and campaign.",
     )
     p.add_argument("--run-dir", type=Path, default=None, help="the job's state: checkpoints, journals, logs")
     (job or builtin_job()).add_arguments(p)
@@ -120,16 +130,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .verify import verify_main
 
             return verify_main(args[1:])
-        job = builtin_job()
         if args and args[0] == "campaign":
             from chaos.campaign import campaign_main
 
-            return campaign_main(args[1:], job)
+            own, command = _split_command(args[1:])
+            return campaign_main(own, job_for(command))
         own, command = _split_command(args)
         if "--simulate-preemption" in own:
             from chaos.simulate import simulate_main
 
-            return simulate_main([a for a in own if a != "--simulate-preemption"], job)
+            return simulate_main([a for a in own if a != "--simulate-preemption"], job_for(command))
+        job = builtin_job()
         ns = build_parser(job).parse_args(own)
         _become_subreaper()
         try:

@@ -14,7 +14,7 @@ METHODS = [name for name, v in vars(JobAdapter).items() if inspect.isfunction(v)
 
 
 def test_the_protocol_names_what_the_front_door_uses() -> None:
-    assert sorted(METHODS) == ["add_arguments", "argv", "cache_key", "command", "identity", "prepared",
+    assert sorted(METHODS) == ["add_arguments", "argv", "cache_key", "command", "env", "identity", "prepared",
                                "total_steps"]
     assert "preload" in JobAdapter.__annotations__
 

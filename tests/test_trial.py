@@ -45,6 +45,9 @@ class StandIn:
     def command(self, run_dir: Path, argv: Sequence[str]) -> tuple[str, ...]:
         return (sys.executable, "-c", JOB, str(run_dir), *argv)
 
+    def env(self, ns: argparse.Namespace) -> dict[str, str]:
+        return {}
+
     def identity(self, ns: argparse.Namespace) -> dict[str, Any]:
         return {"job": "stand-in", "width": ns.width}
 
