@@ -234,6 +234,8 @@ def test_second_supervisor_is_refused(tmp_path: Path, procs: Started) -> None:
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)", str(run_dir)]
     first = procs.start(runner_cmd(run_dir, command=sleeper))
     wait_for(lambda: events(run_dir, "attempt-spawned"), timeout=30, proc=first, what="the first worker")
+    # and its last record of its own start: where it watches for a preemption notice (found in the background)
+    wait_for(lambda: events(run_dir, "notice-source-detected"), timeout=30, proc=first, what="notice detection")
     assert (run_dir / LOCK_FILE).read_text().strip() == str(first.pid)
     before = (run_dir / "events.jsonl").read_bytes()
 
