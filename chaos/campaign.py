@@ -30,7 +30,7 @@ from runner.view import PlainView, make_console
 from .report import ChaosReport
 from .schedule import ScheduleError, checkpoint_steps, draw_schedule
 from .simulate import chaos_parser, chosen_kinds
-from .trial import ensure_reference, run_trial
+from .trial import ensure_reference
 
 __all__ = ["campaign_main", "campaign_verdict", "deal_kinds", "trial_seeds", "junit_xml", "campaign_json",
            "summary_table", "plot_campaign", "Trial"]
@@ -123,7 +123,8 @@ def campaign_json(trials: Sequence[Trial], config: dict[str, Any]) -> dict[str, 
 
 
 _FAULT_COLOURS = {"sigkill": "tab:red", "sigterm": "tab:orange", "checkpoint-write": "tab:purple",
-                  "corrupt-checkpoint": "tab:brown", "hang": "tab:gray", "crash": "tab:pink"}
+                  "corrupt-checkpoint": "tab:brown", "hang": "tab:gray", "crash": "tab:pink",
+                  "instance-loss": "tab:olive", "store-outage": "tab:cyan"}
 
 
 def plot_campaign(trials: Sequence[Trial], reference: Any, path: Path) -> None:
@@ -183,6 +184,8 @@ def campaign_main(argv: Sequence[str], job: JobAdapter) -> int:
         p.error("--trials must be 1 or more")
     if ns.faults_per_trial < 1:
         p.error("--faults-per-trial must be 1 or more")
+    from .fleet import run_any_trial
+
     console = make_console()
     out = (ns.out or Path("runs") / time.strftime("campaign-%Y%m%d-%H%M%S")).resolve()
     if out.exists() and any(out.iterdir()):
@@ -204,8 +207,9 @@ def campaign_main(argv: Sequence[str], job: JobAdapter) -> int:
         for i, (seed, schedule) in enumerate(zip(seeds, schedules), start=1):
             run_dir = out / f"trial-{i:03d}"
             run_dir.mkdir(parents=True, exist_ok=True)
+            store = f"{ns.store.rstrip('/')}/{run_dir.name}" if ns.store else None  # a prefix per trial
             with open(out / f"trial-{i:03d}.supervisor.log", "w") as log:
-                tr = run_trial(job, ns, schedule, run_dir, ref, view=PlainView(out=log))
+                tr = run_any_trial(job, ns, schedule, run_dir, ref, view=PlainView(out=log), store=store)
             trial = Trial(i, seed, run_dir, tr.report, tr.schedule_path)
             trials.append(trial)
             line = f"{trial.name}: {tr.report.verdict} ({len(tr.report.faults)} faults, {tr.report.restarts} restarts)"

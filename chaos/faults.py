@@ -11,7 +11,16 @@ corrupt-checkpoint  once the checkpoint after ``step`` steps is committed, one o
                     truncated or gets a flipped byte (bad storage), then the worker is SIGKILLed
 hang                SIGSTOP once ``step`` is done: only the heartbeat timeout can catch it
 crash               the worker is armed to raise a simulated device error inside step ``step``
+instance-loss       the machine is lost once ``step`` is done and it has put a checkpoint in the
+                    store: the supervisor, its workers and all they started are SIGKILLed at once
+                    and the run directory is deleted; a new supervisor starts on a new, empty
+                    directory with the same ``--store``
+store-outage        once ``step`` is done the store refuses connections (``refuse``) or holds them
+                    unanswered (``hang``) for ``seconds``; training goes on, uploads are retried
 =================== ==========================================================================
+
+The last two need a remote store (``STORE_KINDS``) and happen to the machine, not in it: the chaos
+run, not the supervisor, carries them out (:mod:`chaos.fleet`).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS"]
+__all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS", "STORE_KINDS"]
 
 
 class FaultKind(StrEnum):
@@ -31,12 +40,16 @@ class FaultKind(StrEnum):
     CORRUPT_CHECKPOINT = "corrupt-checkpoint"
     HANG = "hang"
     CRASH = "crash"
+    INSTANCE_LOSS = "instance-loss"
+    STORE_OUTAGE = "store-outage"
 
 
 #: Faults the worker must be armed for before it starts (they happen inside it).
 ARMED_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CRASH})
 #: Faults that target a checkpoint, so their step must be one where a checkpoint is taken.
 CHECKPOINT_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CORRUPT_CHECKPOINT})
+#: Faults that need a remote store, carried out to the machine by the chaos run.
+STORE_KINDS = frozenset({FaultKind.INSTANCE_LOSS, FaultKind.STORE_OUTAGE})
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,20 @@ from runner.adapter import JobAdapter
 from runner.options import add_supervisor_arguments, write_json
 from runner.view import make_console, make_view
 
-from .faults import FaultKind
+from .faults import STORE_KINDS, FaultKind
 from .report import ReportView
 from .schedule import Schedule, ScheduleError, checkpoint_steps, draw_schedule
-from .trial import ensure_reference, run_trial
+from .trial import ensure_reference
 
 __all__ = ["simulate_main", "chaos_parser", "chosen_kinds", "SIMULATION_DEFAULTS"]
 
 DEFAULT_FAULTS = 6
 #: What a simulation uses in place of the supervisor's defaults: a checkpoint every 5 steps, a hang
 #: judged after 3 s of silence and idleness, 120 s for a start-up on a busy machine, 5 s for a
-#: SIGTERMed worker to save its state.
-SIMULATION_DEFAULTS = {"checkpoint_every_steps": 5, "hang_timeout": 3.0, "startup_timeout": 120.0, "grace": 5.0}
+#: SIGTERMed worker to save its state, and with a store an upload every half second (a simulated job
+#: trains for seconds, not hours).
+SIMULATION_DEFAULTS = {"checkpoint_every_steps": 5, "hang_timeout": 3.0, "startup_timeout": 120.0, "grace": 5.0,
+                       "upload_every": 0.5}
 
 
 def _kind_list(text: str) -> list[str]:
@@ -40,9 +42,10 @@ def _kind_list(text: str) -> list[str]:
 
 
 def chosen_kinds(ns: argparse.Namespace) -> list[FaultKind]:
-    """The fault kinds of ``--fault-kinds`` (comma- or space-separated), each once; all by default."""
+    """The fault kinds of ``--fault-kinds`` (comma- or space-separated), each once; by default all,
+    less those that need a store when there is no ``--store``."""
     if not ns.fault_kinds:
-        return list(FaultKind)
+        return [k for k in FaultKind if k not in STORE_KINDS or getattr(ns, "store", None)]
     flat = [k for group in ns.fault_kinds for k in group]
     return [FaultKind(k) for k in dict.fromkeys(flat)]
 
@@ -57,7 +60,9 @@ def chaos_parser(job: JobAdapter, prog: str, description: str) -> argparse.Argum
     g = p.add_argument_group("chaos")
     kinds = ", ".join(k.value for k in FaultKind)
     g.add_argument("--fault-kinds", type=_kind_list, nargs="+", default=None, metavar="KIND",
-                   help=f"kinds to draw from (default all): {kinds}")
+                   help=f"kinds to draw from (default all; instance-loss and store-outage only with --store): {kinds}. "
+                        "Those two run each machine as a supervisor process of its own; without --store they use a "
+                        "directory store in the run directory")
     g.add_argument("--chaos-seed", type=int, default=0, help="seed of the fault schedule (default 0)")
     p.add_argument("--reference-cache", type=Path, default=Path("runs/references"),
                    help="where uninterrupted reference runs are kept and reused (default runs/references)")
@@ -105,7 +110,9 @@ def simulate_main(argv: Sequence[str], job: JobAdapter) -> int:
     per, total = job.total_steps(ref, ns)
     schedule = _schedule(ns, replay, total, per)
     console.print(f"chaos run in {run_dir}: {len(schedule.faults)} faults over {total} steps", highlight=False)
-    trial = run_trial(job, ns, schedule, run_dir, ref, view=make_view(console))
+    from .fleet import run_any_trial
+
+    trial = run_any_trial(job, ns, schedule, run_dir, ref, view=make_view(console), store=ns.store)
     console.print(ReportView(trial.report))
     if ns.json_report:
         write_json(ns.json_report, trial.report.to_json())

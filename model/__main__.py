@@ -1,7 +1,8 @@
 """``python -m model``: train the seed's MNIST CNN in this process, resuming from the run directory.
 
 Exit codes: 0 done, 75 preempted with state saved (SIGTERM/SIGINT), 65 bad data, 73 run directory
-not writable, 69 run directory in use, 78 run directory holds another configuration, 1 a crash.
+not writable, 69 run directory in use, 77 the remote store (--store) cannot be used or a newer
+supervisor fenced this job off, 78 run directory holds another configuration, 1 a crash.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from checkpoint.cadence import DEFAULT_DURABLE_EVERY_S
-from rundir.argparsing import OneLineParser, non_negative, positive, seconds, seconds_or_zero
+from rundir.argparsing import OneLineParser, add_store_arguments, non_negative, positive, seconds, seconds_or_zero
 from rundir.exitcodes import ExitCode, UserError
 
 from .config import AUTO, BREAK_RESUME_KINDS, JOB_NAME, TrainConfig
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m model", description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", required=True, help="where checkpoints, the loss journal and logs go")
     add_job_arguments(p)
+    add_store_arguments(p)  # here only: under the supervisor, its --store reaches the worker by the environment
     ns = p.parse_args(argv)
     try:
         return run(ns)
@@ -123,7 +125,8 @@ def run(ns: argparse.Namespace) -> int:
 
     from .data import prepare
 
-    with Worker(ns.run_dir) as worker:
+    store = getattr(ns, "store", None)
+    with Worker(ns.run_dir, store=store, upload_every=getattr(ns, "upload_every", None) if store else None) as worker:
         cfg = job_config(ns)
         worker.bind_config(job_identity(ns))
         if worker.finished() is not None:

@@ -30,7 +30,9 @@ class EventKind(StrEnum):
     ``attempt-spawned -> [chaos-fault] -> [hang-detected | stop-requested] -> attempt-exited``,
     then ``restart``, ``gave-up``, ``stopped`` or ``job-completed``, and ``supervisor-exit`` last.
     The worker's own records (``attempt-started``, ``checkpoint-*``, ``preempted``,
-    ``job-completed``) fall in between."""
+    ``job-completed``) fall in between. With a remote store, ``store-attached`` (and
+    ``store-restored`` on an empty run directory) come first, and the worker's uploader adds
+    ``checkpoint-uploaded`` and ``checkpoint-upload-failed``."""
 
     # supervisor
     ATTEMPT_SPAWNED = "attempt-spawned"
@@ -47,12 +49,17 @@ class EventKind(StrEnum):
     FORK_SERVER_FAILED = "fork-server-failed"
     STANDBY_SPAWNED = "standby-spawned"
     STANDBY_LOST = "standby-lost"
+    STORE_ATTACHED = "store-attached"
+    STORE_RESTORED = "store-restored"
     # standby spare
     STANDBY_READY = "standby-ready"
     # worker and checkpoint writer
     ATTEMPT_STARTED = "attempt-started"
     CHECKPOINT_SAVED = "checkpoint-saved"
     CHECKPOINT_FALLBACK = "checkpoint-fallback"
+    # the worker's uploader process: a checkpoint committed in the remote store, or an upload that failed
+    CHECKPOINT_UPLOADED = "checkpoint-uploaded"
+    UPLOAD_FAILED = "checkpoint-upload-failed"
     CHAOS_PAUSED = "chaos-paused-in-checkpoint-write"
     PREEMPTED = "preempted"
     # both: the worker when it finishes, the supervisor when it sees that

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rundir.argparsing import non_negative, positive, seconds
+from rundir.argparsing import add_store_arguments, non_negative, positive, seconds
 from rundir.exitcodes import ExitCode, UserError
 
 __all__ = ["add_supervisor_arguments", "module_list", "write_json"]
@@ -38,6 +38,7 @@ def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
                         "starting each with exec (default: model.train for the built-in job, none for a command "
                         "after '--', which must then be 'PYTHON -m M ...' or 'PYTHON FILE ...', PYTHON being "
                         "the path of this interpreter)")
+    add_store_arguments(p)
 
 
 def module_list(text: str) -> tuple[str, ...]:
