@@ -202,6 +202,20 @@ class Uploads:
         self.reply(UploadResult(req.name, req.step, error=error, fatal=True, last=True))
         return Outcome.FATAL
 
+    def warm_up(self) -> Outcome:
+        """Before the first request: load the client, open a connection and check the fence, so that
+        the first upload does not pay for them, and a writer fenced off already hears it now."""
+        try:
+            self.store.fence.check("upload checkpoints")
+        except StaleGeneration:
+            error = fenced_line(self.store)
+            self.record(EventKind.UPLOAD_FAILED, error=error, retry_in_s=None, fatal=True)
+            self.reply(UploadResult(error=error, fatal=True, last=True))
+            return Outcome.FATAL
+        except StoreError:
+            pass  # away for now: the uploads will say so
+        return Outcome.OK
+
     def drain(self, seconds: float) -> int:
         """The worker stops: finish the pending upload within ``seconds``, append the journals' last
         lines, say the last word and return the exit status."""
@@ -244,6 +258,8 @@ def _lines(fd: int, buf: bytearray) -> tuple[list[bytes], bool]:
 
 def serve(fd: int, uploads: Uploads, drain_s: float) -> int:
     """Read requests from ``fd`` and upload, until it ends; then drain. Returns the exit status."""
+    if uploads.warm_up() is Outcome.FATAL:
+        return ExitCode.STORE
     buf = bytearray()
     while True:
         ready, _, _ = select.select([fd], [], [], uploads.wait_s)

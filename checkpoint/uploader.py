@@ -39,8 +39,9 @@ from .sync import UploadSettings
 __all__ = ["UploadRequest", "UploadResult", "Uploader", "UploaderGone"]
 
 _COMMAND = [sys.executable, "-m", "checkpoint.upload_process"]
-#: How much longer than its drain time an uploader may take to exit before it is killed.
-EXIT_MARGIN_S = 2.0
+#: How much longer than its drain time an uploader may take to exit before it is killed (a call to the
+#: store that hangs outlasts the drain time).
+EXIT_MARGIN_S = 1.0
 
 
 @dataclass(frozen=True)

@@ -260,3 +260,15 @@ def test_after_uploads_the_store_is_pruned_at_most_once_a_minute(tmp_path: Path)
     up.take(save(up.run_dir, 5))
     up.attempt()
     assert [c.step for c in later.list_committed()] == [3, 4, 5]
+
+
+def test_warming_up_hears_at_once_that_the_writer_is_fenced_off(setup) -> None:
+    up, run, out, _, outage = setup
+    assert up.warm_up() is Outcome.OK
+    outage.down("refuse")
+    assert up.warm_up() is Outcome.OK  # away: the uploads will say so
+    outage.up()
+    RemoteStore(up.store.url).acquire()
+    assert up.warm_up() is Outcome.FATAL
+    (r,) = results(out)
+    assert r.fatal and (r.error or "").startswith("fenced: a newer supervisor (generation 2)")
