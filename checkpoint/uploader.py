@@ -119,6 +119,7 @@ class Uploader:
         os.set_blocking(self._w, False)
         os.set_blocking(self._r, False)
         self._unsent: UploadRequest | None = None
+        self._newest: UploadRequest | None = None  # the newest request made
         self._buf = b""
         self._eof = False
         self.results: list[UploadResult] = []
@@ -141,6 +142,8 @@ class Uploader:
         req = UploadRequest(name, step, time.time() if committed is None else committed, self.attempt)
         if self._unsent is None or req.step >= self._unsent.step:
             self._unsent = req
+        if self._newest is None or req.step >= self._newest.step:
+            self._newest = req
         self._send()
 
     def _send(self) -> None:
@@ -220,8 +223,13 @@ class Uploader:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
-            self._record(EventKind.UPLOAD_FAILED, final=True, error=f"the uploader did not finish within "
-                         f"{self.settings.drain_s:g} s of the worker stopping; killed (a torn upload commits nothing)")
+            newest = self._newest
+            if newest is not None and any(r.ok and (r.step or 0) >= newest.step for r in self.results):
+                newest = None  # it got there: what was left was the journals' last lines
+            self._record(EventKind.UPLOAD_FAILED, step=newest.step if newest else None,
+                         name=newest.name if newest else None, retry_in_s=None, stopping=True, gave_up=True,
+                         error=f"the uploader did not finish within {self.settings.drain_s:g} s of the worker "
+                               "stopping; killed (a torn upload commits nothing)")
         self._proc.stdout.close()  # type: ignore[union-attr]
         if self.fatal is not None:
             raise StoreError(self.fatal)

@@ -272,3 +272,30 @@ def test_warming_up_hears_at_once_that_the_writer_is_fenced_off(setup) -> None:
     assert up.warm_up() is Outcome.FATAL
     (r,) = results(out)
     assert r.fatal and (r.error or "").startswith("fenced: a newer supervisor (generation 2)")
+
+
+def test_an_uploader_stuck_on_a_hanging_store_is_killed_at_the_end_of_the_drain_time(
+        s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chaos.proxy import FaultProxy, endpoint_address
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    target = endpoint_address(s3_server.endpoint)
+    assert target is not None
+    proxy = FaultProxy(target)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        run = make_run(tmp_path)
+        u, store = uploader(s3_server.fresh_url(), run, drain_s=0.5)
+        save(run, 5)
+        proxy.down("hang")  # calls wait on their (60 s) read timeout
+        u.notify(checkpoint_name(5), 5)
+        t0 = time.monotonic()
+        u.close()
+        assert time.monotonic() - t0 < 10.0
+        assert u._proc.returncode == -9
+        (ev,) = [e for e in events(run, "checkpoint-upload-failed") if e.get("gave_up")]
+        assert (ev["step"], ev["name"], ev["stopping"]) == (5, checkpoint_name(5), True)
+        assert "killed" in ev["error"]
+    finally:
+        proxy.close()

@@ -843,6 +843,7 @@ def test_the_end_of_the_job_waits_for_the_newest_durable_checkpoint(tmp_path: Pa
     assert up.sent == [checkpoint_name(1)]
     s.session.settle_uploads()
     assert up.sent == [checkpoint_name(1), checkpoint_name(2)] and up.settled == [checkpoint_name(2)]
+    assert s.beats[-1] == ("uploading", 2)  # a phase of its own while it waits: not a hang
 
 
 def test_a_fenced_uploader_stops_the_job_at_its_next_step(tmp_path: Path) -> None:
@@ -861,3 +862,4 @@ def test_close_hands_over_the_checkpoint_in_flight_then_closes_the_uploader(tmp_
     s.session.checkpoint(1, lambda: Snap(1), wait=False, deferred=False)
     s.session.close()
     assert up.sent == [checkpoint_name(1)] and up.closed and s.session.uploads is None
+    assert s.beats[-1] == ("uploading", None)

@@ -25,9 +25,12 @@ from rundir.events import EventKind
 from .faults import Beat, FaultPoints
 from .files import TRAIN_PHASE, EventLog
 
-__all__ = ["Snapshot", "Writer", "Uploads", "CheckpointSession", "CHECKPOINT_PHASE"]
+__all__ = ["Snapshot", "Writer", "Uploads", "CheckpointSession", "CHECKPOINT_PHASE", "UPLOAD_PHASE"]
 
 CHECKPOINT_PHASE = "checkpoint"
+#: The worker waits for its last upload: a phase of its own, so the supervisor gives it the start-up
+#: timeout, not the hang timeout of a worker silent between steps.
+UPLOAD_PHASE = "uploading"
 
 
 class Snapshot(Protocol):
@@ -119,6 +122,7 @@ class CheckpointSession:
             self._writer = None
         uploads, self.uploads = self.uploads, None
         if uploads is not None:
+            self._beat(UPLOAD_PHASE)
             uploads.close()
 
     def settle_uploads(self) -> None:
@@ -129,6 +133,7 @@ class CheckpointSession:
             return
         if self._sent != newest.name:
             self._send(newest)
+        self._beat(UPLOAD_PHASE, step=newest.step)
         self.uploads.settle(newest.name, newest.step)
 
     # -- step time -------------------------------------------------------------------------------------

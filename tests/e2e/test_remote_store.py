@@ -266,3 +266,26 @@ def test_without_a_store_a_simulation_that_loses_machines_keeps_one_in_its_direc
     assert (base / "store" / CHECKPOINTS).is_dir() and (base / "machine-2" / "final.json").is_file()
     assert "PASS bit-exact: 30 steps" in p.stdout
     assert sorted(os.listdir(base / "store" / "fence")) == ["gen-000000001", "gen-000000002"]  # two machines
+
+
+def test_a_notice_during_a_store_outage_is_reported_honestly(s3: S3Server, tmp_path: Path) -> None:
+    schedule = tmp_path / "outage-then-notice.json"
+    schedule.write_text(json.dumps({"format": 1, "seed": None, "total_steps": STEPS, "faults": [
+        {"kind": "store-outage", "step": 8, "detail": {"mode": "refuse", "seconds": 6.0}},
+        {"kind": "sigterm", "step": 12, "detail": {}}]}))
+    report = tmp_path / "report.json"
+    p = run_runner("--simulate-preemption", "--store", s3.fresh_url(), "--chaos-replay", schedule, "--epochs", 3,
+                   "--run-dir", tmp_path / "chaos", "--reference-cache", tmp_path / "refs", "--json-report", report,
+                   timeout=400)
+    assert p.returncode == 0, explain(p)
+    r = json.loads(report.read_text())
+    assert r["verdict"] == "pass" and [f["missed"] for f in r["faults"]] == [False, False]
+    run_dir = Path(r["job"]["run_dir"])
+    (notice,) = [e for e in events(run_dir, "chaos-fault") if e.get("fault") == "sigterm"]
+    (stopped,) = [e for e in events(run_dir, "attempt-exited") if e["attempt"] == notice["attempt"]]
+    assert stopped["exit_class"] == "preempted", "the worker did not stop in the grace period"
+    last_words = [e for e in events(run_dir, "checkpoint-upload-failed")
+                  if e["attempt"] == notice["attempt"] and notice["time"] < e["time"] < stopped["time"]]
+    assert last_words and (last_words[-1].get("gave_up") or "killed" in last_words[-1]["error"]), last_words
+    # Once the store is back, the next attempt's first checkpoint gets there.
+    assert [e for e in events(run_dir, "checkpoint-uploaded") if e["attempt"] > notice["attempt"]]
