@@ -119,10 +119,12 @@ class Uploads:
         self._config_put = False
         self._clock = clock
         self._pruned: float | None = None
+        self._asked = False  # a warm spare's uploader that was never asked anything leaves the journals alone
 
     def take(self, req: UploadRequest) -> None:
         """A new request: it replaces an older one still waiting (which then never goes). The wait
         after a failure stays: it is the store that is away, not the checkpoint."""
+        self._asked = True
         if self.pending is None or req.step >= self.pending.step:
             self.pending = req
             self.ids["attempt"] = req.attempt
@@ -235,7 +237,8 @@ class Uploads:
                 time.sleep(wait)
             if self.attempt(stopping=True) is Outcome.FATAL:
                 return ExitCode.STORE
-        self._sync_journals()
+        if self._asked:
+            self._sync_journals()
         self.reply(UploadResult(last=True))
         return ExitCode.OK
 

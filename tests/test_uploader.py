@@ -299,3 +299,9 @@ def test_an_uploader_stuck_on_a_hanging_store_is_killed_at_the_end_of_the_drain_
         assert "killed" in ev["error"]
     finally:
         proxy.close()
+
+
+def test_an_uploader_never_asked_anything_leaves_the_journals_alone(setup) -> None:
+    up, run, out, _, _ = setup  # a warm spare's, say, that was not needed
+    assert up.drain(1.0) == ExitCode.OK
+    assert up.store.journals.length(LOSSES) == 0 and results(out) == [UploadResult(last=True)]
