@@ -149,3 +149,14 @@ def test_an_unreachable_endpoint_stops_the_supervisor(tmp_path: Path, s3_server:
     with pytest.raises(StoreError) as e:
         supervise(tmp_path, s3_server.fresh_url())
     assert e.value.code == ExitCode.STORE and "cannot reach http://127.0.0.1:9" in str(e.value)
+
+
+def test_a_worker_gets_the_store_of_its_supervisor_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rundir.names import worker_env
+
+    monkeypatch.setenv(ENV_STORE, "s3://left/over")  # the supervisor's own environment: not passed on
+    monkeypatch.setenv(ENV_STORE_GENERATION, "3")
+    assert ENV_STORE not in worker_env({}) and ENV_STORE_GENERATION not in worker_env({})
+    given = {ENV_STORE: "s3://b/job", ENV_STORE_GENERATION: "7"}
+    env = worker_env(given)
+    assert (env[ENV_STORE], env[ENV_STORE_GENERATION]) == ("s3://b/job", "7")

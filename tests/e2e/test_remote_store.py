@@ -289,3 +289,22 @@ def test_a_notice_during_a_store_outage_is_reported_honestly(s3: S3Server, tmp_p
     assert last_words and (last_words[-1].get("gave_up") or "killed" in last_words[-1]["error"]), last_words
     # Once the store is back, the next attempt's first checkpoint gets there.
     assert [e for e in events(run_dir, "checkpoint-uploaded") if e["attempt"] > notice["attempt"]]
+
+
+def test_the_job_run_on_its_own_with_a_store_takes_a_generation_and_restores_itself(tmp_path: Path,
+                                                                                     reference: Path) -> None:
+    (tmp_path / "store").mkdir()
+    url = f"file://{tmp_path / 'store'}"
+    one = seed_data(tmp_path / "one", reference)
+    p = run(model_cmd(one, *JOB, "--store", url, "--upload-every", 0))
+    assert p.returncode == 0, explain(p)
+    ups = events(one, "checkpoint-uploaded")
+    assert ups and ups[-1]["step"] == STEPS and ups[-1]["generation"] == 1
+    two = seed_data(tmp_path / "two", reference)
+    p = run(model_cmd(two, *JOB, "--store", url))
+    assert p.returncode == 0, explain(p)
+    assert f"restored step-{STEPS:09d}" in p.stdout
+    (restored,) = events(two, "store-restored", source="worker")
+    assert (restored["step"], restored["generation"]) == (STEPS, 2)
+    assert final(two)["params_sha256"] == final(reference)["params_sha256"]
+    assert stitched(two) == stitched(one)
