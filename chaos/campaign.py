@@ -33,7 +33,7 @@ from .report import ChaosReport
 from .schedule import Schedule, ScheduleError, checkpoint_steps, draw_schedule
 from .simulate import chaos_parser, chosen_kinds
 from .tmpfs import refuse_unless_mountable
-from .trial import ensure_reference, run_trial
+from .trial import ensure_reference
 
 __all__ = ["campaign_main", "campaign_parser", "campaign_verdict", "deal_kinds", "trial_seeds", "draw_schedules",
            "run_trials", "write_results", "junit_xml", "campaign_json", "summary_table", "plot_campaign", "Trial"]
@@ -126,7 +126,8 @@ def campaign_json(trials: Sequence[Trial], config: dict[str, Any]) -> dict[str, 
 
 
 _FAULT_COLOURS = {"sigkill": "tab:red", "sigterm": "tab:orange", "checkpoint-write": "tab:purple",
-                  "corrupt-checkpoint": "tab:brown", "hang": "tab:gray", "crash": "tab:pink"}
+                  "corrupt-checkpoint": "tab:brown", "hang": "tab:gray", "crash": "tab:pink",
+                  "instance-loss": "tab:olive", "store-outage": "tab:cyan"}
 
 
 def plot_campaign(trials: Sequence[Trial], reference: Any, path: Path) -> None:
@@ -199,6 +200,8 @@ def run_trials(job: JobAdapter, ns: argparse.Namespace, seeds: Sequence[int], sc
                out: Path, ref: Path, console: Console) -> list[Trial]:
     """Run the trials one after another under ``out``, with a progress bar on a terminal and a line
     per trial elsewhere; each supervisor's output goes to its own log."""
+    from .fleet import run_any_trial
+
     trials: list[Trial] = []
     with Progress(TextColumn("[bold]campaign"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=console, disable=not console.is_terminal) as progress:
@@ -206,8 +209,9 @@ def run_trials(job: JobAdapter, ns: argparse.Namespace, seeds: Sequence[int], sc
         for i, (seed, schedule) in enumerate(zip(seeds, schedules), start=1):
             run_dir = out / f"trial-{i:03d}"
             run_dir.mkdir(parents=True, exist_ok=True)
+            store = f"{ns.store.rstrip('/')}/{run_dir.name}" if ns.store else None  # a prefix per trial
             with open(out / f"trial-{i:03d}.supervisor.log", "w") as log:
-                tr = run_trial(job, ns, schedule, run_dir, ref, view=PlainView(out=log))
+                tr = run_any_trial(job, ns, schedule, run_dir, ref, view=PlainView(out=log), store=store)
             trial = Trial(i, seed, run_dir, tr.report, tr.schedule_path)
             trials.append(trial)
             line = f"{trial.name}: {tr.report.verdict} ({len(tr.report.faults)} faults, {tr.report.restarts} restarts)"

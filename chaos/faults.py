@@ -19,11 +19,20 @@ disk-full           once ``step`` is done, a file (:data:`FILLER`) fills the run
 notice              a cloud's preemption notice (opt-in): once ``step`` is done, the fake metadata
                     server of ``detail["cloud"]`` (aws, gcp or azure) says the machine goes in
                     ``detail["window_s"]`` s; the supervisor saves, exits 75, and a new one goes on
+instance-loss       the machine is lost once ``step`` is done and it has put a checkpoint in the
+                    store: the supervisor, its workers and all they started are SIGKILLed at once
+                    and the run directory is deleted; a new supervisor starts on a new, empty
+                    directory with the same ``--store``
+store-outage        once ``step`` is done the store refuses connections (``refuse``) or holds them
+                    unanswered (``hang``) for ``seconds``; training goes on, uploads are retried
 =================== ==========================================================================
 
 The default kinds (:data:`DEFAULT_KINDS`) are the ones that are always safe to run; disk-full is
 not - it needs root, and the ``mount`` it needs may be refused (a container) - so it runs only when
-named (``--fault-kinds disk-full``).
+named (``--fault-kinds disk-full``); nor is a notice, which starts a new supervisor each time.
+The last two need a remote store (``STORE_KINDS``) and happen to the machine, not in it: the chaos
+run, not the supervisor, carries them out (:mod:`chaos.fleet`); they are drawn by default only when
+a ``--store`` is given.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS", "OPT_IN_KINDS", "DEFAULT_KINDS", "FILLER",
-           "NOTICE_CLOUDS", "NOTICE_WINDOW_S"]
+           "NOTICE_CLOUDS", "NOTICE_WINDOW_S", "STORE_KINDS"]
 
 
 class FaultKind(StrEnum):
@@ -46,18 +55,23 @@ class FaultKind(StrEnum):
     CRASH = "crash"
     DISK_FULL = "disk-full"
     NOTICE = "notice"
+    INSTANCE_LOSS = "instance-loss"
+    STORE_OUTAGE = "store-outage"
 
 
 #: Faults the worker must be armed for before it starts (they happen inside it).
 ARMED_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CRASH})
 #: Faults that target a checkpoint, so their step must be one where a checkpoint is taken.
 CHECKPOINT_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CORRUPT_CHECKPOINT})
+#: Faults that need a remote store, carried out to the machine by the chaos run.
+STORE_KINDS = frozenset({FaultKind.INSTANCE_LOSS, FaultKind.STORE_OUTAGE})
 #: Faults that run only when named (``--fault-kinds``): disk-full needs what not every machine allows
 #: (root, a mount); a notice ends the supervisor, and starting a new one (a fork server that imports
 #: Paddle again) costs a few seconds a notice.
 OPT_IN_KINDS = frozenset({FaultKind.DISK_FULL, FaultKind.NOTICE})
-#: What a chaos run draws from unless told otherwise, in a fixed order (a seed's schedule depends on it).
-DEFAULT_KINDS = tuple(k for k in FaultKind if k not in OPT_IN_KINDS)
+#: What a chaos run draws from unless told otherwise, in a fixed order (a seed's schedule depends on
+#: it); the store kinds are added where there is a store (see ``chaos.simulate``).
+DEFAULT_KINDS = tuple(k for k in FaultKind if k not in OPT_IN_KINDS and k not in STORE_KINDS)
 #: The file the disk-full fault fills the run directory's file system with; nothing reads it.
 FILLER = ".chaos-filler"
 #: The clouds a notice comes from, and its window from notice to reclaim, scaled down from minutes.

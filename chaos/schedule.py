@@ -8,7 +8,8 @@ loop); faults on checkpoints are placed on steps where the job takes one.
 A loaded schedule is data from a file, so every fault is checked before anything runs: a step of 0
 or more, and for corrupt-checkpoint a known mode, a position in [0, 1] and a file name that stays
 inside the checkpoint (``rundir.paths.check_name``: not absolute, no ``..``, not empty, no NUL);
-for notice a known cloud and a window of at most ten minutes.
+for notice a known cloud and a window of at most ten minutes; for store-outage a known mode and a
+number of seconds from 0 to ``MAX_OUTAGE_S``.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from rundir.paths import PathEscape, check_name
 from .faults import CHECKPOINT_KINDS, NOTICE_CLOUDS, NOTICE_WINDOW_S, Fault, FaultKind
 
 __all__ = ["Schedule", "draw_schedule", "checkpoint_steps", "ScheduleError", "fault_problem", "MIN_GAP",
-           "SCHEDULE_FILE", "CORRUPT_FILES", "CORRUPT_MODES"]
+           "SCHEDULE_FILE", "CORRUPT_FILES", "CORRUPT_MODES", "OUTAGE_MODES", "MAX_OUTAGE_S"]
 
 MIN_GAP = 4
 SCHEDULE_FILE = "chaos-schedule.json"
 CORRUPT_FILES = ("model.safetensors", "train.safetensors", "MANIFEST.json")
 CORRUPT_MODES = ("truncate", "flip-byte")
+OUTAGE_MODES = ("refuse", "hang")
+MAX_OUTAGE_S = 600.0
 
 
 class ScheduleError(ValueError):
@@ -43,6 +46,8 @@ def fault_problem(fault: Fault) -> str | None:
         return "its step is negative"
     if fault.kind is FaultKind.NOTICE:
         return _notice_problem(fault.detail)
+    if fault.kind is FaultKind.STORE_OUTAGE:
+        return _outage_problem(fault.detail)
     if fault.kind is not FaultKind.CORRUPT_CHECKPOINT:
         return None
     d = fault.detail
@@ -64,6 +69,15 @@ def _notice_problem(d: Mapping[str, Any]) -> str | None:
     w = d.get("window_s", NOTICE_WINDOW_S)
     if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w <= 600:
         return f"its window_s {w!r} is not a number of seconds in (0, 600]"
+    return None
+
+
+def _outage_problem(d: Mapping[str, Any]) -> str | None:
+    if d.get("mode", OUTAGE_MODES[0]) not in OUTAGE_MODES:
+        return f"its mode {d.get('mode')!r} is not one of {', '.join(OUTAGE_MODES)}"
+    s = d.get("seconds", 2.0)
+    if isinstance(s, bool) or not isinstance(s, int | float) or not 0 < s <= MAX_OUTAGE_S:
+        return f"its seconds {s!r} is not a number above 0 and at most {MAX_OUTAGE_S:g}"
     return None
 
 
@@ -157,6 +171,8 @@ def draw_schedule(
                       "position": round(rng.random(), 6)}
         elif kind is FaultKind.NOTICE:
             detail = {"cloud": rng.choice(NOTICE_CLOUDS), "window_s": NOTICE_WINDOW_S}
+        elif kind is FaultKind.STORE_OUTAGE:
+            detail = {"mode": rng.choice(OUTAGE_MODES), "seconds": round(rng.uniform(1.0, 3.0), 2)}
         faults.append(Fault(kind, step, detail))
         prev = step
     return Schedule(seed=seed, total_steps=total_steps, faults=tuple(faults))

@@ -15,21 +15,22 @@ from runner.adapter import JobAdapter
 from runner.options import add_supervisor_arguments, write_json
 from runner.view import make_console, make_view
 
-from .faults import DEFAULT_KINDS, OPT_IN_KINDS, FaultKind
+from .faults import DEFAULT_KINDS, OPT_IN_KINDS, STORE_KINDS, FaultKind
 from .report import ReportView
 from .schedule import Schedule, ScheduleError, checkpoint_steps, draw_schedule
 from .tmpfs import refuse_unless_mountable
-from .trial import ensure_reference, run_trial
+from .trial import ensure_reference
 
 __all__ = ["simulate_main", "chaos_parser", "chosen_kinds", "SIMULATION_DEFAULTS"]
 
 DEFAULT_FAULTS = 6
 #: What a simulation uses in place of the supervisor's defaults: a checkpoint every 5 steps, a hang
 #: judged after 3 s of silence and idleness, 120 s for a start-up on a busy machine, 5 s for a
-#: SIGTERMed worker to save its state, 30 s of waiting for disk space, and no cloud to watch (a
-#: ``notice`` fault brings its own).
+#: SIGTERMed worker to save its state, 30 s of waiting for disk space, no cloud to watch (a
+#: ``notice`` fault brings its own), and with a store an upload every half second (a simulated job
+#: trains for seconds, not hours).
 SIMULATION_DEFAULTS = {"checkpoint_every_steps": 5, "hang_timeout": 3.0, "startup_timeout": 120.0, "grace": 5.0,
-                       "disk_wait": 30.0, "notice": "none"}
+                       "disk_wait": 30.0, "notice": "none", "upload_every": 0.5}
 
 
 def _kind_list(text: str) -> list[str]:
@@ -44,9 +45,11 @@ def _kind_list(text: str) -> list[str]:
 
 def chosen_kinds(ns: argparse.Namespace) -> list[FaultKind]:
     """The fault kinds of ``--fault-kinds`` (comma- or space-separated), each once; by default all but
-    the opt-in ones (disk-full and notice: see :mod:`chaos.faults`)."""
+    the opt-in ones (disk-full and notice: see :mod:`chaos.faults`), and those that need a store only
+    with ``--store``."""
     if not ns.fault_kinds:
-        return list(DEFAULT_KINDS)
+        store_kinds = [k for k in FaultKind if k in STORE_KINDS] if getattr(ns, "store", None) else []
+        return [*DEFAULT_KINDS, *store_kinds]
     flat = [k for group in ns.fault_kinds for k in group]
     return [FaultKind(k) for k in dict.fromkeys(flat)]
 
@@ -65,7 +68,8 @@ def chaos_parser(job: JobAdapter, prog: str, description: str) -> argparse.Argum
     opt_in = ", ".join(k.value for k in FaultKind if k in OPT_IN_KINDS)
     g.add_argument("--fault-kinds", type=_kind_list, nargs="+", default=None, metavar="KIND",
                    help=f"kinds to draw from (default all but {opt_in}, which are asked for by name: disk-full "
-                        f"needs root, a notice starts a new supervisor): {kinds}")
+                        f"needs root, a notice starts a new supervisor; instance-loss and store-outage only with "
+                        f"--store, or named, when they use a directory store in the run directory): {kinds}")
     g.add_argument("--chaos-seed", type=int, default=0, help="seed of the fault schedule (default 0)")
     p.add_argument("--reference-cache", type=Path, default=Path("runs/references"),
                    help="where uninterrupted reference runs are kept and reused (default runs/references)")
@@ -114,7 +118,9 @@ def simulate_main(argv: Sequence[str], job: JobAdapter) -> int:
     per, total = job.total_steps(ref, ns)
     schedule = _schedule(ns, replay, total, per)
     console.print(f"chaos run in {run_dir}: {len(schedule.faults)} faults over {total} steps", highlight=False)
-    trial = run_trial(job, ns, schedule, run_dir, ref, view=make_view(console))
+    from .fleet import run_any_trial
+
+    trial = run_any_trial(job, ns, schedule, run_dir, ref, view=make_view(console), store=ns.store)
     console.print(ReportView(trial.report))
     if ns.json_report:
         write_json(ns.json_report, trial.report.to_json())

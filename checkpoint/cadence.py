@@ -17,7 +17,8 @@ from typing import Any
 from rundir.classify import ExitClass
 from rundir.events import EventKind, Source
 
-__all__ = ["young_interval_s", "interval_steps", "estimate_mtbf", "failure_history", "durable_due", "Cadence",
+__all__ = ["young_interval_s", "interval_steps", "estimate_mtbf", "failure_history", "durable_due", "upload_due",
+           "Cadence",
            "DEFAULT_MTBF_S", "DEFAULT_DURABLE_EVERY_S", "MIN_COST_S"]
 
 DEFAULT_MTBF_S = 3600.0  # no failures seen yet and none given: assume one an hour
@@ -43,6 +44,12 @@ def durable_due(now: float, last_durable: float | None, every_s: float) -> bool:
     being killed; only a durable one survives the machine going down, and it costs four fsyncs.
     Frequent checkpoints are made durable once every ``every_s`` seconds (0: all of them)."""
     return last_durable is None or every_s <= 0 or now - last_durable >= every_s
+
+
+def upload_due(now: float, last: float | None, every_s: float) -> bool:
+    """Whether a checkpoint taken at ``now`` goes to the remote store: the first one of an attempt (the
+    last attempt's newest may never have got there), then one every ``every_s`` seconds (0: all)."""
+    return last is None or every_s <= 0 or now - last >= every_s
 
 
 def estimate_mtbf(elapsed_s: float, failures: int, given: float | None = None) -> float:

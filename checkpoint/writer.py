@@ -160,6 +160,11 @@ class CheckpointWriter:
             raise WriterError(f"checkpoint writer (pid {self.pid}) exited with {code} before finishing")
         return unpack_reply(data)
 
+    def committed(self) -> bool:
+        """The checkpoint in flight is done (its :meth:`wait` returns at once); no side effects, so
+        that it may be asked between any two steps."""
+        return self._in_flight is not None and not self._done.locked()
+
     @property
     def held(self) -> bool:
         """A deferred :meth:`submit` waits for :meth:`release`."""

@@ -2,7 +2,8 @@
 
 Exit codes: 0 done, 75 preempted with state saved (SIGTERM/SIGINT), 65 bad data, 73 run directory
 not writable, 69 run directory in use, 74 a write found the disk full (or over quota, or failing),
-76 a NaN or infinite loss or parameter, 78 run directory holds another configuration, 1 a crash.
+76 a NaN or infinite loss or parameter, 77 the remote store (--store) cannot be used or a newer
+supervisor fenced this job off, 78 run directory holds another configuration, 1 a crash.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from checkpoint.cadence import DEFAULT_DURABLE_EVERY_S
 from rundir.argparsing import (
     OneLineParser,
+    add_store_arguments,
     fraction,
     non_negative,
     non_negative_float,
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m model", description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", required=True, help="where checkpoints, the loss journal and logs go")
     add_job_arguments(p)
+    add_store_arguments(p)  # here only: under the supervisor, its --store reaches the worker by the environment
     ns = p.parse_args(argv)
     from runner.worker import run_guarded
 
@@ -118,7 +121,8 @@ def run(ns: argparse.Namespace) -> int:
 
     from .data import prepare
 
-    with Worker(ns.run_dir) as worker:
+    store = getattr(ns, "store", None)
+    with Worker(ns.run_dir, store=store, upload_every=getattr(ns, "upload_every", None) if store else None) as worker:
         cfg = job_config(ns)
         worker.bind_config(job_identity(ns))
         if worker.finished() is not None:

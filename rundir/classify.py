@@ -9,9 +9,10 @@ PREEMPTED      exit 75: stopped on SIGTERM after saving its state   yes, at once
 KILLED         died of a signal (SIGKILL incl. the OOM killer,      yes
                SIGSEGV, SIGABRT ...), or exit 128+N from a shell
 CRASHED        any other non-zero exit, e.g. 1 from an exception    yes
-BAD_INPUT      exit 2, 65, 69, 73, 78: bad flags, bad data, a run   no: the same input
-               directory in use, unwritable or holding another     fails the same way
-               configuration
+BAD_INPUT      exit 2, 65, 69, 73, 77, 78: bad flags, bad data, a   no: the same input
+               run directory in use, unwritable or holding another  fails the same way
+               configuration; 77: the remote store cannot be used,  (a fenced or unusable
+               or a newer supervisor fenced this one off            store does not heal)
 HUNG           no heartbeat or step for --hang-timeout: killed      yes
 USER_STOPPED   the supervisor got SIGINT/SIGTERM and stopped it     no
 RESOURCE       exit 74: a write found no space or quota, or the     after space
@@ -56,7 +57,7 @@ class ExitClass(Enum):
 
 _RETRIABLE = frozenset({ExitClass.PREEMPTED, ExitClass.KILLED, ExitClass.CRASHED, ExitClass.HUNG})
 _BAD_INPUT = frozenset(
-    {ExitCode.USAGE, ExitCode.BAD_DATA, ExitCode.LOCKED, ExitCode.UNWRITABLE, ExitCode.BAD_CONFIG}
+    {ExitCode.USAGE, ExitCode.BAD_DATA, ExitCode.LOCKED, ExitCode.UNWRITABLE, ExitCode.STORE, ExitCode.BAD_CONFIG}
 )
 
 

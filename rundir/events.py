@@ -31,7 +31,9 @@ class EventKind(StrEnum):
     then ``restart``, ``gave-up``, ``stopped`` or ``job-completed``, and ``supervisor-exit`` last.
     After an exit for want of space (74), ``disk-full`` when the supervisor starts waiting for it,
     and ``disk-space-returned`` before the ``restart``. The worker's own records (``attempt-started``,
-    ``checkpoint-*``, ``preempted``, ``non-finite``, ``job-completed``) fall in between."""
+    ``checkpoint-*``, ``preempted``, ``non-finite``, ``job-completed``) fall in between. With a remote
+    store, ``store-attached`` (and ``store-restored`` on an empty run directory) come first, and the
+    worker's uploader adds ``checkpoint-uploaded`` and ``checkpoint-upload-failed``."""
 
     # supervisor
     ATTEMPT_SPAWNED = "attempt-spawned"
@@ -55,12 +57,17 @@ class EventKind(StrEnum):
     PREEMPTION_NOTICE = "preemption-notice"
     NOTICE_DEADLINE_CHECK = "notice-deadline-check"
     NOTICE_HANDLED = "notice-handled"
+    STORE_ATTACHED = "store-attached"
+    STORE_RESTORED = "store-restored"
     # standby spare
     STANDBY_READY = "standby-ready"
     # worker and checkpoint writer
     ATTEMPT_STARTED = "attempt-started"
     CHECKPOINT_SAVED = "checkpoint-saved"
     CHECKPOINT_FALLBACK = "checkpoint-fallback"
+    # the worker's uploader process: a checkpoint committed in the remote store, or an upload that failed
+    CHECKPOINT_UPLOADED = "checkpoint-uploaded"
+    UPLOAD_FAILED = "checkpoint-upload-failed"
     CHAOS_PAUSED = "chaos-paused-in-checkpoint-write"
     PREEMPTED = "preempted"
     NON_FINITE = "non-finite"

@@ -15,6 +15,11 @@ __all__ = [
     "ENV_RUN_DIR",
     "ENV_ATTEMPT",
     "ENV_STANDBY",
+    "ENV_STORE",
+    "ENV_STORE_GENERATION",
+    "ENV_UPLOAD_EVERY",
+    "ENV_UPLOAD_DRAIN",
+    "STORE_VARIABLES",
     "LOSSES",
     "EVENTS",
     "HEARTBEAT",
@@ -30,6 +35,14 @@ __all__ = [
 ENV_RUN_DIR = "RUNNER_RUN_DIR"
 ENV_ATTEMPT = "RUNNER_ATTEMPT"
 ENV_STANDBY = "RUNNER_STANDBY"
+#: The remote store a supervisor gives its workers (``--store``): its URL, the generation the supervisor
+#: took there (every upload's commit checks that it is still the newest), how often to upload
+#: (``--upload-every``), and how long a worker's last upload may take when it stops (part of ``--grace``).
+ENV_STORE = "RUNNER_STORE"
+ENV_STORE_GENERATION = "RUNNER_STORE_GENERATION"
+ENV_UPLOAD_EVERY = "RUNNER_UPLOAD_EVERY"
+ENV_UPLOAD_DRAIN = "RUNNER_UPLOAD_DRAIN"
+STORE_VARIABLES = (ENV_STORE, ENV_STORE_GENERATION, ENV_UPLOAD_EVERY, ENV_UPLOAD_DRAIN)
 LOSSES = "losses.jsonl"
 EVENTS = "events.jsonl"
 HEARTBEAT = "heartbeat"
@@ -56,8 +69,9 @@ def read_heartbeat(run_dir: Path) -> dict[str, Any] | None:
 
 def worker_env(extra: Mapping[str, str]) -> dict[str, str]:
     """A worker's environment before its attempt's own variables: ours, with ``extra`` on top and
-    no attempt, chaos or standby variable of ours left over."""
-    env = dict(os.environ)
+    no attempt, chaos or standby variable of ours left over. The store's variables come from
+    ``extra`` only: a worker uploads to the store its supervisor took a generation in, or none."""
+    env = {k: v for k, v in os.environ.items() if k not in STORE_VARIABLES}
     env.update(extra)
     for k in (ENV_ATTEMPT, ENV_CHAOS_ARM, ENV_STANDBY):
         env.pop(k, None)

@@ -15,6 +15,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rundir.argparsing import OneLineParser
 from rundir.children import project_pythonpath
@@ -24,6 +25,11 @@ from rundir.names import ENV_RUN_DIR
 
 from .adapter import JobAdapter
 from .options import add_supervisor_arguments, notice_settings
+
+if TYPE_CHECKING:
+    from rundir.contract import Chaos
+
+    from .remote_sync import RemoteTier
 
 __all__ = ["main", "build_parser", "builtin_job", "job_for"]
 
@@ -57,6 +63,9 @@ def build_parser(job: JobAdapter | None = None) -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, default=None, help="the job's state: checkpoints, journals, logs")
     (job or builtin_job()).add_arguments(p)
     add_supervisor_arguments(p)
+    # A chaos simulation that loses machines runs each one as this command (chaos/machine.py).
+    p.add_argument("--chaos-schedule", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--chaos-hits", type=Path, default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -83,6 +92,9 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
     env = {ENV_RUN_DIR: str(run_dir), "PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH"))}
     preload = ns.preload if ns.preload is not None else () if command else job.preload
     with RunLock(run_dir) as lock:
+        remote = _attach_store(ns, run_dir)  # a store that cannot be used: one line, exit 77, nothing started
+        if remote is not None:
+            env.update(remote.env())
         # The fork server starts importing Paddle now, while this process imports the rest of itself.
         server = ForkServer.for_run(run_dir, preload, worker_env(env)) if preload and forkable(cmd) else None
         try:
@@ -90,18 +102,40 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
             from .supervisor import Supervisor, WorkerSpec
             from .view import make_view
 
+            if remote is not None:
+                remote.restore()  # an empty run directory is filled from the store
             spec = WorkerSpec(cmd=cmd, run_dir=run_dir, env=env, hang_timeout=ns.hang_timeout,
                               startup_timeout=ns.startup_timeout, grace=ns.grace,
                               policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop),
                               standby=ns.standby if ns.standby is not None else command is None, preload=preload,
                               disk_wait=ns.disk_wait, notice=notice_settings(ns))
-            outcome = Supervisor(spec, view=make_view(), lock=lock, fork_server=server).run()
+            outcome = Supervisor(spec, view=make_view(), lock=lock, fork_server=server,
+                                 chaos=_machine_chaos(ns, run_dir)).run()
         finally:
             if server is not None:
                 server.close()
+        if remote is not None:
+            remote.finish()
     if outcome.code is not ExitCode.OK:
         print_error(outcome.message)
     return int(outcome.code)
+
+
+def _attach_store(ns: argparse.Namespace, run_dir: Path) -> RemoteTier | None:
+    if ns.store is None:
+        return None
+    from .remote_sync import RemoteTier
+
+    return RemoteTier.attach(ns.store, run_dir, upload_every=ns.upload_every, grace=ns.grace,
+                             note=lambda m: print(m, flush=True))
+
+
+def _machine_chaos(ns: argparse.Namespace, run_dir: Path) -> Chaos | None:
+    if ns.chaos_schedule is None:
+        return None
+    from chaos.machine import machine_chaos
+
+    return machine_chaos(ns.chaos_schedule, ns.chaos_hits, run_dir, grace=ns.grace)
 
 
 def _become_subreaper() -> None:

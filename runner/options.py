@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from rundir.argparsing import non_negative, positive, seconds, seconds_or_zero
+from rundir.argparsing import add_store_arguments, non_negative, positive, seconds, seconds_or_zero
 from rundir.exitcodes import ExitCode, UserError
 
 from .notice import NoticeChoice, parse_choice, parse_signal_name
@@ -47,6 +47,7 @@ def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
                         "after '--', which must then be 'PYTHON -m M ...' or 'PYTHON FILE ...', PYTHON being "
                         "the path of this interpreter)")
     add_notice_arguments(p)
+    add_store_arguments(p)
 
 
 def module_list(text: str) -> tuple[str, ...]:

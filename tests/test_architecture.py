@@ -157,6 +157,8 @@ TESTED_ELSEWHERE = {
     "model.__main__": ("test_model_job.py", "the built-in job's adapter is __main__'s parser and argv"),
     "model.job": ("test_model_job.py", "test_job.py is runner.job's (runner.Job): two modules of one name"),
     "checkpoint.writer_process": ("test_writer.py", "the writer's own process, driven through CheckpointWriter"),
+    "checkpoint.upload_process": ("test_uploader.py", "the uploader's own process, driven through Uploader"),
+    "chaos.machine": ("test_fleet.py", "one machine of a fleet: its chaos is tested with the fleet that runs it"),
     **{f"runner.notice.{m}": ("test_notice.py", "the notice watchers share their fakes and are tested as one")
        for m in ("aws", "azure", "base", "detect", "gcp", "signals", "transport", "watcher")},
 }

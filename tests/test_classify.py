@@ -28,10 +28,10 @@ from rundir.exitcodes import ExitCode
         pytest.param(65, ExitClass.BAD_INPUT, id="65-bad-data"),
         pytest.param(69, ExitClass.BAD_INPUT, id="69-locked"),
         pytest.param(73, ExitClass.BAD_INPUT, id="73-unwritable"),
+        pytest.param(77, ExitClass.BAD_INPUT, id="77-store-unusable-or-fenced"),
         pytest.param(78, ExitClass.BAD_INPUT, id="78-bad-config"),
         pytest.param(74, ExitClass.RESOURCE, id="74-disk-full-quota-or-io-error"),
         pytest.param(76, ExitClass.NON_FINITE, id="76-nan-or-inf"),
-        pytest.param(77, ExitClass.CRASHED, id="77-reserved-not-a-class-of-its-own"),
     ],
 )
 def test_classify_exit_by_returncode(returncode: int, expected: ExitClass) -> None:
@@ -51,7 +51,8 @@ def test_user_stop_flag_wins_over_everything(returncode: int, hung: bool) -> Non
 
 
 def test_bad_input_codes_are_the_exit_codes_of_input_errors() -> None:
-    for code in (ExitCode.USAGE, ExitCode.BAD_DATA, ExitCode.LOCKED, ExitCode.UNWRITABLE, ExitCode.BAD_CONFIG):
+    for code in (ExitCode.USAGE, ExitCode.BAD_DATA, ExitCode.LOCKED, ExitCode.UNWRITABLE, ExitCode.STORE,
+                 ExitCode.BAD_CONFIG):
         assert classify_exit(int(code)) is ExitClass.BAD_INPUT, code
     assert classify_exit(int(ExitCode.PREEMPTED)) is ExitClass.PREEMPTED
 

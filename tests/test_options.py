@@ -50,7 +50,7 @@ def test_the_supervisors_defaults() -> None:
     assert vars(ns) == {"max_restarts": 20, "crash_loop": 3, "hang_timeout": 300.0, "startup_timeout": 600.0,
                         "grace": 30.0, "disk_wait": 600.0, "standby": None, "preload": None,
                         "notice": NoticeChoice.AUTO, "notice_signal": signal.SIGTERM, "metadata_url": None,
-                        "act_on_rebalance": False, "notice_poll": None}
+                        "act_on_rebalance": False, "notice_poll": None, "store": None, "upload_every": 60.0}
 
 
 @pytest.mark.parametrize(("argv", "field", "want"), [

@@ -152,6 +152,16 @@ def test_a_schedule_without_notices_draws_as_before() -> None:
         "mode": "flip-byte", "file": "model.safetensors", "position": 0.755804})]  # as before notices existed
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_store_outages_say_how_and_for_how_long(seed: int) -> None:
+    s = draw(seed, 8, [FaultKind.STORE_OUTAGE, FaultKind.INSTANCE_LOSS], epochs=6)
+    outages = [f for f in s.faults if f.kind is FaultKind.STORE_OUTAGE]
+    assert outages and all(f.detail["mode"] in ("refuse", "hang") and 1.0 <= f.detail["seconds"] <= 3.0
+                           for f in outages)
+    assert all(not f.detail for f in s.faults if f.kind is FaultKind.INSTANCE_LOSS)
+    assert [fault_problem(f) for f in s.faults] == [None] * 8
+
+
 def test_a_single_kind_fills_every_slot() -> None:
     s = draw(3, 5, [FaultKind.SIGTERM])
     assert [f.kind for f in s.faults] == [FaultKind.SIGTERM] * 5
@@ -262,6 +272,10 @@ def corrupt(**detail: object) -> dict:
             "detail": {"mode": "flip-byte", "file": "model.safetensors", "position": 0.5, **detail}}
 
 
+def outage(**detail: object) -> dict:
+    return {"kind": "store-outage", "step": 10, "detail": {"mode": "refuse", "seconds": 2.0, **detail}}
+
+
 BAD_FAULTS = [
     pytest.param(corrupt(file="/tmp/x/victim.txt"), "its file '/tmp/x/victim.txt' is an absolute path", id="absolute"),
     pytest.param(corrupt(file="../../../x"), "its file '../../../x' climbs out of its directory", id="dotdot"),
@@ -275,6 +289,11 @@ BAD_FAULTS = [
     pytest.param(corrupt(position=-0.1), "is not a number from 0 to 1", id="position-negative"),
     pytest.param(corrupt(position="half"), "its position 'half' is not a number", id="position-a-string"),
     pytest.param(corrupt(position=True), "its position True is not a number", id="position-a-bool"),
+    pytest.param(outage(mode="flood"), "its mode 'flood' is not one of refuse, hang", id="outage-mode"),
+    pytest.param(outage(seconds=0), "its seconds 0 is not a number above 0 and at most 600", id="outage-zero"),
+    pytest.param(outage(seconds=601), "its seconds 601 is not a number above 0", id="outage-too-long"),
+    pytest.param(outage(seconds="long"), "its seconds 'long' is not a number", id="outage-a-string"),
+    pytest.param(outage(seconds=True), "its seconds True is not a number", id="outage-a-bool"),
     pytest.param({"kind": "sigkill", "step": -3}, "its step is negative", id="negative-step"),
     pytest.param({"kind": "notice", "step": 3, "detail": {"cloud": "ibm"}},
                  "its cloud 'ibm' is not one of aws, gcp, azure", id="notice-unknown-cloud"),

@@ -27,6 +27,7 @@ import psutil
 import pytest
 from safetensors.numpy import load as st_load
 
+from checkpoint.objects import StoreError
 from checkpoint.state import StateArrays, TrainState, params_digest
 from checkpoint.storage import LocalStorage
 from checkpoint.store import MANIFEST, CheckpointStore, checkpoint_name
@@ -597,6 +598,9 @@ class FakeWriter:
     def release(self) -> None:
         self.released += 1
 
+    def committed(self) -> bool:
+        return self.in_flight is not None
+
     def wait_copied(self, timeout: float | None = None) -> bool:
         if not self.copied and timeout != 0:
             self.clock.t += self.copy_s
@@ -727,3 +731,118 @@ def test_close_stops_the_writer_once(tmp_path: Path) -> None:
     assert s.session.start_writer() is s.writer is s.session.start_writer()
     s.session.close()
     assert s.writer.closed and s.session.writer is None
+
+
+# -- with a remote store: which checkpoints go to the uploader, and when -------------------------------------
+
+
+class FakeUploads:
+    """Stands in for the uploader: records what it is told."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.sent: list[str] = []
+        self.settled: list[str] = []
+        self.fatal: str | None = None
+        self.closed = False
+
+    def notify(self, name: str, step: int, committed: float | None = None) -> None:
+        self.sent.append(name)
+
+    def check(self) -> None:
+        if self.fatal is not None:
+            raise StoreError(self.fatal)
+
+    def settle(self, name: str, step: int, timeout: float | None = None) -> None:
+        self.settled.append(name)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def with_uploads(tmp_path: Path, every_s: float) -> tuple[Setup, FakeUploads]:
+    s = Setup(tmp_path)
+    s.session.uploads = uploads = FakeUploads(every_s)
+    s.session.durable_every_s = 1000.0  # durability by the upload interval alone, here
+    return s, uploads
+
+
+def test_checkpoints_due_for_the_store_are_durable_and_go_to_the_uploader_once_committed(tmp_path: Path) -> None:
+    s, up = with_uploads(tmp_path, every_s=10.0)
+    for step, t in enumerate((0.0, 4.0, 9.0, 10.5, 12.0), 1):
+        s.clock.t = t
+        s.session.checkpoint(step, partial(Snap, step), wait=False, deferred=False)
+    s.session.flush()
+    # The first of the attempt is due, then one 10 s after it; the rest are not even durable.
+    assert [(x["step"], x["durable"]) for x in s.writer.submitted] == [
+        (1, True), (2, False), (3, False), (4, True), (5, False)]
+    assert up.sent == [checkpoint_name(1), checkpoint_name(4)]
+
+
+def test_a_committed_checkpoint_goes_to_the_uploader_between_steps_not_at_the_next_checkpoint(tmp_path: Path
+                                                                                               ) -> None:
+    s, up = with_uploads(tmp_path, every_s=10.0)
+    s.session.checkpoint(1, lambda: Snap(1), wait=False, deferred=False)
+    assert up.sent == []  # still in flight
+    s.session.step_done()
+    assert up.sent == [checkpoint_name(1)]
+    s.session.flush()
+    assert up.sent == [checkpoint_name(1)]  # once
+
+
+def test_a_final_checkpoint_goes_at_once_due_or_not(tmp_path: Path) -> None:
+    s, up = with_uploads(tmp_path, every_s=60.0)
+    s.session.checkpoint(1, lambda: Snap(1), wait=False, deferred=False)
+    s.clock.t = 1.0
+    s.session.checkpoint(2, lambda: Snap(2), wait=False, deferred=False, final=True)
+    s.clock.t = 2.0
+    s.session.save(3, {"x.bin": b"three"}, {"step": 3}, final=True)  # a preemption's synchronous save
+    s.session.flush()
+    assert up.sent == [checkpoint_name(1), checkpoint_name(2), checkpoint_name(3)]
+    assert [x["durable"] for x in s.writer.submitted] == [True, True]
+
+
+def test_without_a_store_nothing_is_made_durable_for_it(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    s.session.durable_every_s = 1000.0
+    for step in (1, 2):
+        s.clock.t = float(step)
+        s.session.checkpoint(step, partial(Snap, step), wait=False, deferred=False, final=step == 2)
+    assert [x["durable"] for x in s.writer.submitted] == [True, True]  # the first, and the final one
+    s.clock.t = 3.0
+    s.session.checkpoint(3, lambda: Snap(3), wait=False, deferred=False)
+    assert s.writer.submitted[-1]["durable"] is False
+
+
+def test_the_end_of_the_job_waits_for_the_newest_durable_checkpoint(tmp_path: Path) -> None:
+    s, up = with_uploads(tmp_path, every_s=60.0)
+    s.session.durable_every_s = 10.0
+    s.session.checkpoint(1, lambda: Snap(1), wait=False, deferred=False)
+    s.clock.t = 11.0
+    s.session.checkpoint(2, lambda: Snap(2), wait=False, deferred=False)  # durable, not due for the store
+    s.clock.t = 12.0
+    s.session.checkpoint(3, lambda: Snap(3), wait=False, deferred=False)  # neither
+    s.session.flush()
+    assert up.sent == [checkpoint_name(1)]
+    s.session.settle_uploads()
+    assert up.sent == [checkpoint_name(1), checkpoint_name(2)] and up.settled == [checkpoint_name(2)]
+    assert s.beats[-1] == ("uploading", 2)  # a phase of its own while it waits: not a hang
+
+
+def test_a_fenced_uploader_stops_the_job_at_its_next_step(tmp_path: Path) -> None:
+    s, up = with_uploads(tmp_path, every_s=60.0)
+    s.session.step_done()
+    up.fatal = "fenced: a newer supervisor (generation 8) owns this job's store"
+    with pytest.raises(StoreError) as e:
+        s.session.step_done()
+    assert e.value.code == 77 and str(e.value) == up.fatal
+    with pytest.raises(StoreError):
+        s.session.checkpoint(1, lambda: Snap(1), wait=False, deferred=False)
+
+
+def test_close_hands_over_the_checkpoint_in_flight_then_closes_the_uploader(tmp_path: Path) -> None:
+    s, up = with_uploads(tmp_path, every_s=60.0)
+    s.session.checkpoint(1, lambda: Snap(1), wait=False, deferred=False)
+    s.session.close()
+    assert up.sent == [checkpoint_name(1)] and up.closed and s.session.uploads is None
+    assert s.beats[-1] == ("uploading", None)

@@ -12,17 +12,18 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpoint.cadence import Cadence, estimate_mtbf, failure_history
 from checkpoint.storage import Data, LocalStorage
 from checkpoint.store import Checkpoint, CheckpointStore
+from rundir.argparsing import DEFAULT_UPLOAD_EVERY_S
 from rundir.contract import Arm
 from rundir.errors import as_resource_error
 from rundir.events import EventKind
 from rundir.exitcodes import ExitCode, UserError
 from rundir.journal import read_records
-from rundir.names import ENV_STANDBY, EVENTS
+from rundir.names import ENV_STANDBY, ENV_STORE, EVENTS
 
 from .faults import FaultPoints
 from .files import (
@@ -37,6 +38,10 @@ from .files import (
 )
 from .session import CheckpointSession, Snapshot
 from .standby import wait_for_go
+
+if TYPE_CHECKING:  # the remote store's code is imported only by a worker that has one
+    from checkpoint.sync import UploadSettings
+    from checkpoint.uploader import Uploader
 
 __all__ = ["Worker"]
 
@@ -59,10 +64,18 @@ class Worker:
     (:mod:`checkpoint.writer`) and turns SIGTERM/SIGINT into a request (:meth:`request_preemption`).
 
     A standby spare (``RUNNER_STANDBY=1``) warms up touching nothing shared, and waits in
-    :meth:`restore` for the supervisor's word that the previous worker is gone."""
+    :meth:`restore` for the supervisor's word that the previous worker is gone.
 
-    def __init__(self, run_dir: Path | str, *, keep_checkpoints: int = 3, handle_signals: bool = True) -> None:
+    With a remote store - given by the supervisor through the environment (``RUNNER_STORE`` and the
+    generation it took), or ``store=`` for a job run on its own, which then takes a generation
+    itself and restores an empty run directory from the store - an uploader process sends durable
+    checkpoints there every ``upload_every`` seconds, a preemption's checkpoint at once, and the
+    last one before :meth:`complete` writes ``final.json`` (see :mod:`checkpoint.uploader`)."""
+
+    def __init__(self, run_dir: Path | str, *, keep_checkpoints: int = 3, handle_signals: bool = True,
+                 store: str | None = None, upload_every: float | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self._store, self._upload_every = store, upload_every
         self.pid = os.getpid()
         self.attempt = 0
         self._handle_signals = handle_signals
@@ -73,6 +86,10 @@ class Worker:
         self._faults = FaultPoints(self._events, self.heartbeat)
         self._session = CheckpointSession(LocalStorage(self.run_dir), keep=keep_checkpoints, events=self._events,
                                           beat=self.heartbeat, faults=self._faults)
+        self._uploader: Uploader | None = None
+        given = self._given_store(os.environ)
+        if given is not None:
+            self._start_uploads(given)  # now, so that its imports are done by the first checkpoint
         self.standby = os.environ.get(ENV_STANDBY) == "1"
         if self.standby:
             if not self.run_dir.is_dir():
@@ -94,12 +111,55 @@ class Worker:
         # The checkpoint writer starts now, while the job imports its framework, so that it is ready
         # for the first checkpoint.
         self._session.start_writer()
+        if self._uploader is None:
+            own = self._own_store(env)  # an empty run directory is restored here, before anything is read
+            if own is not None:
+                self._start_uploads(own)
         self.attempt = self._events.attempt = attempt_number(env, self.run_dir)
+        if self._uploader is not None:
+            self._uploader.attempt = self.attempt
         self._faults.arm = Arm.from_env(env)
         self._files = AttemptFiles.open(lock, self.run_dir, pid=self.pid, attempt=self.attempt)
         self._take_signals()
         self._hold_signals(True)
         self.heartbeat("starting")
+
+    def _given_store(self, env: Mapping[str, str]) -> UploadSettings | None:
+        """The remote store the supervisor took a generation in, if any."""
+        if not env.get(ENV_STORE):
+            return None
+        from checkpoint.sync import UploadSettings
+
+        given = UploadSettings.from_env(env)
+        if given is None:
+            return None
+        if self._store and self._store != given.url:
+            raise UserError(f"store {self._store} differs from the supervisor's {given.url}", ExitCode.BAD_CONFIG)
+        if self._upload_every is None:
+            return given
+        return UploadSettings(given.url, given.generation, self._upload_every, given.drain_s)
+
+    def _own_store(self, env: Mapping[str, str]) -> UploadSettings | None:
+        """Run on its own with a store: take a generation there, and restore the run directory from it
+        if it is empty."""
+        url = self._store or env.get(ENV_STORE)
+        if not url:
+            return None
+        from checkpoint.sync import take_store
+
+        every = DEFAULT_UPLOAD_EVERY_S if self._upload_every is None else self._upload_every
+        attached = take_store(url, self.run_dir, every_s=every, warn=lambda msg: print(f"warning: {msg}", flush=True))
+        if attached.restored is not None:
+            print(attached.restored.line(url), flush=True)
+            self._events.record(EventKind.STORE_RESTORED, url=url, generation=attached.settings.generation,
+                                **attached.restored.to_event())
+        return attached.settings
+
+    def _start_uploads(self, settings: UploadSettings) -> None:
+        from checkpoint.uploader import Uploader
+
+        self._uploader = Uploader(self.run_dir, settings, ids=self._events.ids(), events=self._events.path)
+        self._session.uploads = self._uploader
 
     @property
     def active(self) -> bool:
@@ -129,11 +189,14 @@ class Worker:
                 raise full from ev
 
     def close(self) -> None:
-        self._session.close()
-        if self._files is not None:
-            self._files.close()
-            self._files = None
-            self._hold_signals(False)  # a job that ends before restore() leaves nothing blocked
+        try:
+            self._session.close()  # raises StoreError if the uploader was fenced off
+        finally:
+            self._uploader = None
+            if self._files is not None:
+                self._files.close()
+                self._files = None
+                self._hold_signals(False)  # a job that ends before restore() leaves nothing blocked
 
     # -- preemption ----------------------------------------------------------------------------------
 
@@ -183,8 +246,10 @@ class Worker:
         return read_final(self.run_dir)
 
     def complete(self, **summary: Any) -> None:
-        """Mark the job done; a rerun sees :meth:`finished` and exits at once."""
+        """Mark the job done; a rerun sees :meth:`finished` and exits at once. With a remote store,
+        the newest checkpoint is in the store first (or the drain time passed: the events say so)."""
         self.flush_checkpoints()
+        self._session.settle_uploads()
         write_final(self.run_dir, summary, attempt=self.attempt)
         self.event(EventKind.JOB_COMPLETED, **summary)
 
@@ -254,7 +319,7 @@ class Worker:
     def save_checkpoint(self, step: int, files: Mapping[str, Data], meta: Mapping[str, Any]) -> str:
         """Durably save a checkpoint taken after ``step`` completed steps, before returning."""
         self._require_active()
-        return self._session.save(step, files, meta)
+        return self._session.save(step, files, meta, final=self.preemption_requested)
 
     def checkpoint(self, step: int, capture: Callable[[], Snapshot], *, wait: bool = False,
                    deferred: bool = False) -> None:
@@ -271,7 +336,7 @@ class Worker:
         A checkpoint never starts while the previous one is unfinished. If the process is killed
         before the manifest is written, the unfinished checkpoint simply does not exist."""
         self._require_active()
-        self._session.checkpoint(step, capture, wait=wait, deferred=deferred)
+        self._session.checkpoint(step, capture, wait=wait, deferred=deferred, final=self.preemption_requested)
 
     def before_backward(self) -> None:
         """Let a deferred checkpoint's copy run now: call it right before the backward pass. Paddle
