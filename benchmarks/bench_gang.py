@@ -54,7 +54,7 @@ def _first_step(run_dir: Path, attempt: int) -> dict[str, Any] | None:
     return next((r for r in read_records(run_dir / "losses.jsonl") if r.get("attempt") == attempt), None)
 
 
-def one_kill(run_dir: Path, attempt: int) -> dict[str, float]:
+def one_kill(run_dir: Path, attempt: int) -> dict[str, Any]:
     """Kill rank 1 of ``attempt`` once it has done 10 steps; the restart's parts."""
     _wait(lambda: sum(1 for r in read_records(run_dir / "losses.jsonl") if r.get("attempt") == attempt) >= 10,
           300, f"attempt {attempt} to train")
