@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS", "OPT_IN_KINDS", "DEFAULT_KINDS", "FILLER"]
+__all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS", "RANK_KINDS", "OPT_IN_KINDS", "DEFAULT_KINDS",
+           "FILLER"]
 
 
 class FaultKind(StrEnum):
@@ -47,6 +48,9 @@ class FaultKind(StrEnum):
 ARMED_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CRASH})
 #: Faults that target a checkpoint, so their step must be one where a checkpoint is taken.
 CHECKPOINT_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CORRUPT_CHECKPOINT})
+#: Faults that a schedule for a gang of ranks aims at one rank (``detail["rank"]``): the signal goes
+#: to that rank alone, the crash is armed in it alone; the others reach the whole gang.
+RANK_KINDS = frozenset({FaultKind.SIGKILL, FaultKind.SIGTERM, FaultKind.CRASH})
 #: Faults that run only when named: they need what not every machine allows (root, a mount).
 OPT_IN_KINDS = frozenset({FaultKind.DISK_FULL})
 #: What a chaos run draws from unless told otherwise, in a fixed order (a seed's schedule depends on it).

@@ -20,6 +20,7 @@ from rundir.exitcodes import ExitCode, UserError
 from rundir.journal import read_records
 from rundir.names import EVENTS, FINAL, LOSSES
 from runner.adapter import JobAdapter
+from runner.gang import GangLauncher, gang_command
 from runner.policy import RetryPolicy
 from runner.supervisor import Supervisor, WorkerSpec
 from runner.trace import compare, load_trace
@@ -38,6 +39,11 @@ def reference_key(job: JobAdapter, ns: argparse.Namespace) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _ranks(ns: argparse.Namespace) -> int:
+    """The gang's size, ``--nproc-per-node`` (1: a single process)."""
+    return int(getattr(ns, "nproc_per_node", 1))
+
+
 def ensure_reference(job: JobAdapter, ns: argparse.Namespace, cache: Path, console: Console) -> Path:
     """An uninterrupted run of the job, reused when one with the same configuration exists."""
     ref = cache / reference_key(job, ns)
@@ -51,6 +57,8 @@ def ensure_reference(job: JobAdapter, ns: argparse.Namespace, cache: Path, conso
         raise UserError(f"cannot create reference directory {ref}: {exc.strerror}", ExitCode.UNWRITABLE) from None
     console.print(f"reference: running the uninterrupted job in {ref}", highlight=False)
     cmd = list(job.command(ref, job.argv(ns, reference=True)))
+    if _ranks(ns) > 1:  # a gang's reference is a gang of the same size
+        cmd = list(gang_command(cmd, _ranks(ns), ref / "reference-ranks"))
     with open(ref / "reference.log", "wb") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     if rc != 0:
@@ -100,15 +108,19 @@ def run_trial(job: JobAdapter, ns: argparse.Namespace, schedule: Schedule, run_d
 def _supervised_trial(job: JobAdapter, ns: argparse.Namespace, schedule: Schedule, run_dir: Path, ref: Path, *,
                       view: View) -> TrialResult:
     schedule_path = _prepare_run_dir(job, schedule, run_dir, ref)
+    gang = _ranks(ns) > 1
+    cmd = job.command(run_dir, job.argv(ns))
     spec = WorkerSpec(
-        cmd=job.command(run_dir, job.argv(ns)), run_dir=run_dir,
+        cmd=cmd, run_dir=run_dir,
         env={"PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH"))},
         hang_timeout=ns.hang_timeout, startup_timeout=ns.startup_timeout, grace=ns.grace,
-        policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop), standby=ns.standby is not False,
-        preload=ns.preload if ns.preload is not None else job.preload, disk_wait=ns.disk_wait,
+        policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop),
+        standby=not gang and ns.standby is not False,
+        preload=() if gang else ns.preload if ns.preload is not None else job.preload, disk_wait=ns.disk_wait,
     )
     injector = Injector(schedule, run_dir, grace=ns.grace)
-    outcome = Supervisor(spec, view=view, chaos=injector).run()
+    launcher = GangLauncher(cmd, _ranks(ns)) if gang else None
+    outcome = Supervisor(spec, view=view, chaos=injector, launcher=launcher).run()
     if outcome.code is not ExitCode.OK:
         view.note(outcome.message)
     reference, run = load_trace(ref), load_trace(run_dir)

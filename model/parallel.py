@@ -186,10 +186,12 @@ class Gang:
                                       dtype=np.float64))
         dist.all_reduce(t)
         total_loss, total_correct, samples, stop, ckpt = (float(v) for v in t.numpy())
-        if self.rank.leader:
-            self._leader.report_step(step, loss=total_loss / self.rank.size, epoch=epoch, batch=batch,
-                                     acc=total_correct / samples, lr=lr,
-                                     extra={"rank0_loss": mine, "ranks": self.rank.size})
+        if isinstance(self.worker, Worker):
+            self.worker.report_step(step, loss=total_loss / self.rank.size, epoch=epoch, batch=batch,
+                                    acc=total_correct / samples, lr=lr,
+                                    extra={"rank0_loss": mine, "ranks": self.rank.size})
+        else:
+            self.worker.step_done(step)
         return Agreed(ckpt > 0, stop > 0)
 
     def checkpoint(self, step: int, capture: Callable[[Mapping[str, Any]], Snapshot], rngs: ps.RngSnapshots, *,

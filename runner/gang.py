@@ -31,7 +31,7 @@ from .process import Usage, Vitals, WorkerProcess
 from .rankexit import RankRecord, failed, first_failure, read_records
 from .runfiles import last_error_line
 
-__all__ = ["GangLauncher", "GangProcess", "gang_command", "gang_state", "ranks_dir_for"]
+__all__ = ["GangLauncher", "GangProcess", "gang_command", "gang_state", "ranks_dir_for", "deliver"]
 
 #: How often to look for wrappers not yet seen while the launcher starts them.
 _DISCOVER_S = 0.05
@@ -60,6 +60,15 @@ def gang_state(states: Sequence[str]) -> str | None:
         if s in states:
             return s
     return states[0] if states else None
+
+
+def deliver(proc: Worker, sig: int, rank: int | None) -> None:
+    """Send ``sig`` to ``proc``; to its rank ``rank`` alone where ``proc`` is a gang and a rank is
+    named (a chaos fault aimed at one rank)."""
+    if rank is not None and isinstance(proc, GangProcess):
+        proc.send_rank(rank, sig)
+    else:
+        proc.send(sig)
 
 
 class GangLauncher:
@@ -225,6 +234,17 @@ class GangProcess:
     def send(self, sig: int) -> None:
         if self.returncode is None:
             self._signal_all(sig)
+
+    def send_rank(self, rank: int, sig: int) -> None:
+        """Signal rank ``rank`` alone (a chaos fault aimed at it); nothing if it is not running."""
+        if len(self.records) < self.size:
+            self._discover()
+        fd = self._children.get(rank)
+        if fd is not None:
+            try:
+                signal.pidfd_send_signal(fd, sig)
+            except ProcessLookupError:
+                pass
 
     def stop(self, grace: float) -> bool:
         """SIGTERM to every rank (each checkpoints at the step the gang agrees on), up to ``grace``

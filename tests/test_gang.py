@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.gang import GangLauncher, GangProcess, gang_command, gang_state, ranks_dir_for
+from runner.gang import GangLauncher, GangProcess, deliver, gang_command, gang_state, ranks_dir_for
 from runner.process import WorkerProcess
 from runner.rankexit import read_records
 from tests.helpers import REPO
@@ -156,6 +156,31 @@ def test_vitals_sum_the_ranks_cpu_and_a_stopped_rank_stops_the_gang(tmp_path: Pa
     wait_for(lambda: (v := g.vitals()) is not None and v.state == "stopped", timeout=30)
     g.kill()
     assert g.vitals() is None and g.returncode is not None
+
+
+def test_a_signal_aimed_at_one_rank_reaches_that_rank_alone(tmp_path: Path, gangs: list[GangProcess]) -> None:
+    g = start(tmp_path, gangs, SLEEP, SLEEP)
+    wait_started(g)
+    deliver(g, signal.SIGKILL, 1)
+    assert g.wait(60)
+    assert (g.returncode, g.failed_rank) == (-signal.SIGKILL, 1)  # rank 1 died of it; rank 0 was killed after
+
+
+class Plain:
+    """A worker that is not a gang: a signal aimed at a rank reaches all of it."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def send(self, sig: int) -> None:
+        self.sent.append(sig)
+
+
+def test_a_signal_aimed_at_a_rank_of_a_single_process_reaches_the_process() -> None:
+    w = Plain()
+    deliver(w, signal.SIGTERM, 1)  # type: ignore[arg-type]
+    deliver(w, signal.SIGKILL, None)  # type: ignore[arg-type]
+    assert w.sent == [signal.SIGTERM, signal.SIGKILL]
 
 
 def test_the_gang_launcher_starts_paddles_launcher(tmp_path: Path) -> None:

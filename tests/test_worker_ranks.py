@@ -4,6 +4,7 @@ variants it must refuse), the parts on real files, and the worker of a rank othe
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 
 from checkpoint.storage import LocalStorage
 from checkpoint.store import CheckpointStore, CorruptCheckpoint, checkpoint_name
+from rundir.contract import ENV_CHAOS_ARM
 from rundir.exitcodes import ExitCode, UserError
+from runner.worker.faults import SimulatedDeviceError
 from runner.worker.ranks import (
     PARTS,
     PartDigest,
@@ -159,6 +162,19 @@ def test_a_rank_worker_turns_sigterm_into_a_request(tmp_path: Path) -> None:
         assert w.preemption_requested
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.parametrize(("armed_rank", "fires"), [(1, True), (2, False), (None, False)])
+def test_a_crash_aimed_at_a_rank_fires_in_that_rank_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         armed_rank: int | None, fires: bool) -> None:
+    monkeypatch.setenv(ENV_CHAOS_ARM, json.dumps({"kind": "crash", "step": 4,
+                                                  **({"rank": armed_rank} if armed_rank is not None else {})}))
+    w = RankWorker(tmp_path, Rank(1, 3), handle_signals=False)
+    w.step_done(3)
+    if fires:
+        with pytest.raises(SimulatedDeviceError, match="step 4 of rank 1"):
+            w.step_done(4)
+    w.step_done(5)  # once
 
 
 def test_a_rank_worker_needs_the_run_directory(tmp_path: Path) -> None:

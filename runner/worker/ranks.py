@@ -37,8 +37,11 @@ from typing import Any
 
 from checkpoint.storage import LocalStorage
 from checkpoint.store import Checkpoint, CheckpointStore, CorruptCheckpoint, checkpoint_name
+from rundir.contract import ARM_CRASH, Arm
 from rundir.exitcodes import ExitCode, UserError
 from rundir.names import ENV_ATTEMPT
+
+from .faults import SimulatedDeviceError
 
 __all__ = ["ENV_RANK", "ENV_WORLD_SIZE", "PARTS", "GANG_META", "Rank", "PartDigest", "part_key", "gang_meta",
            "gang_record", "gang_problem", "digest_of", "RankParts", "RankWorker"]
@@ -215,6 +218,7 @@ class RankWorker:
         self.parts = RankParts(storage, rank.size)
         self._handle_signals = handle_signals
         self._preemption: str | None = None
+        self.arm = Arm.from_env(os.environ, rank.rank)  # a chaos fault aimed at this rank
         self.take_signals()
 
     def __enter__(self) -> RankWorker:
@@ -238,6 +242,13 @@ class RankWorker:
     @property
     def preemption_requested(self) -> bool:
         return self._preemption is not None
+
+    def step_done(self, step: int) -> None:
+        """This rank finished ``step``: the ``crash`` chaos fault aimed at it raises here, once."""
+        if self.arm is not None and self.arm.fires(ARM_CRASH, step):
+            self.arm = None
+            raise SimulatedDeviceError(f"simulated device error in step {step} of rank {self.rank.rank} "
+                                       "(chaos fault 'crash')")
 
     def load(self, step: int) -> tuple[Checkpoint, bytes]:
         """The checkpoint after ``step`` steps that rank 0 chose, and this rank's part of it."""

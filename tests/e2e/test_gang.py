@@ -126,3 +126,20 @@ def test_a_run_resumed_with_another_gang_size_is_refused(reference: Path, tmp_pa
     p = run(runner_cmd(run_dir, *JOB[:-1], 1), timeout=TIMEOUT)  # one process on a two-rank run
     assert p.returncode == ExitCode.BAD_CONFIG, describe(p, run_dir=run_dir)
     assert "world_size" in p.stderr
+
+
+def test_chaos_aims_signals_and_a_crash_at_single_ranks_and_the_gang_still_proves_exact(tmp_path: Path) -> None:
+    """Seed 0's schedule for a gang of 2: SIGTERM to rank 1 alone at step 8 (the gang agrees and
+    stops), SIGKILL to rank 1 at 19, a crash armed in rank 0 at 27."""
+    run_dir = tmp_path / "chaos"
+    p = run([sys.executable, "-m", "runner", "--simulate-preemption", "--nproc-per-node", "2", "--epochs", "2",
+             "--faults", "3", "--fault-kinds", "sigkill", "sigterm", "crash", "--chaos-seed", "0",
+             "--reference-cache", str(tmp_path / "refs"), "--run-dir", str(run_dir)], timeout=TIMEOUT)
+    assert p.returncode == 0 and "PASS bit-exact" in p.stdout, describe(p, run_dir=run_dir)
+    faults = [(e["fault"], e.get("rank")) for e in events(run_dir) if e["event"] == "chaos-fault"]
+    assert faults == [("sigterm", 1), ("sigkill", 1)]  # the crash is armed inside rank 0, not sent
+    exits = [(e["exit_class"], e["returncode"]) for e in events(run_dir) if e["event"] == "attempt-exited"]
+    assert exits == [("preempted", ExitCode.PREEMPTED), ("killed", -signal.SIGKILL), ("crashed", 1),
+                     ("completed", 0)], exits
+    assert "rank 1 of 2 failed first (killed by SIGKILL)" in (run_dir / "logs" / "attempt-002.log").read_text()
+    assert "simulated device error in step 27" in (run_dir / "logs" / "attempt-003.log").read_text()
