@@ -174,7 +174,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker | RankWorker, rank: Ra
                      cfg.durable_every_s)
     ckpt, own_rng = side.restore(total)
     step, epoch, batch, order, data_state = _resume(cfg, ckpt, model, opt, data_rng, n)
-    if own_rng is not None:
+    if own_rng is not None and cfg.break_resume != "rank-rng":
         ps.set_rng_states(own_rng)  # this rank's own RNGs, over rank 0's that the checkpoint holds
 
     while epoch < cfg.epochs:

@@ -118,6 +118,24 @@ def test_sigterm_makes_every_rank_checkpoint_at_the_same_step_and_nothing_is_los
     verify(run_dir, reference)
 
 
+def test_a_gang_whose_ranks_resume_with_rank_0s_rngs_is_caught(reference: Path, tmp_path: Path,
+                                                                 procs: Started) -> None:
+    """The per-rank part is load-bearing: with each rank's own RNGs left out on resume
+    (``--break-resume rank-rng``), rank 1 goes on with rank 0's, and the verifier says so."""
+    run_dir = seeded_run_dir(tmp_path / "run", reference)
+    proc = procs.start(runner_cmd(run_dir, *JOB, "--break-resume", "rank-rng"))
+    wait_for(lambda: len(read_records(ranks_of(run_dir, 1))) == 2 and reached(run_dir, 9), timeout=TIMEOUT,
+             proc=proc, what="step 9", interval=0.005)
+    os.kill(read_records(ranks_of(run_dir, 1))[1].pid, signal.SIGKILL)
+    p = finish(proc, TIMEOUT)
+    assert p.returncode == 0, describe(p, run_dir=run_dir)
+    resumed = [e["resumed_from_step"] for e in events(run_dir) if e["event"] == "attempt-started"]
+    assert resumed[0] == 0 and resumed[-1] >= 8, resumed
+    p = run([sys.executable, "-m", "runner", "verify", str(run_dir), str(reference)], timeout=120)
+    assert p.returncode == ExitCode.VERIFY_FAILED, describe(p)
+    assert f"at step {resumed[-1]}" in p.stdout  # the first step after the resume
+
+
 def test_a_run_resumed_with_another_gang_size_is_refused(reference: Path, tmp_path: Path) -> None:
     run_dir = seeded_run_dir(tmp_path / "run", reference)
     (run_dir / "job.json").write_text((reference / "job.json").read_text())
