@@ -172,13 +172,15 @@ class GangProcess:
         first, code = first_failure(self.records, self.launcher.returncode)
         self.failed_rank = first
         self.returncode = code if code is not None else -signal.SIGKILL
-        lu = self.launcher.usage
+        lu = self.launcher.usage  # the ranks' share: their CPU time and RSS as last read by vitals()
         self.usage = Usage(max(self._rss, lu.peak_rss_mb if lu else 0.0),
                            sum(self._cpu.values()) + (lu.cpu_s if lu else 0.0))
         if first is not None and failed(code or 0):
             self._say_first_failed(first)
 
     def _say_first_failed(self, rank: int) -> None:
+        """Add a line to the attempt's log naming the rank that failed first, its log, and its last
+        line if it exited with an error: the supervisor shows the attempt log's last line."""
         rc = self.records[rank].returncode
         assert rc is not None
         rank_log = self.ranks_dir / f"workerlog.{rank}"
