@@ -191,7 +191,8 @@ def draw_schedules(ns: argparse.Namespace, seeds: Sequence[int], total: int, per
     ckpts = checkpoint_steps(total, per_epoch, max(0, ns.checkpoint_every_steps))
     hands = deal_kinds(ns.chaos_seed, len(seeds), ns.faults_per_trial, chosen_kinds(ns))
     try:
-        return [draw_schedule(s, len(h), h, total, ckpts) for s, h in zip(seeds, hands)]
+        ranks = int(getattr(ns, "nproc_per_node", 1))  # a gang's faults are aimed at ranks
+        return [draw_schedule(s, len(h), h, total, ckpts, ranks=ranks) for s, h in zip(seeds, hands)]
     except ScheduleError as exc:
         raise UserError(str(exc), ExitCode.BAD_CONFIG) from None
 

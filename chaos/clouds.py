@@ -15,6 +15,7 @@ from typing import Any
 
 from rundir.exitcodes import ExitCode
 from runner.notice import NoticeChoice
+from runner.launcher import Launcher
 from runner.policy import AttemptResult
 from runner.preempt import NoticeSettings
 from runner.supervisor import Outcome, Supervisor, WorkerSpec
@@ -94,7 +95,7 @@ class _KeptOpen:
 
 
 def supervise_through_notices(spec: WorkerSpec, injector: Injector, fakes: CloudFakes, view: View,
-                              otherwise: NoticeSettings) -> list[Outcome]:
+                              otherwise: NoticeSettings, *, launcher: Launcher | None = None) -> list[Outcome]:
     """Supervise the job until a supervisor exits for another reason than a notice (at most one
     supervisor more than there are notice faults); each supervisor's outcome, in order."""
     kept = _KeptOpen(view)
@@ -103,7 +104,7 @@ def supervise_through_notices(spec: WorkerSpec, injector: Injector, fakes: Cloud
     try:
         while len(outcomes) < limit:
             settings = fakes.settings_for(injector.pending, otherwise)
-            outcome = Supervisor(replace(spec, notice=settings), view=kept, chaos=injector).run()
+            outcome = Supervisor(replace(spec, notice=settings), view=kept, chaos=injector, launcher=launcher).run()
             outcomes.append(outcome)
             if outcome.code is not ExitCode.PREEMPTED:
                 break

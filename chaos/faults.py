@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS", "OPT_IN_KINDS", "DEFAULT_KINDS", "FILLER",
-           "NOTICE_CLOUDS", "NOTICE_WINDOW_S", "STORE_KINDS"]
+__all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS", "RANK_KINDS", "OPT_IN_KINDS", "DEFAULT_KINDS",
+           "FILLER", "NOTICE_CLOUDS", "NOTICE_WINDOW_S", "STORE_KINDS"]
 
 
 class FaultKind(StrEnum):
@@ -63,6 +63,9 @@ class FaultKind(StrEnum):
 ARMED_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CRASH})
 #: Faults that target a checkpoint, so their step must be one where a checkpoint is taken.
 CHECKPOINT_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CORRUPT_CHECKPOINT})
+#: Faults that a schedule for a gang of ranks aims at one rank (``detail["rank"]``): the signal goes
+#: to that rank alone, the crash is armed in it alone; the others reach the whole gang.
+RANK_KINDS = frozenset({FaultKind.SIGKILL, FaultKind.SIGTERM, FaultKind.CRASH})
 #: Faults that need a remote store, carried out to the machine by the chaos run.
 STORE_KINDS = frozenset({FaultKind.INSTANCE_LOSS, FaultKind.STORE_OUTAGE})
 #: Faults that run only when named (``--fault-kinds``): disk-full needs what not every machine allows

@@ -124,6 +124,12 @@ def free_disk(path: Path) -> str:
     return f"removed {FILLER}: {shutil.disk_usage(path.parent).free / _MiB:.1f} MiB free"
 
 
+def _rank(f: Fault) -> int | None:
+    """The rank of a gang a fault is aimed at; None: the whole worker."""
+    rank = f.detail.get("rank")
+    return rank if isinstance(rank, int) else None
+
+
 class Injector:
     """``clock``: monotonic seconds, when to free a filled disk (fake in tests); ``notice``: what
     turns a fake cloud to preempted."""
@@ -149,13 +155,14 @@ class Injector:
         f = self.current
         if f is None or f.kind not in ARMED_KINDS:
             return {}
-        return Arm(f.kind.value, f.step).to_env()
+        return Arm(f.kind.value, f.step, _rank(f)).to_env()
 
     def _fire(self, obs: Observation, effect: str | None = None) -> dict[str, Any]:
         f = self.current
         assert f is not None
         self._fired = (obs.attempt, time.time(), obs.last_step, effect, None)
-        return {"fault": f.kind.value, "target_step": f.step}
+        rank = _rank(f)
+        return {"fault": f.kind.value, "target_step": f.step, **({"rank": rank} if rank is not None else {})}
 
     def on_tick(self, obs: Observation) -> Sequence[SendSignal | FileEffect]:
         return [*self._free_due(obs), *self._due(obs)]
@@ -168,9 +175,9 @@ class Injector:
         if f.kind is FaultKind.DISK_FULL and reached:
             return [self._fill(f, obs)]
         if f.kind is FaultKind.SIGKILL and reached:
-            return [SendSignal(signal.SIGKILL, fault=self._fire(obs))]
+            return [SendSignal(signal.SIGKILL, fault=self._fire(obs), rank=_rank(f))]
         if f.kind is FaultKind.SIGTERM and reached:
-            return [SendSignal(signal.SIGTERM, kill_after=self.grace, fault=self._fire(obs))]
+            return [SendSignal(signal.SIGTERM, kill_after=self.grace, fault=self._fire(obs), rank=_rank(f))]
         if f.kind is FaultKind.HANG and reached:
             return [SendSignal(signal.SIGSTOP, fault=self._fire(obs))]
         if f.kind is FaultKind.NOTICE and reached:

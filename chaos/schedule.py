@@ -23,7 +23,7 @@ from typing import Any
 
 from rundir.paths import PathEscape, check_name
 
-from .faults import CHECKPOINT_KINDS, NOTICE_CLOUDS, NOTICE_WINDOW_S, Fault, FaultKind
+from .faults import CHECKPOINT_KINDS, NOTICE_CLOUDS, NOTICE_WINDOW_S, RANK_KINDS, Fault, FaultKind
 
 __all__ = ["Schedule", "draw_schedule", "checkpoint_steps", "ScheduleError", "fault_problem", "MIN_GAP",
            "SCHEDULE_FILE", "CORRUPT_FILES", "CORRUPT_MODES", "OUTAGE_MODES", "MAX_OUTAGE_S"]
@@ -44,6 +44,9 @@ def fault_problem(fault: Fault) -> str | None:
     """What is wrong with one fault of a schedule, or None."""
     if fault.step < 0:
         return "its step is negative"
+    rank = fault.detail.get("rank")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+        return f"its rank {rank!r} is not a rank (an integer 0 or more)"
     if fault.kind is FaultKind.NOTICE:
         return _notice_problem(fault.detail)
     if fault.kind is FaultKind.STORE_OUTAGE:
@@ -137,9 +140,12 @@ def draw_schedule(
     kinds: Sequence[FaultKind],
     total_steps: int,
     ckpt_steps: Sequence[int],
+    ranks: int = 1,
 ) -> Schedule:
     """Draw ``n_faults`` faults over a job of ``total_steps`` steps, every kind in ``kinds`` at least
-    once when ``n_faults >= len(kinds)``."""
+    once when ``n_faults >= len(kinds)``. For a gang of ``ranks`` > 1, each fault of
+    :data:`~chaos.faults.RANK_KINDS` is aimed at a rank drawn too (a single process's schedules
+    draw nothing more: a seed gives the schedule it always gave)."""
     if n_faults < 0:
         raise ScheduleError("the number of faults must be 0 or more")
     if not kinds and n_faults:
@@ -173,6 +179,8 @@ def draw_schedule(
             detail = {"cloud": rng.choice(NOTICE_CLOUDS), "window_s": NOTICE_WINDOW_S}
         elif kind is FaultKind.STORE_OUTAGE:
             detail = {"mode": rng.choice(OUTAGE_MODES), "seconds": round(rng.uniform(1.0, 3.0), 2)}
+        if ranks > 1 and kind in RANK_KINDS:
+            detail = {"rank": rng.randrange(ranks)}
         faults.append(Fault(kind, step, detail))
         prev = step
     return Schedule(seed=seed, total_steps=total_steps, faults=tuple(faults))

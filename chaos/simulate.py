@@ -92,9 +92,13 @@ def _schedule(ns: argparse.Namespace, replay: Schedule | None, total: int, per: 
             if replay.total_steps != total:
                 raise ScheduleError(f"chaos schedule {ns.chaos_replay} is for a job of {replay.total_steps} steps, "
                                     f"this one has {total}")
+            aimed = [f.detail["rank"] for f in replay.faults if isinstance(f.detail.get("rank"), int)]
+            if aimed and max(aimed) >= ns.nproc_per_node:
+                raise ScheduleError(f"chaos schedule {ns.chaos_replay} aims at rank {max(aimed)}; this gang has "
+                                    f"{ns.nproc_per_node} (--nproc-per-node)")
             return replay
         return draw_schedule(ns.chaos_seed, ns.faults, chosen_kinds(ns), total,
-                             checkpoint_steps(total, per, max(0, ns.checkpoint_every_steps)))
+                             checkpoint_steps(total, per, max(0, ns.checkpoint_every_steps)), ranks=ns.nproc_per_node)
     except ScheduleError as exc:
         raise UserError(str(exc), ExitCode.BAD_CONFIG) from None
 

@@ -21,6 +21,7 @@ from rundir.journal import read_records
 from rundir.names import ENV_RUN_DIR, EVENTS, FINAL, LOSSES, worker_env
 from runner.adapter import JobAdapter
 from runner.options import notice_settings
+from runner.gang import GangLauncher, gang_command
 from runner.policy import RetryPolicy
 from runner.supervisor import WorkerSpec
 from runner.trace import compare, load_trace
@@ -45,6 +46,9 @@ def job_env(job: JobAdapter, ns: argparse.Namespace, run_dir: Path) -> dict[str,
     directory (a job of one's own reads it there) and the job's own variables."""
     return {"PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH")), ENV_RUN_DIR: str(run_dir),
             **job.env(ns)}
+def _ranks(ns: argparse.Namespace) -> int:
+    """The gang's size, ``--nproc-per-node`` (1: a single process)."""
+    return int(getattr(ns, "nproc_per_node", 1))
 
 
 def ensure_reference(job: JobAdapter, ns: argparse.Namespace, cache: Path, console: Console) -> Path:
@@ -60,6 +64,8 @@ def ensure_reference(job: JobAdapter, ns: argparse.Namespace, cache: Path, conso
         raise UserError(f"cannot create reference directory {ref}: {exc.strerror}", ExitCode.UNWRITABLE) from None
     console.print(f"reference: running the uninterrupted job in {ref}", highlight=False)
     cmd = list(job.command(ref, job.argv(ns, reference=True)))
+    if _ranks(ns) > 1:  # a gang's reference is a gang of the same size
+        cmd = list(gang_command(cmd, _ranks(ns), ref / "reference-ranks"))
     with open(ref / "reference.log", "wb") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=worker_env(job_env(job, ns, ref))).returncode
@@ -111,16 +117,20 @@ def run_trial(job: JobAdapter, ns: argparse.Namespace, schedule: Schedule, run_d
 def _supervised_trial(job: JobAdapter, ns: argparse.Namespace, schedule: Schedule, run_dir: Path, ref: Path, *,
                       view: View) -> TrialResult:
     schedule_path = _prepare_run_dir(job, schedule, run_dir, ref)
+    gang = _ranks(ns) > 1
+    cmd = job.command(run_dir, job.argv(ns))
     spec = WorkerSpec(
-        cmd=job.command(run_dir, job.argv(ns)), run_dir=run_dir,
+        cmd=cmd, run_dir=run_dir,
         env=job_env(job, ns, run_dir),
         hang_timeout=ns.hang_timeout, startup_timeout=ns.startup_timeout, grace=ns.grace,
-        policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop), standby=ns.standby is not False,
-        preload=ns.preload if ns.preload is not None else job.preload, disk_wait=ns.disk_wait,
+        policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop),
+        standby=not gang and ns.standby is not False,
+        preload=() if gang else ns.preload if ns.preload is not None else job.preload, disk_wait=ns.disk_wait,
     )
     fakes = CloudFakes()
     injector = Injector(schedule, run_dir, grace=ns.grace, notice=fakes.trigger)
-    outcomes = supervise_through_notices(spec, injector, fakes, view, notice_settings(ns))
+    launcher = GangLauncher(cmd, _ranks(ns)) if gang else None
+    outcomes = supervise_through_notices(spec, injector, fakes, view, notice_settings(ns), launcher=launcher)
     if outcomes[-1].code is not ExitCode.OK:
         view.note(outcomes[-1].message)
     reference, run = load_trace(ref), load_trace(run_dir)

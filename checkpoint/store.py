@@ -261,11 +261,17 @@ class CheckpointStore:
         except OSError as exc:  # a directory, a FIFO, no permission
             raise CorruptCheckpoint(f"{name}/{fname}: cannot read it ({exc.strerror or exc})") from None
 
-    def load_latest(self, warn: Callable[[str], None] | None = None) -> Checkpoint | None:
-        """The newest checkpoint that verifies, or None. Bad ones are moved aside with a warning."""
+    def load_latest(self, warn: Callable[[str], None] | None = None,
+                    check: Callable[[Checkpoint], None] | None = None) -> Checkpoint | None:
+        """The newest checkpoint that verifies, or None. Bad ones are moved aside with a warning.
+        ``check``: a further test a checkpoint must pass (raising :class:`CorruptCheckpoint`), such
+        as every rank of a gang having committed its part."""
         for name in reversed(self.committed()):
             try:
-                return self.verify(name)
+                ckpt = self.verify(name)
+                if check is not None:
+                    check(ckpt)
+                return ckpt
             except CorruptCheckpoint as exc:
                 self._quarantine(name)
                 if warn is not None:

@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from checkpoint.cadence import DEFAULT_DURABLE_EVERY_S
 from rundir.argparsing import (
@@ -29,6 +30,9 @@ from rundir.argparsing import (
 from rundir.exitcodes import ExitCode
 
 from .config import AUTO, BREAK_RESUME_KINDS, JOB_NAME, TrainConfig
+
+if TYPE_CHECKING:
+    from runner.worker.ranks import Rank
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,11 +97,13 @@ def job_config(ns: argparse.Namespace) -> TrainConfig:
                        durable_every_s=ns.durable_every, dropout=ns.dropout, jitter=ns.jitter)
 
 
-def job_identity(ns: argparse.Namespace) -> dict[str, object]:
-    """What makes two runs comparable: the job, its data and every setting that changes the trace."""
+def job_identity(ns: argparse.Namespace, world_size: int = 1) -> dict[str, object]:
+    """What makes two runs comparable: the job, its data, every setting that changes the trace, and
+    the number of ranks, if more than one (a gang's gradients are means of the ranks' means)."""
     from .data import source_id
 
-    return {"job": JOB_NAME, "data": source_id(ns.data), **job_config(ns).identity()}
+    ranks = {"world_size": world_size} if world_size > 1 else {}
+    return {"job": JOB_NAME, "data": source_id(ns.data), **job_config(ns).identity(), **ranks}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,13 +124,17 @@ def run(ns: argparse.Namespace) -> int:
     # aborts the process, and a notice during start-up must end in exit 75 like any other.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     from runner.worker import Worker  # no Paddle yet: the heartbeat starts before the slow import
+    from runner.worker.ranks import Rank
 
     from .data import prepare
 
+    rank = Rank.from_env()  # rank 0 of 1 unless paddle.distributed.launch started this process
+    if not rank.leader:
+        return run_rank(ns, rank)
     store = getattr(ns, "store", None)
     with Worker(ns.run_dir, store=store, upload_every=getattr(ns, "upload_every", None) if store else None) as worker:
         cfg = job_config(ns)
-        worker.bind_config(job_identity(ns))
+        worker.bind_config(job_identity(ns, rank.size))
         if worker.finished() is not None:
             print(f"{ns.run_dir}: already complete", flush=True)
             return ExitCode.OK
@@ -133,7 +143,23 @@ def run(ns: argparse.Namespace) -> int:
         worker.heartbeat("importing")
         from .train import train
 
-        return int(train(cfg, data, worker))
+        return int(train(cfg, data, worker, rank))
+
+
+def run_rank(ns: argparse.Namespace, rank: Rank) -> int:
+    """A rank other than 0 of a gang: rank 0 binds the configuration, journals and commits."""
+    from runner.worker.files import read_final
+    from runner.worker.ranks import RankWorker
+
+    from .data import prepare
+
+    with RankWorker(ns.run_dir, rank) as worker:
+        if read_final(worker.run_dir) is not None:
+            return ExitCode.OK  # rank 0 says so, and exits too
+        data = prepare(ns.data, worker.run_dir)
+        from .train import train
+
+        return int(train(job_config(ns), data, worker, rank))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class BuiltinJob:
         return {}  # its options travel on its command line
 
     def identity(self, ns: argparse.Namespace) -> dict[str, Any]:
-        return job_identity(ns)
+        return job_identity(ns, getattr(ns, "nproc_per_node", 1))
 
     def cache_key(self, ns: argparse.Namespace) -> str:
         from .data import cache_key

@@ -17,15 +17,16 @@ import paddle
 import paddle.nn.functional as F
 
 from checkpoint import paddle_state as ps
-from checkpoint.state import RngState, StateArrays, TrainState, params_digest
+from checkpoint.state import RngState, StateArrays, TrainState
 from checkpoint.store import Checkpoint
-from rundir.events import EventKind
 from rundir.exitcodes import ExitCode
 from runner.worker import Worker
+from runner.worker.ranks import Rank, RankWorker
 
 from .config import AUTO, TrainConfig, steps_per_epoch
 from .data import Dataset
 from .net import MnistCNN
+from .parallel import Solo, side_for
 
 __all__ = ["train", "build", "warm_up", "plain_step"]
 
@@ -55,11 +56,12 @@ class _Snapshot(NamedTuple):
     order: np.ndarray
     rng_later: Callable[[], RngState]
     data_state: Mapping[str, Any]
+    extra: Mapping[str, Any]  # more metadata: a gang's record of its ranks' parts
 
     def arrays(self) -> StateArrays:
         return TrainState(step=self.step, epoch=self.epoch, batch=self.batch, model=self.live.model_arrays(),
                           optimizer=self.live.optimizer_tensor_arrays(), lr_scheduler=self.live.scheduler_state(),
-                          rng=self._rng, order=self.order).arrays(rng_late=False)
+                          rng=self._rng, order=self.order, extra=self.extra).arrays(rng_late=False)
 
     def _rng(self) -> RngState:
         arrays, meta = self.rng_later()
@@ -67,8 +69,8 @@ class _Snapshot(NamedTuple):
 
 
 def _capture(live: ps.LiveArrays, rngs: ps.RngSnapshots, step: int, epoch: int, batch: int,
-             order: np.ndarray, data_state: Mapping[str, Any]) -> _Snapshot:
-    return _Snapshot(live, step, epoch, batch, order, rngs.snapshot(), data_state)
+             order: np.ndarray, data_state: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> _Snapshot:
+    return _Snapshot(live, step, epoch, batch, order, rngs.snapshot(), data_state, extra or {})
 
 
 def _frozen(order: np.ndarray) -> np.ndarray:
@@ -151,40 +153,47 @@ def _resume(cfg: TrainConfig, ckpt: Checkpoint | None, model: MnistCNN, opt: pad
     return _Position(st.step, st.epoch, batch, order, data_state)
 
 
-def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
+def train(cfg: TrainConfig, data: Dataset, worker: Worker | RankWorker, rank: Rank | None = None) -> ExitCode:
+    """Train, resuming from the run directory. ``rank``: this process's place in a gang of ranks
+    started by ``paddle.distributed.launch`` (see :mod:`model.parallel`); alone by default."""
+    rank = rank or Rank()
     n = len(data.train_x)
     per_epoch = steps_per_epoch(n, cfg.batch_size)
     total = per_epoch * cfg.epochs
-    if worker.standby and not worker.active:
+    side = side_for(worker, rank)
+    if isinstance(worker, Worker) and worker.standby and not worker.active:
         warm_up(cfg, data)
+    side.before_build()
     model, opt = build(cfg, data.side, total)
+    net = side.wrap(model, cfg.seed)
     sched = opt._learning_rate
     data_rng = np.random.default_rng(cfg.seed)
     live, rngs = ps.LiveArrays(model, opt), ps.RngSnapshots()
 
-    worker.set_cadence("auto" if cfg.checkpoint_every_steps == AUTO else cfg.checkpoint_every_steps, cfg.mtbf_s)
-    worker.durable_every_s = cfg.durable_every_s
-    ckpt = worker.restore(total_steps=total)
+    side.set_cadence("auto" if cfg.checkpoint_every_steps == AUTO else cfg.checkpoint_every_steps, cfg.mtbf_s,
+                     cfg.durable_every_s)
+    ckpt, own_rng = side.restore(total)
     step, epoch, batch, order, data_state = _resume(cfg, ckpt, model, opt, data_rng, n)
-    if worker.preemption_requested:  # stopped before its first step: its checkpoint holds all there is
-        worker.event(EventKind.PREEMPTED, step=step)
+    if own_rng is not None and cfg.break_resume != "rank-rng":
+        ps.set_rng_states(own_rng)  # this rank's own RNGs, over rank 0's that the checkpoint holds
+    if isinstance(side, Solo) and side.worker.preemption_requested:  # stopped before its first step
+        side.preempted(step)  # its checkpoint holds all there is
         return ExitCode.PREEMPTED
 
     while epoch < cfg.epochs:
-        idx = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
+        idx = side.local(order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size])
         x = paddle.to_tensor(_jittered(data.train_x[idx], cfg.jitter))
         y = paddle.to_tensor(data.train_y[idx])
-        logits = model(x)
+        logits = net(x)
         loss = F.cross_entropy(logits, y)
         lr = sched.get_lr()
-        worker.before_backward()  # a deferred checkpoint's copy runs beside the backward pass
+        side.before_backward()  # a deferred checkpoint's copy runs beside the backward pass
         loss.backward()
-        worker.before_update()  # and is done by now
+        side.before_update()  # and is done by now
         opt.step()
         opt.clear_grad()
         sched.step()
-        acc = float((logits.numpy().argmax(axis=1) == data.train_y[idx]).mean())
-        worker.report_step(step, loss=float(loss), epoch=epoch, batch=batch, acc=acc, lr=lr)
+        agreed = side.step_done(step, loss, logits, data.train_y[idx], epoch=epoch, batch=batch, lr=lr)
         step += 1
         batch += 1
         epoch_end = batch >= per_epoch
@@ -193,13 +202,12 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker) -> ExitCode:
             if epoch < cfg.epochs:
                 order, data_state = _epoch_order(data_rng, n)
         last = epoch >= cfg.epochs
-        if epoch_end or worker.checkpoint_due(step) or worker.preemption_requested:
+        if epoch_end or agreed.checkpoint or agreed.preempt:
             capture = partial(_capture, live, rngs, step, epoch, batch, order, data_state)
-            sync = cfg.sync_checkpoints or last or worker.preemption_requested
-            worker.checkpoint(step, capture, wait=sync, deferred=not sync)
-        if worker.preemption_requested and not last:
-            worker.event(EventKind.PREEMPTED, step=step)
+            side.checkpoint(step, capture, rngs, wait=cfg.sync_checkpoints or last or agreed.preempt)
+        if agreed.preempt and not last:
+            side.preempted(step)
             return ExitCode.PREEMPTED
 
-    worker.complete(steps=step, params_sha256=params_digest(ps.model_arrays(model)))
+    side.complete(step, model)
     return ExitCode.OK

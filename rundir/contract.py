@@ -46,21 +46,29 @@ ARM_CHECKPOINT_WRITE = "checkpoint-write"
 
 @dataclass(frozen=True)
 class Arm:
-    """A fault armed inside the worker: ``kind`` happens at the first of its points at or after ``step``."""
+    """A fault armed inside the worker: ``kind`` happens at the first of its points at or after ``step``;
+    in a gang of ranks, in rank ``rank`` only (None: rank 0, the only one of a single process)."""
 
     kind: str
     step: int
+    rank: int | None = None
 
     def to_env(self) -> dict[str, str]:
-        return {ENV_CHAOS_ARM: json.dumps({"kind": self.kind, "step": self.step})}
+        d: dict[str, Any] = {"kind": self.kind, "step": self.step}
+        if self.rank is not None:
+            d["rank"] = self.rank
+        return {ENV_CHAOS_ARM: json.dumps(d)}
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Arm | None:
+    def from_env(cls, env: Mapping[str, str], rank: int = 0) -> Arm | None:
+        """The fault armed for rank ``rank`` (0 for a single process), if any."""
         raw = env.get(ENV_CHAOS_ARM)
         if not raw:
             return None
         d = json.loads(raw)
-        return cls(str(d["kind"]), int(d["step"]))
+        if int(d.get("rank") or 0) != rank:
+            return None
+        return cls(str(d["kind"]), int(d["step"]), None if d.get("rank") is None else int(d["rank"]))
 
     def fires(self, kind: str, step: int) -> bool:
         return self.kind == kind and step >= self.step
@@ -68,11 +76,13 @@ class Arm:
 
 @dataclass(frozen=True)
 class SendSignal:
-    """Send ``sig`` to the worker; if ``kill_after`` is set, SIGKILL it if still alive that much later."""
+    """Send ``sig`` to the worker; if ``kill_after`` is set, SIGKILL it if still alive that much later.
+    ``rank``: to that rank of a gang alone (None: the whole worker, every rank)."""
 
     sig: int
     kill_after: float | None = None
     fault: dict[str, Any] | None = None  # what to record in events.jsonl
+    rank: int | None = None
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,8 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
     run_dir = ns.run_dir.resolve()
     cmd = tuple(command) if command else job.command(run_dir, job.argv(ns))
     env = {ENV_RUN_DIR: str(run_dir), "PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH"))}
-    preload = ns.preload if ns.preload is not None else () if command else job.preload
+    gang = ns.nproc_per_node > 1
+    preload = () if gang else ns.preload if ns.preload is not None else () if command else job.preload
     with RunLock(run_dir) as lock:
         remote = _attach_store(ns, run_dir)  # a store that cannot be used: one line, exit 77, nothing started
         if remote is not None:
@@ -98,6 +99,7 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
         # The fork server starts importing Paddle now, while this process imports the rest of itself.
         server = ForkServer.for_run(run_dir, preload, worker_env(env)) if preload and forkable(cmd) else None
         try:
+            from .gang import GangLauncher
             from .policy import RetryPolicy
             from .supervisor import Supervisor, WorkerSpec
             from .view import make_view
@@ -107,9 +109,10 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
             spec = WorkerSpec(cmd=cmd, run_dir=run_dir, env=env, hang_timeout=ns.hang_timeout,
                               startup_timeout=ns.startup_timeout, grace=ns.grace,
                               policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop),
-                              standby=ns.standby if ns.standby is not None else command is None, preload=preload,
-                              disk_wait=ns.disk_wait, notice=notice_settings(ns))
-            outcome = Supervisor(spec, view=make_view(), lock=lock, fork_server=server,
+                              standby=not gang and (ns.standby if ns.standby is not None else command is None),
+                              preload=preload, disk_wait=ns.disk_wait, notice=notice_settings(ns))
+            launcher = GangLauncher(cmd, ns.nproc_per_node) if gang else None
+            outcome = Supervisor(spec, view=make_view(), lock=lock, fork_server=server, launcher=launcher,
                                  chaos=_machine_chaos(ns, run_dir)).run()
         finally:
             if server is not None:

@@ -41,6 +41,9 @@ def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep a warm spare worker (Paddle imported, data loaded, model built) ready to take "
                         "over on a restart; it waits in Worker.restore() (default: on for the built-in job, "
                         "off for a command after '--')")
+    g.add_argument("--nproc-per-node", type=positive, default=1, metavar="N", dest="nproc_per_node",
+                   help="run the job as a gang of N data-parallel ranks under paddle.distributed.launch, restarted "
+                        "whole when any rank fails (default 1: one process; see docs/multi-rank.md)")
     g.add_argument("--preload", type=module_list, default=None, metavar="M[,M...]|none",
                    help="import these modules once in a fork server and fork every worker from it, instead of "
                         "starting each with exec (default: model.train for the built-in job, none for a command "

@@ -32,6 +32,7 @@ from rundir.names import ENV_ATTEMPT, EVENTS, LOSSES, heartbeat_mtime, read_hear
 
 from .diskwait import DEFAULT_DISK_WAIT_S, DiskAction, DiskWait, give_up_message
 from .forkserver import ForkServer
+from .gang import deliver
 from .launcher import Launcher, Worker, launcher_for
 from .notice_desk import NoticeDesk
 from .policy import AttemptResult, RetryPolicy, WorkerFailed, build_retrying, give_up_reason, unproductive_restarts
@@ -365,7 +366,7 @@ class Supervisor:
             if isinstance(action, SendSignal):
                 self.record(EventKind.CHAOS_FAULT, attempt=w.attempt, pid=proc.pid,
                             signal=signal.Signals(action.sig).name, last_step=w.last_step, **(action.fault or {}))
-                proc.send(action.sig)
+                deliver(proc, action.sig, action.rank)
             else:
                 what = action.apply()
                 self.record(EventKind.CHAOS_FAULT, attempt=w.attempt, effect=what, last_step=w.last_step,

@@ -22,6 +22,7 @@ from chaos.campaign import (
     campaign_parser,
     campaign_verdict,
     deal_kinds,
+    draw_schedules,
     junit_xml,
     summary_table,
     trial_seeds,
@@ -194,3 +195,13 @@ def test_the_campaign_takes_the_simulations_defaults_and_its_own() -> None:
     ns = campaign_parser(BUILTIN).parse_args(["--trials", "4"])
     assert {k: getattr(ns, k) for k in SIMULATION_DEFAULTS} == SIMULATION_DEFAULTS
     assert (ns.trials, ns.faults_per_trial, ns.out, ns.junit, ns.json, ns.plot) == (4, 3, None, None, None, None)
+
+
+@pytest.mark.parametrize(("nproc", "aimed"), [(1, False), (2, True)])
+def test_a_gangs_campaign_aims_its_signals_and_crashes_at_ranks(nproc: int, aimed: bool) -> None:
+    ns = campaign_parser(BUILTIN).parse_args(["--trials", "3", "--nproc-per-node", str(nproc)])
+    schedules = draw_schedules(ns, [11, 12, 13], 75, 15)
+    ranked = [f for s in schedules for f in s.faults if "rank" in f.detail]
+    assert bool(ranked) is aimed
+    assert all(f.kind in (FaultKind.SIGKILL, FaultKind.SIGTERM, FaultKind.CRASH) and f.detail["rank"] in (0, 1)
+               for f in ranked)

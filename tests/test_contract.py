@@ -37,6 +37,19 @@ def test_an_arm_written_by_hand_is_read_with_its_types() -> None:
     assert Arm.from_env({ENV_CHAOS_ARM: '{"kind": "crash", "step": "12"}'}) == Arm("crash", 12)
 
 
+@pytest.mark.parametrize(("env_rank", "rank", "armed"), [
+    (None, 0, True),  # a single process's arm: rank 0, the only one
+    (None, 1, False),
+    (1, 1, True),
+    (1, 0, False),  # aimed at another rank of the gang
+    (0, 0, True),
+])
+def test_an_arm_aimed_at_a_rank_is_armed_in_that_rank_alone(env_rank: int | None, rank: int, armed: bool) -> None:
+    env = Arm(ARM_CRASH, 7, env_rank).to_env()
+    assert ("rank" in json.loads(env[ENV_CHAOS_ARM])) is (env_rank is not None)  # unchanged for one process
+    assert Arm.from_env(env, rank) == (Arm(ARM_CRASH, 7, env_rank) if armed else None)
+
+
 @pytest.mark.parametrize(("arm", "kind", "step", "fires"), [
     (Arm(ARM_CRASH, 10), ARM_CRASH, 9, False),
     (Arm(ARM_CRASH, 10), ARM_CRASH, 10, True),

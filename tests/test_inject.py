@@ -60,6 +60,20 @@ def test_signal_faults_fire_once_the_target_step_is_done(kind: FaultKind, last_s
         assert inj.on_tick(obs(later, attempt=2)) == []
 
 
+@pytest.mark.parametrize("kind", [FaultKind.SIGKILL, FaultKind.SIGTERM], ids=lambda k: k.value)
+def test_a_signal_fault_aimed_at_a_rank_goes_to_that_rank_alone(kind: FaultKind) -> None:
+    (a,) = injector(Fault(kind, TARGET, {"rank": 1})).on_tick(obs(TARGET))
+    assert isinstance(a, SendSignal) and a.rank == 1
+    assert a.fault == {"fault": kind.value, "target_step": TARGET, "rank": 1}  # recorded with the fault
+    (b,) = injector((kind, TARGET)).on_tick(obs(TARGET))
+    assert isinstance(b, SendSignal) and b.rank is None  # the whole worker
+
+
+def test_a_crash_aimed_at_a_rank_is_armed_for_that_rank() -> None:
+    env = injector(Fault(FaultKind.CRASH, 9, {"rank": 1})).env_for(1)
+    assert json.loads(env[ENV_CHAOS_ARM]) == {"kind": "crash", "step": 9, "rank": 1}
+
+
 def test_sigterm_grace_is_the_injectors() -> None:
     (a,) = injector((FaultKind.SIGTERM, 3), grace=0.25).on_tick(obs(3))
     assert a == SendSignal(signal.SIGTERM, kill_after=0.25, fault={"fault": "sigterm", "target_step": 3})

@@ -50,7 +50,8 @@ def test_the_supervisors_defaults() -> None:
     assert vars(ns) == {"max_restarts": 20, "crash_loop": 3, "hang_timeout": 300.0, "startup_timeout": 600.0,
                         "grace": 30.0, "disk_wait": 600.0, "standby": None, "preload": None,
                         "notice": NoticeChoice.AUTO, "notice_signal": signal.SIGTERM, "metadata_url": None,
-                        "act_on_rebalance": False, "notice_poll": None, "store": None, "upload_every": 60.0}
+                        "act_on_rebalance": False, "notice_poll": None, "store": None, "upload_every": 60.0,
+                        "nproc_per_node": 1}
 
 
 @pytest.mark.parametrize(("argv", "field", "want"), [
@@ -63,6 +64,7 @@ def test_the_supervisors_defaults() -> None:
     (["--no-standby"], "standby", False),
     (["--preload", "none"], "preload", ()),
     (["--preload", "model.train,numpy"], "preload", ("model.train", "numpy")),
+    (["--nproc-per-node", "2"], "nproc_per_node", 2),
 ])
 def test_the_supervisors_options(argv: list[str], field: str, want: object) -> None:
     assert getattr(parser().parse_args(argv), field) == want
@@ -71,6 +73,7 @@ def test_the_supervisors_options(argv: list[str], field: str, want: object) -> N
 @pytest.mark.parametrize(("argv", "says"), [
     (["--max-restarts", "-1"], "argument --max-restarts: must be 0 or more, got -1"),
     (["--crash-loop", "0"], "argument --crash-loop: must be 1 or more, got 0"),
+    (["--nproc-per-node", "0"], "argument --nproc-per-node: must be 1 or more, got 0"),
     (["--hang-timeout", "0"], "argument --hang-timeout: must be more than 0, got 0"),
     (["--startup-timeout", "never"], "argument --startup-timeout: not a number of seconds: 'never'"),
     (["--grace", "-1"], "argument --grace: must be more than 0, got -1"),

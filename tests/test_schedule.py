@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.faults import CHECKPOINT_KINDS, DEFAULT_KINDS, NOTICE_CLOUDS, NOTICE_WINDOW_S, Fault, FaultKind
+from chaos.faults import CHECKPOINT_KINDS, DEFAULT_KINDS, NOTICE_CLOUDS, NOTICE_WINDOW_S, RANK_KINDS, STORE_KINDS, Fault, FaultKind
 from chaos.schedule import (
     CORRUPT_FILES,
     MIN_GAP,
@@ -58,6 +58,20 @@ def test_the_same_seed_draws_the_same_schedule(seed: int) -> None:
     a, b = draw(seed), draw(seed)
     assert a == b
     assert a.seed == seed and a.total_steps == 75 and len(a.faults) == 6
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_gangs_schedule_aims_signals_and_crashes_at_ranks_and_nothing_else_changes(seed: int) -> None:
+    kinds = list(DEFAULT_KINDS)
+    one = draw_schedule(seed, 6, kinds, 75, checkpoint_steps(75, 15, 5))
+    assert draw_schedule(seed, 6, kinds, 75, checkpoint_steps(75, 15, 5), ranks=1) == one  # as it always drew
+    gang = draw_schedule(seed, 6, kinds, 75, checkpoint_steps(75, 15, 5), ranks=3)
+    for f in gang.faults:
+        if f.kind in RANK_KINDS:
+            assert f.detail.keys() == {"rank"} and f.detail["rank"] in range(3)
+        else:
+            assert "rank" not in f.detail
+    assert any(f.kind in RANK_KINDS for f in gang.faults)
 
 
 def test_different_seeds_draw_different_schedules() -> None:
@@ -302,6 +316,12 @@ BAD_FAULTS = [
                  "its window_s 0 is not a number of seconds in (0, 600]", id="notice-no-window"),
     pytest.param({"kind": "notice", "step": 3, "detail": {"cloud": "aws", "window_s": "5"}},
                  "its window_s '5' is not a number", id="notice-window-a-string"),
+    pytest.param({"kind": "sigkill", "step": 3, "detail": {"rank": -1}}, "its rank -1 is not a rank",
+                 id="rank-negative"),
+    pytest.param({"kind": "crash", "step": 3, "detail": {"rank": "1"}}, "its rank '1' is not a rank",
+                 id="rank-a-string"),
+    pytest.param({"kind": "sigterm", "step": 3, "detail": {"rank": True}}, "its rank True is not a rank",
+                 id="rank-a-bool"),
     pytest.param({"kind": "sigkill", "step": 3, "detail": [1, 2]}, "is not an object with an object 'detail'",
                  id="detail-a-list"),
 ]

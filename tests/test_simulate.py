@@ -66,3 +66,20 @@ def test_a_bad_replay_is_exit_78_before_the_reference_runs(tmp_path: Path, conte
                        "--run-dir", str(tmp_path / "run")], BUILTIN)
     assert exc.value.code == ExitCode.BAD_CONFIG == 78
     assert not refs.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("nproc", "refused"), [(2, True), (3, False)])
+def test_a_replay_aimed_at_a_rank_the_gang_lacks_is_exit_78(nproc: int, refused: bool) -> None:
+    from chaos.faults import Fault
+    from chaos.schedule import Schedule
+    from chaos.simulate import _schedule
+
+    replay = Schedule(None, 30, (Fault(FaultKind.SIGKILL, 5, {"rank": 2}),))
+    ns = parse("--nproc-per-node", str(nproc))
+    ns.chaos_replay = Path("s.json")
+    if not refused:
+        assert _schedule(ns, replay, 30, 15) == replay
+        return
+    with pytest.raises(UserError) as exc:
+        _schedule(ns, replay, 30, 15)
+    assert exc.value.code == ExitCode.BAD_CONFIG and "aims at rank 2; this gang has 2" in str(exc.value)

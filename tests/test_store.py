@@ -67,6 +67,22 @@ def test_load_latest_picks_the_newest_and_none_when_empty(tmp_path: Path) -> Non
     assert latest is not None and latest.step == 12 and latest.files == files_for(12)
 
 
+def test_load_latest_falls_back_past_a_checkpoint_a_further_check_refuses(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    for step in (3, 6):
+        store.save(step, files_for(step), {"good": step == 3})
+
+    def check(ck: Checkpoint) -> None:
+        if not ck.meta["good"]:
+            raise CorruptCheckpoint(f"{ck.name}: not good")
+
+    warned = Warnings()
+    latest = store.load_latest(warn=warned, check=check)
+    assert latest is not None and latest.step == 3
+    assert len(warned) == 1 and "step-000000006: not good" in warned[0]
+    assert checkpoint_name(6) not in store.committed()  # moved aside, as a corrupt one is
+
+
 @pytest.mark.parametrize(("keep", "kept"), [(3, [4, 5, 6]), (1, [6]), (5, [2, 3, 4, 5, 6]), (10, [1, 2, 3, 4, 5, 6])])
 def test_retention_keeps_the_newest(tmp_path: Path, keep: int, kept: list[int]) -> None:
     store = make_store(tmp_path, keep=keep)

@@ -122,6 +122,12 @@ def test_a_loss_record_holds_the_loss_exactly_and_plain_numbers() -> None:
     json.dumps(rec)
 
 
+def test_a_loss_records_extra_fields_never_replace_its_own() -> None:
+    rec = loss_record(4, loss=0.5, epoch=0, batch=4, acc=None, lr=None, attempt=1, at=5.0, dt=0.1,
+                      extra={"rank0_loss": 0.25, "ranks": 2, "loss": 9.0, "step": 99})
+    assert (rec["rank0_loss"], rec["ranks"], rec["loss"], rec["step"]) == (0.25, 2, 0.5, 4)
+
+
 def test_the_loss_journal_appends_one_line_per_step_of_its_attempt(tmp_path: Path) -> None:
     journal = LossJournal(tmp_path / LOSSES, attempt=2)
     for step in (0, 1):

@@ -255,10 +255,12 @@ class Worker:
 
     # -- training --------------------------------------------------------------------------------------
 
-    def restore(self, total_steps: int | None = None) -> Checkpoint | None:
+    def restore(self, total_steps: int | None = None,
+                check: Callable[[Checkpoint], None] | None = None) -> Checkpoint | None:
         """The newest verified checkpoint, falling back past torn or corrupt ones with a warning.
 
-        ``total_steps``, if the job knows it, lets the supervisor show progress against it.
+        ``total_steps``, if the job knows it, lets the supervisor show progress against it; ``check``,
+        a further test a checkpoint must pass (see :meth:`checkpoint.store.CheckpointStore.load_latest`).
         A standby spare waits here until the supervisor hands it the run."""
         if not self.active:
             self._activate(wait_for_go(self._events, os.environ))
@@ -276,7 +278,7 @@ class Worker:
             _say(f"warning: {msg}")
             self.event(EventKind.CHECKPOINT_FALLBACK, reason=msg)
 
-        ckpt = self.store.load_latest(warn=warn)
+        ckpt = self.store.load_latest(warn=warn, check=check)
         self.event(EventKind.ATTEMPT_STARTED, resumed_from_step=ckpt.step if ckpt else 0,
                    checkpoint=ckpt.name if ckpt else None, total_steps=total_steps)
         self._session.steps_start()
@@ -284,9 +286,10 @@ class Worker:
 
     def report_step(
         self, step: int, *, loss: float, epoch: int = 0, batch: int = 0, acc: float | None = None,
-        lr: float | None = None,
+        lr: float | None = None, extra: Mapping[str, Any] | None = None,
     ) -> None:
-        """Journal one completed step (global, 0-based) and beat the heart. A NaN or infinite
+        """Journal one completed step (global, 0-based) and beat the heart; ``extra``: more fields for
+        its journal line (a gang's rank 0 adds its own loss beside the gang's mean). A NaN or infinite
         ``loss`` is not journaled: it raises :class:`rundir.errors.NonFiniteError` (exit 76) naming
         the step and the last good checkpoint, which the checkpoint in flight, if any, becomes first."""
         files = self._require_active()
@@ -294,7 +297,7 @@ class Worker:
             self._session.stop_non_finite(step, f"the loss is {float(loss)} at step {step}")
         self._faults.step(step)
         dt = self._session.step_done()
-        files.losses.write(step, loss=loss, epoch=epoch, batch=batch, acc=acc, lr=lr, dt=dt)
+        files.losses.write(step, loss=loss, epoch=epoch, batch=batch, acc=acc, lr=lr, dt=dt, extra=extra)
         files.heartbeat.training(step)
 
     # -- checkpoints -----------------------------------------------------------------------------------

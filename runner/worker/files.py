@@ -94,10 +94,11 @@ class Heartbeat:
 
 
 def loss_record(step: int, *, loss: float, epoch: int, batch: int, acc: float | None, lr: float | None,
-                attempt: int, at: float, dt: float) -> dict[str, Any]:
-    """One line of ``losses.jsonl``; ``loss_hex`` is the loss exactly, for the bit-exact comparison."""
+                attempt: int, at: float, dt: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One line of ``losses.jsonl``; ``loss_hex`` is the loss exactly, for the bit-exact comparison.
+    ``extra`` fields come first: the ones above always mean what they say."""
     loss = float(loss)
-    return {"step": step, "epoch": epoch, "batch": batch, "loss": loss, "loss_hex": loss.hex(),
+    return {**(extra or {}), "step": step, "epoch": epoch, "batch": batch, "loss": loss, "loss_hex": loss.hex(),
             "acc": None if acc is None else float(acc), "lr": None if lr is None else float(lr),
             "attempt": attempt, "time": at, "dt": dt}
 
@@ -110,9 +111,9 @@ class LossJournal:
         self._journal = JsonlWriter(path)
 
     def write(self, step: int, *, loss: float, epoch: int, batch: int, acc: float | None, lr: float | None,
-              dt: float) -> None:
+              dt: float, extra: Mapping[str, Any] | None = None) -> None:
         self._journal.write(loss_record(step, loss=loss, epoch=epoch, batch=batch, acc=acc, lr=lr,
-                                        attempt=self.attempt, at=time.time(), dt=dt))
+                                        attempt=self.attempt, at=time.time(), dt=dt, extra=extra))
 
     def close(self) -> None:
         self._journal.close()

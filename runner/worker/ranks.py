@@ -1,0 +1,263 @@
+"""A gang of ranks, on the workers' side: which rank this process is, the part of a checkpoint each
+rank other than 0 writes for itself, the rule that a checkpoint loads only when every rank's part is
+there, and :class:`RankWorker`, the worker of a rank other than 0.
+
+The checkpoint protocol (the job's collectives carry it out; see :mod:`model.parallel`):
+
+1. Every rank reaches the checkpoint's step; none goes on until all have (a collective follows).
+2. Each rank ``r > 0`` writes its per-rank state (its RNGs) to ``rank-parts/step-S/rank-R.safetensors``
+   durably - temporary file, fsync, rename, fsync of the directories - and only then hands the part's
+   size and SHA-256 to rank 0 through a collective (an all-gather).
+3. Rank 0 writes the replicated state (parameters, optimizer, scheduler, sample order) and its own
+   RNGs through the ordinary checkpoint store, and lists every part's digest in the manifest
+   (:func:`gang_meta`). The manifest, written last, is the one commit point.
+
+A gang killed at any moment never leaves a checkpoint that loads with a missing or stale part: the
+manifest exists only after step 2 returned on every rank, so every part it names was durable first;
+and a part rewritten later must still match the digest the manifest names. Loading applies
+:func:`gang_problem` to each candidate, newest first, and falls back past any that fails.
+
+Paddle's flexible checkpoint (``paddle.distributed.save_state_dict``) is not used: it shards tensors
+and writes metadata from the coordinator rank, but it commits with no manifest of its own, verifies
+nothing on load, and knows nothing of RNGs or the sample order - the properties this store exists
+for. Data-parallel state is replicated, so rank 0 writing it once through the verified store is
+both simpler and exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from checkpoint.storage import LocalStorage
+from checkpoint.store import Checkpoint, CheckpointStore, CorruptCheckpoint, checkpoint_name
+from rundir.contract import ARM_CRASH, Arm
+from rundir.exitcodes import ExitCode, UserError
+from rundir.names import ENV_ATTEMPT
+
+from .faults import SimulatedDeviceError
+
+__all__ = ["ENV_RANK", "ENV_WORLD_SIZE", "PARTS", "GANG_META", "Rank", "PartDigest", "part_key", "gang_meta",
+           "gang_record", "gang_problem", "digest_of", "RankParts", "RankWorker"]
+
+#: The launcher's variables (``paddle.distributed.launch``) that say which rank a process is.
+ENV_RANK = "PADDLE_TRAINER_ID"
+ENV_WORLD_SIZE = "PADDLE_TRAINERS_NUM"
+#: The run directory's folder of per-rank checkpoint parts.
+PARTS = "rank-parts"
+#: The key in a checkpoint's ``extra`` metadata that lists the gang and its parts.
+GANG_META = "gang"
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place in the gang: ``rank`` of ``size`` (0 of 1 when it runs alone)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Rank:
+        """From the launcher's variables; 0 of 1 where they are not set. Malformed: exit 78."""
+        env = os.environ if env is None else env
+        raw_rank, raw_size = env.get(ENV_RANK, "0"), env.get(ENV_WORLD_SIZE, "1")
+        try:
+            rank, size = int(raw_rank), int(raw_size)
+        except ValueError:
+            rank, size = -1, 0
+        if size < 1 or not 0 <= rank < size:
+            raise UserError(f"{ENV_RANK}={raw_rank!r} and {ENV_WORLD_SIZE}={raw_size!r} do not name a rank of a gang",
+                            ExitCode.BAD_CONFIG)
+        return cls(rank, size)
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: it journals, heartbeats and commits checkpoints for the gang."""
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class PartDigest:
+    """A part's length in bytes and its SHA-256, as the manifest lists them."""
+
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, data: bytes) -> PartDigest:
+        return cls(len(data), hashlib.sha256(data).hexdigest())
+
+
+def part_key(step: int, rank: int) -> str:
+    """The storage key of rank ``rank``'s part of the checkpoint after ``step`` steps."""
+    return f"{PARTS}/{checkpoint_name(step)}/rank-{rank:05d}.safetensors"
+
+
+def gang_meta(size: int, parts: Mapping[int, PartDigest]) -> dict[str, Any]:
+    """The record rank 0 puts in the manifest (under ``extra``, key :data:`GANG_META`)."""
+    listed = {str(r): {"size": d.size, "sha256": d.sha256} for r, d in sorted(parts.items())}
+    return {"world_size": size, "parts": listed}
+
+
+def gang_record(meta: Mapping[str, Any]) -> object:
+    """The gang record of a checkpoint's metadata, or None for one a single process saved."""
+    extra = meta.get("extra")
+    return extra.get(GANG_META) if isinstance(extra, Mapping) else None
+
+
+def _listed(record: Mapping[str, Any], rank: int) -> PartDigest | None:
+    parts = record.get("parts")
+    entry = parts.get(str(rank)) if isinstance(parts, Mapping) else None
+    if not isinstance(entry, Mapping):
+        return None
+    size, sha = entry.get("size"), entry.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or not isinstance(sha, str):
+        return None
+    return PartDigest(size, sha)
+
+
+def gang_problem(record: object, size: int, found: Mapping[int, PartDigest | None]) -> str | None:
+    """Why a checkpoint is not one that every rank of a gang of ``size`` committed, or None if it is.
+
+    ``record``: its gang record (:func:`gang_record`); ``found``: the digest of each rank's part as it
+    is on disk now (None: missing), for ranks 1 to ``size - 1``. A checkpoint of another gang size,
+    or of a single process for a gang, is refused: its state is not this gang's."""
+    if record is None:
+        return None if size == 1 else f"saved by a single process, not by a gang of {size}"
+    if not isinstance(record, Mapping) or not isinstance(record.get("world_size"), int):
+        return "its gang record is malformed"
+    if record["world_size"] != size:
+        return f"saved by a gang of {record['world_size']}, not {size}"
+    for r in range(1, size):
+        listed = _listed(record, r)
+        if listed is None:
+            return f"the manifest lists no part for rank {r}"
+        have = found.get(r)
+        if have is None:
+            return f"rank {r}'s part is missing"
+        if have != listed:
+            return f"rank {r}'s part does not match the manifest ({have.size} bytes, sha256 {have.sha256[:12]})"
+    return None
+
+
+def digest_of(storage: LocalStorage, step: int, rank: int) -> PartDigest | None:
+    """The digest of a part as it is on disk now; None if it cannot be read."""
+    try:
+        return PartDigest.of(storage.get(part_key(step, rank)))
+    except OSError:
+        return None
+
+
+class RankParts:
+    """The per-rank parts in a run directory: written by their ranks, checked by whoever loads."""
+
+    def __init__(self, storage: LocalStorage, size: int) -> None:
+        self.storage, self.size = storage, size
+
+    def write(self, step: int, rank: int, data: bytes) -> PartDigest:
+        """Write rank ``rank``'s part for ``step`` durably; its digest, for rank 0's manifest."""
+        self.storage.put(part_key(step, rank), data, durable=True)
+        return PartDigest.of(data)
+
+    def read(self, ckpt: Checkpoint, rank: int) -> bytes:
+        """Rank ``rank``'s part of ``ckpt``, checked against the digest its manifest lists."""
+        data = self.storage.get(part_key(ckpt.step, rank))
+        record = gang_record(ckpt.meta)
+        listed = _listed(record, rank) if isinstance(record, Mapping) else None
+        if listed != PartDigest.of(data):
+            raise CorruptCheckpoint(f"{ckpt.name}: rank {rank}'s part does not match the manifest")
+        return data
+
+    def check(self, ckpt: Checkpoint) -> None:
+        """Raise :class:`CorruptCheckpoint` unless every rank committed ``ckpt`` (:func:`gang_problem`)."""
+        found = {r: digest_of(self.storage, ckpt.step, r) for r in range(1, self.size)}
+        problem = gang_problem(gang_record(ckpt.meta), self.size, found)
+        if problem is not None:
+            raise CorruptCheckpoint(f"{ckpt.name}: {problem}")
+
+    def prune(self, rank: int, committed: list[int]) -> None:
+        """Remove rank ``rank``'s parts of steps neither committed nor newer than the newest
+        committed one (a checkpoint in flight): each rank prunes only its own parts."""
+        newest = max(committed, default=-1)
+        keep = set(committed)
+        root = self.storage.root / PARTS
+        for d in root.glob("step-*"):
+            try:
+                step = int(d.name.removeprefix("step-"))
+            except ValueError:
+                continue
+            if step in keep or step > newest:
+                continue
+            self.storage.delete(part_key(step, rank))
+            try:
+                d.rmdir()  # the last rank to prune it removes the folder
+            except OSError:
+                pass
+
+
+class RankWorker:
+    """The worker of rank ``r > 0``: it shares the run directory with rank 0, which holds its lock,
+    journals and heartbeats for the gang. This one only reads checkpoints (never moves one aside:
+    rank 0 decides which loads), writes its own parts, and turns SIGTERM/SIGINT into a request to
+    checkpoint that the gang agrees on at its next step."""
+
+    def __init__(self, run_dir: Path | str, rank: Rank, *, handle_signals: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise UserError(f"run directory {self.run_dir} does not exist", ExitCode.BAD_CONFIG)
+        self.rank = rank
+        self.attempt = int(os.environ.get(ENV_ATTEMPT) or 0)
+        storage = LocalStorage(self.run_dir)
+        self.store = CheckpointStore(storage)
+        self.parts = RankParts(storage, rank.size)
+        self._handle_signals = handle_signals
+        self._preemption: str | None = None
+        self.arm = Arm.from_env(os.environ, rank.rank)  # a chaos fault aimed at this rank
+        self.take_signals()
+
+    def __enter__(self) -> RankWorker:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        pass
+
+    def take_signals(self) -> None:
+        """Catch SIGTERM and SIGINT (again: ``import paddle`` installs a handler of its own)."""
+        if self._handle_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.request_preemption(signal.Signals(signum).name)
+
+    def request_preemption(self, cause: str) -> None:
+        self._preemption = cause
+
+    @property
+    def preemption_requested(self) -> bool:
+        return self._preemption is not None
+
+    def step_done(self, step: int) -> None:
+        """This rank finished ``step``: the ``crash`` chaos fault aimed at it raises here, once."""
+        if self.arm is not None and self.arm.fires(ARM_CRASH, step):
+            self.arm = None
+            raise SimulatedDeviceError(f"simulated device error in step {step} of rank {self.rank.rank} "
+                                       "(chaos fault 'crash')")
+
+    def load(self, step: int) -> tuple[Checkpoint, bytes]:
+        """The checkpoint after ``step`` steps that rank 0 chose, and this rank's part of it."""
+        ckpt = self.store.verify(checkpoint_name(step))
+        return ckpt, self.parts.read(ckpt, self.rank.rank)
+
+    def save_part(self, step: int, data: bytes) -> PartDigest:
+        """Write this rank's part for ``step`` durably, prune its old ones; the part's digest."""
+        digest = self.parts.write(step, self.rank.rank, data)
+        committed = [int(n.removeprefix("step-")) for n in self.store.committed()]
+        self.parts.prune(self.rank.rank, committed)
+        return digest
