@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .objects import Blob, ObjectStore
 
-__all__ = ["JOURNAL", "Journals", "chain_end", "segment_digest", "segments_of"]
+__all__ = ["JOURNAL", "Journals", "chain_end", "segment_digest", "segments_of", "write_atomically"]
 
 JOURNAL = "journal"
 _SEGMENT = re.compile(r"^(\d{15})-([0-9a-f]{64})$")
@@ -107,7 +107,8 @@ class Journals:
             data = self._assemble(name, segments_of(blobs, name), limit, warn)
             if limit is not None and len(data) < limit and warn is not None:
                 warn(f"journal {name}: the store holds {len(data)} bytes, the checkpoint recorded {limit}")
-            _write_atomically(Path(dest) / name, data)
+            Path(dest).mkdir(parents=True, exist_ok=True)
+            write_atomically(Path(dest) / name, data)
             written[name] = len(data)
         return written
 
@@ -135,8 +136,8 @@ class Journals:
         return data if hmac.compare_digest(claimed, segment_digest(name, offset, data, self.key)) else None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` whole: a reader sees the old file or the new one, never a part."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)

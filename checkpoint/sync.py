@@ -19,7 +19,6 @@ again by the next attempt; the stitched trace keeps the latest record of each st
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from rundir.names import ENV_STORE, ENV_STORE_GENERATION, ENV_UPLOAD_DRAIN, ENV_
 
 from .objects import StoreError
 from .remote import CHECKPOINTS, RemoteStore
-from .segments import JOURNAL, chain_end, segments_of
+from .segments import JOURNAL, chain_end, segments_of, write_atomically
 from .store import MANIFEST
 
 __all__ = [
@@ -183,15 +182,6 @@ class Restored:
         return f"restored {what} and {len(self.journals)} journal(s) from {url} in {self.seconds:.2f} s"
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def restore_run(store: RemoteStore, run_dir: Path, warn: Warn | None = None) -> Restored | None:
     """Restore an empty run directory (see :func:`has_local_run`) from the store: ``job.json``, the
     journals, and the newest checkpoint that verifies (older ones are fallen back to, with ``warn``).
@@ -202,7 +192,7 @@ def restore_run(store: RemoteStore, run_dir: Path, warn: Warn | None = None) -> 
     t0 = time.perf_counter()
     config = False
     try:
-        _write_atomically(run_dir / JOB, store.objects.read(CONFIG_KEY))
+        write_atomically(run_dir / JOB, store.objects.read(CONFIG_KEY))
         config = True
     except FileNotFoundError:
         pass

@@ -1,12 +1,20 @@
-"""Test set-up: import the project from this checkout, and keep Paddle's start-up noise out."""
+"""Test set-up: import the project from this checkout, and keep Paddle's start-up noise out; the fixtures
+that several test files share (moto's S3 server, a fresh store, a port whose connects hang)."""
 
 from __future__ import annotations
 
+import socket
 import sys
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.s3_server import S3Server
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -29,3 +37,42 @@ def s3_server():
 
     with running_s3_server() as server:
         yield server
+
+
+@pytest.fixture(params=["s3", "file"])
+def url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty store: a prefix in moto's bucket (its variables set for every process the test
+    starts), or a directory apart from the run directory. No checkpoint key from the environment."""
+    monkeypatch.delenv("RUNNER_CHECKPOINT_KEY", raising=False)
+    if request.param == "s3":
+        server: S3Server = request.getfixturevalue("s3_server")
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
+        return server.fresh_url()
+    root = tmp_path / "remote"
+    root.mkdir()
+    return f"file://{root}"
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """A 127.0.0.1 port whose connects hang, as 169.254.169.254's do off a cloud: a listener that
+    never accepts, its queue already full."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(c)
+    time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    for c in fillers:
+        c.close()
+    server.close()

@@ -3,8 +3,8 @@
 A :class:`FakeWorker` follows a :class:`Script`: at given seconds after it started (or, for a spare,
 after its go line) it writes records into the run directory as a worker would, and exits with a
 given status; it answers signals as a worker would, and never starts a process. Time moves only when
-the supervisor waits on a worker or sleeps. Also here: broken variants of
-:func:`runner.watch.decide`, which the tables must catch.
+the supervisor waits on a worker or sleeps. Also here: :class:`SupervisorRecords`, what a supervised
+run wrote, and broken variants of :func:`runner.watch.decide`, which the tables must catch.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rundir.classify import ExitClass
 from rundir.events import EventKind, Source
-from rundir.journal import append_record
+from rundir.journal import append_record, read_records
 from rundir.names import ENV_ATTEMPT, ENV_STANDBY, EVENTS, HEARTBEAT, LOSSES
 from runner.launcher import Worker
 from runner.process import Usage, Vitals
@@ -270,6 +271,22 @@ class FakeWorker:
 
     def kill_leftovers(self) -> None:
         pass
+
+
+class SupervisorRecords:
+    """What a supervised run wrote, for a test's ``Run`` dataclass to inherit: it names ``run_dir``."""
+
+    run_dir: Path
+
+    def events(self, kind: EventKind) -> list[dict[str, Any]]:
+        """The supervisor's events of ``kind``, oldest first."""
+        return [e for e in read_records(self.run_dir / EVENTS)
+                if e.get("event") == kind.value and e.get("source") == Source.SUPERVISOR.value]
+
+    @property
+    def classes(self) -> list[ExitClass]:
+        """How each attempt ended, in order."""
+        return [ExitClass(e["exit_class"]) for e in self.events(EventKind.ATTEMPT_EXITED)]
 
 
 class FakeLauncher:

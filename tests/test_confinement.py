@@ -123,6 +123,13 @@ def load_latest(run_dir: Path) -> tuple[Any, list[str]]:
     return ck, warnings
 
 
+def swap_for_link_out(path: Path, copy: Path) -> None:
+    """Replace ``path`` with a link to ``copy``, a file outside holding the same bytes."""
+    copy.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(copy)
+
+
 def assert_fell_back_past_step_10(run_dir: Path, ck: Any, warnings: list[str], problem: str) -> None:
     assert ck is not None and ck.step == 5 and dict(ck.files) == files_for(5)
     (w,) = warnings
@@ -166,19 +173,13 @@ def test_a_manifest_file_that_is_a_link_out_is_corrupt(run: Path, outside: Outsi
 
 def test_a_data_file_replaced_by_a_link_out_is_corrupt(run: Path, outside: Outside) -> None:
     """No manifest change at all: the file itself was swapped for a link to a file with the same bytes."""
-    model = step_dir(run, 10) / "model.safetensors"
-    (outside.dir / "copy").write_bytes(model.read_bytes())
-    model.unlink()
-    model.symlink_to(outside.dir / "copy")
+    swap_for_link_out(step_dir(run, 10) / "model.safetensors", outside.dir / "copy")
     ck, warnings = load_latest(run)
     assert_fell_back_past_step_10(run, ck, warnings, "outside the directory")
 
 
 def test_a_manifest_that_is_a_link_out_is_corrupt(run: Path, outside: Outside) -> None:
-    manifest = step_dir(run, 10) / MANIFEST
-    (outside.dir / "manifest").write_bytes(manifest.read_bytes())
-    manifest.unlink()
-    manifest.symlink_to(outside.dir / "manifest")
+    swap_for_link_out(step_dir(run, 10) / MANIFEST, outside.dir / "manifest")
     ck, warnings = load_latest(run)
     assert_fell_back_past_step_10(run, ck, warnings, "outside the directory")
 

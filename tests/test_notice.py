@@ -649,30 +649,6 @@ def test_auto_finds_each_cloud_by_its_signature(make_fake: Callable[[], FakeMeta
     print(found.describe())
 
 
-@pytest.fixture
-def blackhole() -> Iterator[str]:
-    """A 127.0.0.1 port whose connects hang, as 169.254.169.254's do off a cloud: a listener that
-    never accepts, its queue already full."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        c = socket.socket()
-        c.setblocking(False)
-        try:
-            c.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
-        fillers.append(c)
-    time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    for c in fillers:
-        c.close()
-    server.close()
-
-
 def closed_port() -> str:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

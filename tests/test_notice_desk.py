@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,29 +109,6 @@ def test_a_detection_that_ends_after_close_starts_no_watcher(tmp_path: Path, wak
         assert desk.watcher is None
         with pytest.raises(BlockingIOError):
             os.read(wake[0], 16)  # and nothing was written to a pipe the supervisor may have closed
-
-
-@pytest.fixture
-def blackhole() -> Iterator[str]:
-    """A port whose connects hang, as 169.254.169.254's do off a cloud."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        c = socket.socket()
-        c.setblocking(False)
-        try:
-            c.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
-        fillers.append(c)
-    time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    for c in fillers:
-        c.close()
-    server.close()
 
 
 def first_spawn_s(tmp_path: Path, settings: NoticeSettings) -> float:

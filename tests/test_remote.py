@@ -17,7 +17,6 @@ from checkpoint.remote import CHECKPOINTS, CheckpointConflict, RemoteStore, plan
 from checkpoint.storage import LocalStorage
 from checkpoint.store import MANIFEST, CheckpointStore, CorruptCheckpoint, checkpoint_name, seal_manifest
 from rundir.exitcodes import ExitCode
-from tests.s3_server import S3Server
 
 PART = 5 << 20
 
@@ -25,20 +24,6 @@ PART = 5 << 20
 class Warnings(list[str]):
     def __call__(self, msg: str) -> None:
         self.append(msg)
-
-
-@pytest.fixture(params=["s3", "file"])
-def url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh, empty store: a prefix in moto's bucket, or a directory apart from the run directory."""
-    monkeypatch.delenv("RUNNER_CHECKPOINT_KEY", raising=False)
-    if request.param == "s3":
-        server: S3Server = request.getfixturevalue("s3_server")
-        for k, v in server.env().items():
-            monkeypatch.setenv(k, v)
-        return server.fresh_url()
-    root = tmp_path / "remote"
-    root.mkdir()
-    return f"file://{root}"
 
 
 def files_for(step: int, big: int = 0) -> dict[str, bytes]:

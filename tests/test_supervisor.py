@@ -21,9 +21,8 @@ import pytest
 
 from rundir.classify import ExitClass
 from rundir.contract import FileEffect, Observation, SendSignal
-from rundir.events import EventKind, Source
+from rundir.events import EventKind
 from rundir.exitcodes import ExitCode
-from rundir.journal import read_records
 from rundir.names import ENV_STANDBY, EVENTS, LOSSES
 from runner import supervisor as supervisor_mod
 from runner.policy import RetryPolicy
@@ -46,6 +45,7 @@ from tests.supervisor_fakes import (
     SignalSupervisor,
     Started,
     Step,
+    SupervisorRecords,
     training,
 )
 
@@ -63,20 +63,12 @@ def exact_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @dataclass
-class Run:
+class Run(SupervisorRecords):
     outcome: Outcome
     launcher: FakeLauncher
     clock: Clock
     run_dir: Path
     said: str  # what the view printed
-
-    def events(self, kind: EventKind) -> list[dict[str, Any]]:
-        return [e for e in read_records(self.run_dir / EVENTS)
-                if e.get("event") == kind.value and e.get("source") == Source.SUPERVISOR.value]
-
-    @property
-    def classes(self) -> list[ExitClass]:
-        return [ExitClass(e["exit_class"]) for e in self.events(EventKind.ATTEMPT_EXITED)]
 
     def worker(self, attempt: int) -> FakeWorker:
         (w,) = [w for w in self.launcher.workers if w.attempt == attempt]

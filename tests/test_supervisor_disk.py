@@ -29,7 +29,7 @@ from runner.policy import RetryPolicy
 from runner.runfiles import EventSink
 from runner.supervisor import Outcome, Supervisor, WorkerSpec
 from runner.view import PlainView
-from tests.supervisor_fakes import Clock, Exit, FakeLauncher, Script, training
+from tests.supervisor_fakes import Clock, Exit, FakeLauncher, Script, SupervisorRecords, training
 
 MiB = 1 << 20
 FULL_LINE = "error: no space left on device writing /run/losses.jsonl"
@@ -55,19 +55,11 @@ class StartFails(FakeLauncher):
 
 
 @dataclass
-class Run:
+class Run(SupervisorRecords):
     outcome: Outcome
     clock: Clock
     run_dir: Path
     said: str
-
-    def events(self, kind: EventKind) -> list[dict[str, Any]]:
-        return [e for e in read_records(self.run_dir / EVENTS)
-                if e.get("event") == kind.value and e.get("source") == Source.SUPERVISOR.value]
-
-    @property
-    def classes(self) -> list[ExitClass]:
-        return [ExitClass(e["exit_class"]) for e in self.events(EventKind.ATTEMPT_EXITED)]
 
 
 def supervise(tmp_path: Path, scripts: Sequence[Script], free: Callable[[float], int], *, disk_wait: float = 60.0,

@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 
 from rundir.classify import ExitClass
-from rundir.events import EventKind, Source
+from rundir.events import EventKind
 from rundir.exitcodes import ExitCode
-from rundir.journal import read_records
 from rundir.names import EVENTS
 from runner import supervisor as supervisor_mod
 from runner.notice import Notice, NoticeChoice, NoticeKind, NoticeSource
@@ -28,7 +27,17 @@ from runner.preempt import NoticeSettings
 from runner.supervisor import Outcome, Supervisor, WorkerSpec
 from runner.view import PlainView
 from runner.watch import Decision, Watch, decide
-from tests.supervisor_fakes import WALL0, Clock, Exit, FakeLauncher, Runaway, Script, SignalSupervisor, training
+from tests.supervisor_fakes import (
+    WALL0,
+    Clock,
+    Exit,
+    FakeLauncher,
+    Runaway,
+    Script,
+    SignalSupervisor,
+    SupervisorRecords,
+    training,
+)
 
 TICK = 0.125
 
@@ -54,19 +63,11 @@ class Give:
 
 
 @dataclass
-class Run:
+class Run(SupervisorRecords):
     outcome: Outcome
     launcher: FakeLauncher
     run_dir: Path
     said: str
-
-    def events(self, kind: EventKind) -> list[dict[str, Any]]:
-        return [e for e in read_records(self.run_dir / EVENTS)
-                if e.get("event") == kind.value and e.get("source") == Source.SUPERVISOR.value]
-
-    @property
-    def classes(self) -> list[ExitClass]:
-        return [ExitClass(e["exit_class"]) for e in self.events(EventKind.ATTEMPT_EXITED)]
 
     def signals(self, attempt: int) -> list[tuple[float, str]]:
         (w,) = [w for w in self.launcher.workers if w.attempt == attempt]

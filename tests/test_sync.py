@@ -28,19 +28,6 @@ from checkpoint.sync import (
 )
 from rundir.exitcodes import ExitCode, UserError
 from rundir.names import ENV_STORE, ENV_STORE_GENERATION, ENV_UPLOAD_DRAIN, ENV_UPLOAD_EVERY, EVENTS, JOB, LOSSES
-from tests.s3_server import S3Server
-
-
-@pytest.fixture(params=["s3", "file"])
-def url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.delenv("RUNNER_CHECKPOINT_KEY", raising=False)
-    if request.param == "s3":
-        server: S3Server = request.getfixturevalue("s3_server")
-        for k, v in server.env().items():
-            monkeypatch.setenv(k, v)
-        return server.fresh_url()
-    (tmp_path / "remote").mkdir()
-    return f"file://{tmp_path / 'remote'}"
 
 
 @pytest.fixture

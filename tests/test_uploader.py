@@ -178,18 +178,6 @@ def test_stopping_gives_up_within_the_drain_time_and_says_so(setup) -> None:
 # -- the real process ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["s3", "file"])
-def url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.delenv("RUNNER_CHECKPOINT_KEY", raising=False)
-    if request.param == "s3":
-        server: S3Server = request.getfixturevalue("s3_server")
-        for k, v in server.env().items():
-            monkeypatch.setenv(k, v)
-        return server.fresh_url()
-    (tmp_path / "remote").mkdir()
-    return f"file://{tmp_path / 'remote'}"
-
-
 def uploader(url: str, run: Path, *, drain_s: float = 10.0) -> tuple[Uploader, RemoteStore]:
     store = RemoteStore(url)
     generation = store.acquire()

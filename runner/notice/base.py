@@ -26,9 +26,6 @@ class NoticeSource(StrEnum):
     K8S = "k8s"
     SLURM = "slurm"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 class NoticeKind(StrEnum):
     """What is coming. ``terminate``, ``stop`` and ``preempt`` take the machine away at the deadline;
@@ -41,9 +38,6 @@ class NoticeKind(StrEnum):
     REBALANCE = "rebalance"
     MAINTENANCE = "maintenance"
     SIGNAL = "signal"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: Kinds that warn ahead of a reclaim rather than announce one.
@@ -67,9 +61,6 @@ class NoticeChoice(StrEnum):
     K8S = "k8s"
     SLURM = "slurm"
     NONE = "none"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

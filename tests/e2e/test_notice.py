@@ -27,8 +27,10 @@ import pytest
 from chaos.cloudfake import FakeAws, FakeAzure, FakeGcp, FakeMetadataServer, Mode
 from checkpoint.storage import LocalStorage
 from checkpoint.store import CheckpointStore
-from rundir.journal import read_records
-from rundir.names import EVENTS, LOSSES, read_heartbeat
+from rundir.names import read_heartbeat
+from tests.helpers import REPO
+from tests.helpers.processes import finish, runner_cmd
+from tests.helpers.readers import events, losses
 
 pytestmark = pytest.mark.e2e
 
@@ -40,16 +42,7 @@ LINE = re.compile(r"^error: preempted by (aws|gcp|azure) notice \((terminate|pre
                   r"saved at step (\d+); rerun on another machine to continue$")
 
 
-REPO = Path(__file__).resolve().parents[2]
-TIMEOUT = 180.0
-
-
-# -- processes and the run directory (kept here: this file needs only these few) ----------------------
-
-
-def runner_cmd(run_dir: Path, *args: object, command: list[str] | None = None) -> list[str]:
-    return [sys.executable, "-m", "runner", "--run-dir", str(run_dir), *map(str, args),
-            *(["--", *command] if command else [])]
+# -- processes and the run directory: a child here keeps no RUNNER_ variable at all ------------------
 
 
 def start(cmd: list[str]) -> subprocess.Popen[str]:
@@ -58,16 +51,6 @@ def start(cmd: list[str]) -> subprocess.Popen[str]:
     env = {k: v for k, v in env.items() if not k.startswith("RUNNER_")}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"{proc.args!r} did not finish in {timeout} s\n{out[-2000:]}\n{err[-2000:]}") from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -79,14 +62,6 @@ def explain(p: subprocess.CompletedProcess[str], run_dir: Path | None = None) ->
     if run_dir is not None:
         text += "\n--- events ---\n" + "\n".join(json.dumps(e) for e in events(run_dir)[-30:])
     return text
-
-
-def events(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in read_records(run_dir / EVENTS) if kind is None or e.get("event") == kind]
-
-
-def losses(run_dir: Path) -> list[dict[str, Any]]:
-    return read_records(run_dir / LOSSES)
 
 
 def heartbeat(run_dir: Path) -> dict[str, Any]:

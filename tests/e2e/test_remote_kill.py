@@ -15,7 +15,6 @@ import pytest
 from checkpoint.remote import CHECKPOINTS, RemoteStore
 from checkpoint.storage import LocalStorage
 from checkpoint.store import MANIFEST, CheckpointStore, checkpoint_name
-from tests.s3_server import S3Server
 
 pytestmark = pytest.mark.e2e
 
@@ -36,18 +35,6 @@ UPLOADER = textwrap.dedent("""
     RemoteStore(url, generation=generation, part_size=5 << 20, between_files=tell).upload(path)
     print("committed", flush=True)
 """)
-
-
-@pytest.fixture(params=["s3", "file"])
-def url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.delenv("RUNNER_CHECKPOINT_KEY", raising=False)
-    if request.param == "s3":
-        server: S3Server = request.getfixturevalue("s3_server")
-        for k, v in server.env().items():
-            monkeypatch.setenv(k, v)
-        return server.fresh_url()
-    (tmp_path / "remote").mkdir()
-    return f"file://{tmp_path / 'remote'}"
 
 
 @pytest.mark.parametrize("after_files", [1, FILES // 2])
