@@ -25,7 +25,7 @@ from rundir.names import ENV_RUN_DIR
 from .adapter import JobAdapter
 from .options import add_supervisor_arguments
 
-__all__ = ["main", "build_parser", "builtin_job"]
+__all__ = ["main", "build_parser", "builtin_job", "COMMANDS"]
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -37,12 +37,29 @@ def builtin_job() -> JobAdapter:
     return BUILTIN
 
 
+#: The commands ``python -m runner --help`` lists, each with an example; each has its own ``--help``.
+COMMANDS = """\
+commands (each has its own --help):
+  python -m runner --run-dir DIR [options] [-- CMD ...]
+      supervise a job; after '--', a command of your own that uses runner.worker replaces the built-in job
+      e.g. python -m runner --run-dir runs/mnist --epochs 5
+  python -m runner --simulate-preemption [options]
+      kill the job at random points, recover it, prove the result equals an uninterrupted run
+      e.g. python -m runner --simulate-preemption --faults 6 --chaos-seed 1
+  python -m runner verify RUN_DIR REFERENCE_DIR
+      compare a run's stitched loss trace with an uninterrupted run's, bit for bit
+      e.g. python -m runner verify runs/chaos-1 runs/references/KEY
+  python -m runner campaign (--trials N | --budget TIME) [options]
+      many seeded chaos trials, several at once, with JUnit, HTML and nightly trends
+      e.g. python -m runner campaign --budget 15m --html chaos.html --history runs/chaos-history
+"""
+
+
 def build_parser(job: JobAdapter | None = None) -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m runner",
         description="Run a training job under a supervisor that restarts it from its newest checkpoint.",
-        epilog="Subcommands: 'verify RUN_DIR REFERENCE_DIR' and 'campaign'. "
-               "After '--', a command of your own that uses runner.worker replaces the built-in job.",
+        epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--run-dir", type=Path, default=None, help="the job's state: checkpoints, journals, logs")
     (job or builtin_job()).add_arguments(p)

@@ -10,10 +10,15 @@ from typing import Any
 from rundir.argparsing import non_negative, positive, seconds, seconds_or_zero
 from rundir.exitcodes import ExitCode, UserError
 
-__all__ = ["add_supervisor_arguments", "module_list", "write_json"]
+__all__ = ["add_supervisor_arguments", "module_list", "write_json", "STANDBY_DEFAULT"]
 
 
-def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
+#: What ``--standby`` is when not given, for a supervised run (the chaos commands keep a spare for any job).
+STANDBY_DEFAULT = "on for the built-in job, off for a command after '--'"
+
+
+def add_supervisor_arguments(p: argparse.ArgumentParser, *, standby_default: str = STANDBY_DEFAULT) -> None:
+    """The supervisor's options; ``standby_default`` says what ``--standby`` is when not given."""
     g = p.add_argument_group("supervisor")
     g.add_argument("--max-restarts", type=non_negative, default=20, metavar="N",
                    help="restarts without progress allowed over the whole job (default 20); "
@@ -22,20 +27,19 @@ def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after N failures in a row with no new step (default 3)")
     g.add_argument("--hang-timeout", type=seconds, default=300.0, metavar="S",
                    help="kill and restart a training worker that gave no heartbeat, no step and used no CPU for S "
-                        "seconds, or was stopped (default %(default)g)")
+                        "seconds, or was stopped (default %(default)g s)")
     g.add_argument("--startup-timeout", type=seconds, default=600.0, metavar="S",
                    help="allow S seconds for a worker's start-up (imports, data, restore), for a checkpoint, and "
-                        "for a worker that is busy on the CPU but silent; slow is not stuck (default %(default)g)")
+                        "for a worker that is busy on the CPU but silent; slow is not stuck (default %(default)g s)")
     g.add_argument("--grace", type=seconds, default=30.0, metavar="S",
                    help="on SIGINT/SIGTERM, give the worker S seconds to checkpoint before SIGKILL "
-                        "(default %(default)g)")
+                        "(default %(default)g s)")
     g.add_argument("--disk-wait", type=seconds_or_zero, default=600.0, metavar="S",
                    help="when the worker finds the disk full (exit 74), wait up to S seconds for space to return, "
-                        "then restart it; give up with exit 74 after that (default %(default)g; 0: at once)")
+                        "then restart it; give up with exit 74 after that (default %(default)g s; 0: at once)")
     g.add_argument("--standby", action=argparse.BooleanOptionalAction, default=None,
                    help="keep a warm spare worker (Paddle imported, data loaded, model built) ready to take "
-                        "over on a restart; it waits in Worker.restore() (default: on for the built-in job, "
-                        "off for a command after '--')")
+                        f"over on a restart; it waits in Worker.restore() (default: {standby_default})")
     g.add_argument("--preload", type=module_list, default=None, metavar="M[,M...]|none",
                    help="import these modules once in a fork server and fork every worker from it, instead of "
                         "starting each with exec (default: model.train for the built-in job, none for a command "
