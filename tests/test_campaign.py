@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
+import shlex
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +20,7 @@ from chaos.simulate import SIMULATION_DEFAULTS
 from model.job import BUILTIN
 from rundir.exitcodes import ExitCode, UserError
 from runner.trace import Verdict
+from tests.helpers import REPO
 
 KINDS = list(FaultKind)
 
@@ -152,3 +155,44 @@ def test_the_campaign_takes_the_simulations_defaults_and_its_own() -> None:
     assert (ns.budget, ns.jobs, ns.html, ns.history, ns.history_window, ns.fail_on_regression) == (
         None, None, None, None, 7, False)
     assert campaign_parser(BUILTIN).parse_args(["--budget", "15m"]).budget == 900
+
+
+# -- the nightly workflow and the docs ---------------------------------------------------------------------
+
+
+def campaign_commands(text: str) -> list[list[str]]:
+    """Each ``python -m runner campaign ...`` command in ``text`` (shell or YAML; in Markdown, its code
+    blocks), its continuation lines joined and its variables replaced by a value, split as the shell would."""
+    if "```" in text:
+        text = "\n".join(text.split("```")[1::2])
+    joined = re.sub(r"\\\n\s*", " ", text)
+    joined = re.sub(r"\n\s+--", " --", joined)  # YAML folds a plain scalar's indented lines
+    cmds = []
+    for line in joined.splitlines():
+        if "python -m runner campaign" not in line:
+            continue
+        line = re.sub(r"\$\{\{[^}]*\}\}|\$\{[^}]*\}|\$\([^)]*\)|\$\w+", "1", line)
+        cmds.append(shlex.split(line.split("python -m runner campaign", 1)[1]))
+    return cmds
+
+
+@pytest.mark.parametrize("path", [".github/workflows/nightly.yml", "docs/nightly-ci.md"])
+def test_the_nightly_commands_parse(path: str) -> None:
+    cmds = campaign_commands((REPO / path).read_text())
+    assert cmds
+    for argv in cmds:
+        ns = campaign_parser(BUILTIN).parse_args(argv)
+        assert ns.budget and ns.html and ns.history and ns.fail_on_regression, argv
+
+
+def test_the_workflow_keeps_the_history_between_nights() -> None:
+    wf = (REPO / ".github/workflows/nightly.yml").read_text()
+    assert "actions/cache/restore@" in wf and "actions/cache/save@" in wf and "path: chaos-history" in wf
+    assert "restore-keys: chaos-history-" in wf
+    assert "chaos.html" in wf.split("name: Upload results")[1]
+
+
+def test_a_command_with_a_flag_the_campaign_lacks_is_caught() -> None:
+    (argv,) = campaign_commands("python -m runner campaign --budget 5m --frobnicate \\\n  --html x")
+    with pytest.raises(SystemExit):
+        campaign_parser(BUILTIN).parse_args(argv)

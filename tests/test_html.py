@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from matplotlib.figure import Figure
-from matplotlib.image import imread
 
 from chaos.figures import distributions_png, kinds_png, trend_png
 from chaos.html import MAX_CURVES, SLOWEST, PageImages, campaign_page, curve_trials, data_uri
 from chaos.results import campaign_json
 from runner.trace import Verdict
 from tests.helpers.factories import chaos_report, many_trials, trial_record
+from tests.helpers.processes import CHROMIUM, screenshot
 
 
 def tiny_png(colour: str = "red") -> bytes:
@@ -146,17 +143,6 @@ def test_text_from_the_trials_is_escaped() -> None:
 
 
 # -- in a real browser -------------------------------------------------------------------------------------
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def screenshot(html_file: Path, png: Path) -> np.ndarray:
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           f"--screenshot={png}", "--window-size=1400,2000", html_file.as_uri()]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert png.is_file(), f"exit {r.returncode}: {r.stderr[-2000:]}"
-    return imread(png)
-
 
 @pytest.mark.e2e
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
