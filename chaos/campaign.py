@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -132,7 +133,8 @@ def _out_dir(ns: argparse.Namespace) -> Path:
 
 
 def _run(ns: argparse.Namespace, argv: Sequence[str], job: JobAdapter, program: Sequence[str], console: Console,
-         started: float) -> tuple[Dispatch, Path]:
+         started: float) -> tuple[Dispatch, Path, bool]:
+    """Run the trials; also whether SIGINT or SIGTERM stopped them."""
     out = _out_dir(ns)
     ref = ensure_reference(job, ns, ns.reference_cache.resolve(), console)
     per, total = job.total_steps(ref, ns)
@@ -151,8 +153,18 @@ def _run(ns: argparse.Namespace, argv: Sequence[str], job: JobAdapter, program: 
     budget = f" within {format_duration(ns.budget)}" if ns.budget else ""
     console.print(f"campaign in {out}: {ns.trials or 'as many'} trials{budget}; {dispatch.choice.line()}",
                   highlight=False)
-    drive(queue, Pool(stop_grace=ns.grace + 10), jobs=dispatch.jobs, on_done=dispatch.on_done, deadline=deadline)
-    return dispatch, ref
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        drive(queue, Pool(stop_grace=ns.grace + 10), jobs=dispatch.jobs, on_done=dispatch.on_done, deadline=deadline)
+    except KeyboardInterrupt:  # the trials running were stopped; the reports cover the ones that finished
+        return dispatch, ref, True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return dispatch, ref, False
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a CI job cancelled) stops the trials as Ctrl-C does
 
 
 def _trend(ns: argparse.Namespace, trials: Sequence[dict[str, Any]], when: datetime) -> tuple[Trend | None, list]:
@@ -210,9 +222,9 @@ def campaign_main(argv: Sequence[str], job: JobAdapter, *, program: Sequence[str
     from runner.view import make_console
 
     console = make_console()
-    dispatch, ref = _run(ns, argv, job, program, console, started)
-    trials = dispatch.trials()
-    trend, nights = _trend(ns, trials, now)
+    dispatch, ref, interrupted = _run(ns, argv, job, program, console, started)
+    trials = dispatch.trials(interrupted=interrupted)
+    trend, nights = (None, []) if interrupted else _trend(ns, trials, now)  # a night cut short is no night
     identity = job.identity(ns)
     config = {"seed": ns.chaos_seed, "trials": ns.trials, "faults_per_trial": ns.faults_per_trial,
               "kinds": [k.value for k in chosen_kinds(ns)], "budget_s": ns.budget, "jobs": dispatch.choice.jobs,
@@ -223,6 +235,10 @@ def campaign_main(argv: Sequence[str], job: JobAdapter, *, program: Sequence[str
     write_outputs(ns, trials, config, trend, nights, load_trace(ref))
     _print_end(console, trials, trend)
     n = tally(trials)
+    if interrupted:
+        console.print(f"[bold red]stopped[/]: the reports cover the {n.run} trials that finished; the history "
+                      "is left as it was", highlight=False)
+        return int(ExitCode.INTERRUPTED)
     if n.run == 0:
         console.print("[bold red]no trial finished within the budget[/]")
     return campaign_exit(verdict_of(trials), n.run, len(trend.regressions) if trend else 0, ns.fail_on_regression)

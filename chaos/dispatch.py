@@ -24,10 +24,11 @@ from .pool import Done, Task, TaskQueue
 from .schedule import SCHEDULE_FILE, Schedule
 from .stats import TrialStatus, trial_status
 
-__all__ = ["TrialPlan", "Dispatch", "usable_cores", "STOPPED", "NOT_REPLAYED"]
+__all__ = ["TrialPlan", "Dispatch", "usable_cores", "STOPPED", "INTERRUPTED", "NOT_REPLAYED"]
 
 STOPPED = "not run: stopped when the time budget ran out"
-NOT_REPLAYED = "not replayed: the time budget ran out first"
+INTERRUPTED = "not run: the campaign was stopped (SIGINT or SIGTERM) first"
+NOT_REPLAYED = "not replayed: the campaign ended first"
 _MiB = float(1 << 20)
 
 
@@ -138,10 +139,13 @@ class Dispatch:
         faults = len(rec.get("faults") or [])
         return f"{rec['trial']}: {rec['verdict']} ({faults} faults, {rec.get('restarts', 0)} restarts)"
 
-    def trials(self) -> list[dict[str, Any]]:
-        """Every trial that started, in trial order; a failed one never replayed says so."""
+    def trials(self, *, interrupted: bool = False) -> list[dict[str, Any]]:
+        """Every trial that started, in trial order; a failed one never replayed says so, and with
+        ``interrupted`` one not run says the campaign was stopped."""
         out = []
         for rec in self.records.values():
+            if interrupted and rec["status"] == TrialStatus.NOT_RUN:
+                rec["reason"] = INTERRUPTED
             if rec["status"] == TrialStatus.FAILED and "replayed" not in rec and self.replays:
                 rec["replayed"] = {"verdict": None, "reason": NOT_REPLAYED, "run_dir": None}
             out.append(rec)

@@ -65,14 +65,17 @@ def _kind_rates(ax: Axes, trials: Sequence[Trial]) -> None:
     ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_xlabel("share of the trials with the kind")
     ax.set_title("pass rate per fault kind")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
 
 
 def _histogram(ax: Axes, values: Sequence[float], title: str, xlabel: str, colour: str) -> None:
     if not values:
         _empty(ax, title, "no data")
         return
-    ax.hist(values, bins=min(30, max(5, len(values) // 3)), color=colour, alpha=0.8, edgecolor="white")
+    lo, hi = min(values), max(values)
+    whole = all(float(v).is_integer() for v in values) and hi - lo <= 60  # counts: one bar per value
+    bins: Any = [x - 0.5 for x in range(int(lo), int(hi) + 2)] if whole else min(30, max(5, len(values) // 3))
+    ax.hist(values, bins=bins, color=colour, alpha=0.8, edgecolor="white")
     mid = sorted(values)[len(values) // 2]
     ax.axvline(mid, color="black", lw=1.2, ls="--", label=f"median {mid:.3g}")
     ax.set_title(f"{title} (n={len(values)})")

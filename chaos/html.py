@@ -120,7 +120,8 @@ def _trend(data: Mapping[str, Any], trend_png: bytes | None) -> str:
         return ""
     nights = trend.get("nights") or []
     flags = trend.get("regressions") or []
-    out = [f"<h2>Against the last {len(nights)} night{'s' if len(nights) != 1 else ''}</h2>"]
+    n = len(nights)
+    out = [f"<h2>Against the last {n} night{'s' if n != 1 else ''}</h2>" if n else "<h2>Against the nights before</h2>"]
     if not nights:
         out.append('<p class="note">No earlier nights in the history yet: tonight is the first to compare with.</p>')
     elif flags:

@@ -14,7 +14,7 @@ import pytest
 
 import chaos.dispatch
 from chaos.child import CHILD_FLAG, TrialSpec
-from chaos.dispatch import NOT_REPLAYED, STOPPED, Dispatch, TrialPlan
+from chaos.dispatch import INTERRUPTED, NOT_REPLAYED, STOPPED, Dispatch, TrialPlan
 from chaos.faults import FaultKind
 from chaos.pool import Done, Task, TaskQueue
 from runner.trace import Verdict
@@ -124,3 +124,11 @@ def test_jobs_asked_for_are_kept(tmp_path: Path) -> None:
     c = Campaign(tmp_path, jobs=5)
     c.end(c.start(), Verdict.PASS, peak=8 * GiB)
     assert c.d.jobs() == 5 and not any(s.startswith("jobs:") for s in c.said)
+
+
+def test_trials_a_stopped_campaign_never_finished_say_so(tmp_path: Path) -> None:
+    c = Campaign(tmp_path)
+    t1, _ = c.start(), c.start()
+    c.end(t1, Verdict.PASS)
+    assert [(t["status"], t["reason"]) for t in c.d.trials(interrupted=True)][1] == ("not-run", INTERRUPTED)
+    assert c.d.trials(interrupted=True)[0]["status"] == "passed"

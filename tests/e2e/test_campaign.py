@@ -8,6 +8,7 @@ real trial processes, supervisors, workers and signals, a few seconds a trial.
   whose resume breaks (``PACED_BREAK_AFTER``) are flagged, in the exit code, the JSON, the console and
   the HTML page, which headless chromium renders.
 - A trial that fails once and passes on its exact replay (``PACED_BREAK_ONCE``) is flaky, not passed.
+- A campaign stopped by SIGTERM stops its trials, reports what finished, and keeps no night.
 
 The sigterm and hang kinds are left out where results are compared run against run: hang costs the
 hang timeout, and a SIGTERM that lands while the worker's checkpoint writer process is starting can kill
@@ -18,6 +19,7 @@ would make a comparison of two runs fail for a reason other than the one under t
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +30,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import REPO
-from tests.helpers.processes import CHROMIUM, describe, processes_using, run, screenshot
+from tests.helpers.processes import CHROMIUM, describe, finish, processes_using, run, screenshot, start, wait_for
 from tests.helpers.readers import loss_trace
 
 pytestmark = pytest.mark.e2e
@@ -163,3 +165,22 @@ def test_a_trial_that_passes_on_its_replay_is_flaky(tmp_path: Path, reference_ca
     assert failure is not None and failure.get("type") == "Flaky"
     assert "FLAKY trial-001" in c.proc.stdout and "1 flaky" in c.proc.stdout
     assert 'class="badge flaky">FLAKY' in (tmp_path / "flaky.html").read_text()
+
+
+def test_a_stopped_campaign_stops_its_trials_and_reports_what_finished(tmp_path: Path,
+                                                                      reference_cache: Path) -> None:
+    out = tmp_path / "stopped"
+    cmd = [sys.executable, str(CAMPAIGN), "--out", out, "--reference-cache", reference_cache, "--json",
+           tmp_path / "stopped.json", "--history", tmp_path / "history", "--trials", 6, "--jobs", 2, *TWO_KINDS]
+    proc = start([str(a) for a in cmd], env={"PACED_SLOW_RESUME_S": "60"})  # no trial can finish
+    wait_for(lambda: len(processes_using([out / "trial-002"])) > 1, timeout=120, proc=proc,
+             what="two trials to be running")
+    proc.send_signal(signal.SIGTERM)  # as a cancelled CI job is
+    done = finish(proc, timeout=60)
+    assert done.returncode == 130, describe(done)
+    assert not processes_using([out]), "a trial's process outlived its campaign"
+    data = json.loads((tmp_path / "stopped.json").read_text())
+    assert [t["status"] for t in data["trials"]] == ["not-run", "not-run"]
+    assert all("the campaign was stopped" in t["reason"] for t in data["trials"])
+    assert not (tmp_path / "history").exists()  # a night cut short is not kept
+    assert "stopped: the reports cover the 0 trials that finished" in done.stdout
