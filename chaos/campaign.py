@@ -84,7 +84,8 @@ def campaign_parser(job: JobAdapter) -> argparse.ArgumentParser:
                         "trial's measured peak)")
     g.add_argument("--faults-per-trial", type=positive, default=3, metavar="N",
                    help="faults in each trial (default %(default)s)")
-    g.add_argument("--out", type=Path, default=None, help="a new directory for the trials (default runs/campaign-TIME)")
+    g.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="a new directory for the trials (default runs/campaign-TIME)")
     g.add_argument("--junit", type=Path, default=None, metavar="FILE", help="write JUnit XML")
     g.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results as JSON")
     g.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
@@ -98,6 +99,10 @@ def campaign_parser(job: JobAdapter) -> argparse.ArgumentParser:
     g.add_argument("--fail-on-regression", action="store_true",
                    help=f"exit {int(ExitCode.REGRESSED)} when --history finds a regression and every trial passed")
     g.add_argument(CHILD_FLAG, type=Path, default=None, help=argparse.SUPPRESS)
+    p.epilog = ("a night's campaign (docs/nightly-ci.md):\n"
+                "  python -m runner campaign --budget 15m --chaos-seed $(date -u +%Y%m%d) --junit chaos.xml \\\n"
+                "      --html chaos.html --history runs/chaos-history --fail-on-regression")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
 
 

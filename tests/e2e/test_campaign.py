@@ -99,7 +99,10 @@ def test_a_budget_is_filled_and_kept(tmp_path: Path, reference_cache: Path) -> N
     c = campaign(tmp_path, "budget", "--budget", "25s", "--jobs", 2, *COMPARABLE_KINDS, cache=reference_cache)
     assert c.proc.returncode == 0, describe(c.proc)
     n = c.data["totals"]
-    assert n["run"] >= 3 and n["passed"] == n["run"] and n["not_run"] == 0, n  # nothing bound to be cut off started
+    assert n["run"] >= 3 and n["passed"] == n["run"], n
+    # A trial starts only while a typical one fits: at most the last ones, slower than typical on a busy
+    # machine, are cut short (the rule itself is tests/test_budget.py's).
+    assert n["not_run"] <= 2, n
     assert c.data["campaign"]["budget_s"] == 25 and c.data["campaign"]["trials"] is None
     assert c.took < 25 + 20, c.took  # the reports after the budget take seconds
 
