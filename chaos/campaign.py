@@ -207,8 +207,8 @@ def _print_end(console: Console, trials: Sequence[dict[str, Any]], trend: Trend 
         if not trend.nights:
             console.print("no earlier nights in the history to compare with yet", highlight=False)
         elif not trend.regressions:
-            n = len(trend.nights)
-            console.print(f"no regression against the last {n} night{'s' if n != 1 else ''}", highlight=False)
+            k = len(trend.nights)
+            console.print(f"no regression against the last {k} night{'s' if k != 1 else ''}", highlight=False)
         for line in trend.unreadable:
             console.print(f"history: passed over {escape(line)}", highlight=False)
     n = tally(trials)
