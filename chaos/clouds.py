@@ -14,8 +14,8 @@ from dataclasses import replace
 from typing import Any
 
 from rundir.exitcodes import ExitCode
-from runner.notice import NoticeChoice
 from runner.launcher import Launcher
+from runner.notice import NoticeChoice
 from runner.policy import AttemptResult
 from runner.preempt import NoticeSettings
 from runner.supervisor import Outcome, Supervisor, WorkerSpec

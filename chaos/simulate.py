@@ -61,7 +61,7 @@ def chaos_parser(job: JobAdapter, prog: str, description: str) -> argparse.Argum
                       epilog="After '--', a command of your own that uses runner.Job is proven instead of the "
                              "built-in job: '... -- python my_job.py ARGS'.")
     job.add_arguments(p)
-    add_supervisor_arguments(p)
+    add_supervisor_arguments(p, standby_default="on")
     p.set_defaults(**SIMULATION_DEFAULTS)
     g = p.add_argument_group("chaos")
     kinds = ", ".join(k.value for k in FaultKind)
@@ -109,7 +109,8 @@ def simulate_main(argv: Sequence[str], job: JobAdapter) -> int:
     p.add_argument("--faults", type=int, default=DEFAULT_FAULTS, help=f"faults to inject (default {DEFAULT_FAULTS})")
     p.add_argument("--chaos-replay", type=Path, default=None, metavar="FILE",
                    help="replay the faults of a saved chaos-schedule.json instead of drawing them")
-    p.add_argument("--run-dir", type=Path, default=None, help="a new directory for the chaos run")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="a new directory for the chaos run (default runs/chaos-TIME)")
     p.add_argument("--json-report", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
     ns = p.parse_args(argv)
     if ns.faults < 0:

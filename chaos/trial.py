@@ -20,8 +20,8 @@ from rundir.exitcodes import ExitCode, UserError
 from rundir.journal import read_records
 from rundir.names import ENV_RUN_DIR, EVENTS, FINAL, LOSSES, worker_env
 from runner.adapter import JobAdapter
-from runner.options import notice_settings
 from runner.gang import GangLauncher, gang_command
+from runner.options import notice_settings
 from runner.policy import RetryPolicy
 from runner.supervisor import WorkerSpec
 from runner.trace import compare, load_trace

@@ -37,14 +37,14 @@ if TYPE_CHECKING:
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     """The built-in job's options, shared with ``python -m runner`` which passes them through."""
-    p.add_argument("--epochs", type=positive, default=5, help="epochs to train (default 5)")
-    p.add_argument("--seed", type=non_negative, default=0, help="seed for init and shuffling (default 0)")
+    p.add_argument("--epochs", type=positive, default=5, help="epochs to train (default %(default)s)")
+    p.add_argument("--seed", type=non_negative, default=0, help="seed for init and shuffling (default %(default)s)")
     p.add_argument("--data", default=None,
                    help="a .json.gz file or an IDX directory (default: scikit-learn's bundled digits)")
     p.add_argument("--checkpoint-every-steps", "--checkpoint-every", type=every_steps, default=0, metavar="K|auto",
                    dest="checkpoint_every_steps",
                    help="also checkpoint every K steps, or 'auto': Young's interval sqrt(2*cost*MTBF) from the "
-                        "measured checkpoint cost (default 0: at epoch ends only)")
+                        "measured checkpoint cost (default %(default)s; 0: at epoch ends only)")
     p.add_argument("--mtbf", type=seconds, default=None, metavar="S",
                    help="with 'auto': the expected seconds between failures (default: estimated from the run)")
     p.add_argument("--durable-every", type=seconds_or_zero, default=DEFAULT_DURABLE_EVERY_S, metavar="S",
@@ -54,9 +54,11 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-checkpoints", action="store_true",
                    help="write checkpoints on the training thread instead of in the background")
     p.add_argument("--dropout", type=fraction, default=0.0, metavar="P",
-                   help="dropout before the classifier, drawing from Paddle's generator every step (default 0)")
+                   help="dropout before the classifier, drawing from Paddle's generator every step "
+                        "(default %(default)g)")
     p.add_argument("--jitter", type=non_negative_float, default=0.0, metavar="STD",
-                   help="Gaussian noise on the inputs, drawing from NumPy's global generator every step (default 0)")
+                   help="Gaussian noise on the inputs, drawing from NumPy's global generator every step "
+                        "(default %(default)g)")
     p.add_argument("--break-resume", choices=BREAK_RESUME_KINDS, default=None,
                    help="deliberately resume wrongly (to test the verifier); never for real runs")
 

@@ -93,6 +93,6 @@ def add_store_arguments(p: argparse.ArgumentParser) -> None:
                         "machine")
     g.add_argument("--upload-every", type=seconds_or_zero, default=DEFAULT_UPLOAD_EVERY_S, metavar="S",
                    dest="upload_every",
-                   help="upload a durable checkpoint at most every S seconds while training (default %(default)g: "
+                   help="upload a durable checkpoint at most every S seconds while training (default %(default)g; "
                         "a spot notice gives >= 30 s, a 1 GB state uploads in ~10 s); on SIGTERM and at the end of "
                         "the job the newest checkpoint is always uploaded. 0: every checkpoint")

@@ -27,6 +27,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad command-line flags (argparse's status)
     VERIFY_FAILED = 3  # the stitched trace does not match the reference (the verdict "diverged")
     INCOMPLETE = 4  # the run (or the reference) never finished: steps missing or no final record
+    REGRESSED = 5  # a chaos campaign passed but did worse than the nights before it (--fail-on-regression)
     BAD_DATA = 65  # EX_DATAERR: missing or malformed training data
     LOCKED = 69  # EX_UNAVAILABLE: another supervisor or worker holds the run directory
     GAVE_UP = 70  # the supervisor stopped retrying: crash loop or restart budget spent

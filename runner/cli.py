@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from .remote_sync import RemoteTier
 
-__all__ = ["main", "build_parser", "builtin_job", "job_for"]
+__all__ = ["main", "build_parser", "builtin_job", "job_for", "COMMANDS"]
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -52,13 +52,29 @@ def job_for(command: list[str] | None) -> JobAdapter:
     return CommandJob(command)
 
 
+#: The commands ``python -m runner --help`` lists, each with an example; each has its own ``--help``.
+COMMANDS = """\
+commands (each has its own --help):
+  python -m runner --run-dir DIR [options] [-- CMD ...]
+      supervise a job; after '--', a command of your own (using runner.Job or runner.worker) replaces the built-in job
+      e.g. python -m runner --run-dir runs/mnist --epochs 5
+  python -m runner --simulate-preemption [options] [-- CMD ...]
+      kill the job at random points, recover it, prove the result equals an uninterrupted run
+      e.g. python -m runner --simulate-preemption --faults 6 --chaos-seed 1
+  python -m runner verify RUN_DIR REFERENCE_DIR
+      compare a run's stitched loss trace with an uninterrupted run's, bit for bit
+      e.g. python -m runner verify runs/chaos-1 runs/references/KEY
+  python -m runner campaign (--trials N | --budget TIME) [options] [-- CMD ...]
+      many seeded chaos trials, several at once, with JUnit, HTML and nightly trends
+      e.g. python -m runner campaign --budget 15m --html chaos.html --history runs/chaos-history
+"""
+
+
 def build_parser(job: JobAdapter | None = None) -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m runner",
         description="Run a training job under a supervisor that restarts it from its newest checkpoint.",
-        epilog="Subcommands: 'verify RUN_DIR REFERENCE_DIR' and 'campaign'. "
-               "After '--', a command of your own that uses runner.Job (or runner.worker) replaces the built-in "
-               "job, here and in --simulate-preemption and campaign.",
+        epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--run-dir", type=Path, default=None, help="the job's state: checkpoints, journals, logs")
     (job or builtin_job()).add_arguments(p)
@@ -171,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from chaos.campaign import campaign_main
 
             own, command = _split_command(args[1:])
-            return campaign_main(own, job_for(command))
+            return campaign_main(own, job_for(command), command=command or ())
         own, command = _split_command(args)
         if "--simulate-preemption" in own:
             from chaos.simulate import simulate_main

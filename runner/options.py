@@ -15,10 +15,16 @@ from rundir.exitcodes import ExitCode, UserError
 from .notice import NoticeChoice, parse_choice, parse_signal_name
 from .preempt import NoticeSettings
 
-__all__ = ["add_supervisor_arguments", "add_notice_arguments", "notice_settings", "module_list", "write_json"]
+__all__ = ["add_supervisor_arguments", "add_notice_arguments", "notice_settings", "module_list", "write_json",
+           "STANDBY_DEFAULT"]
 
 
-def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
+#: What ``--standby`` is when not given, for a supervised run (the chaos commands keep a spare for any job).
+STANDBY_DEFAULT = "on for the built-in job, off for a command after '--'"
+
+
+def add_supervisor_arguments(p: argparse.ArgumentParser, *, standby_default: str = STANDBY_DEFAULT) -> None:
+    """The supervisor's options; ``standby_default`` says what ``--standby`` is when not given."""
     g = p.add_argument_group("supervisor")
     g.add_argument("--max-restarts", type=non_negative, default=20, metavar="N",
                    help="restarts without progress allowed over the whole job (default 20); "
@@ -27,23 +33,22 @@ def add_supervisor_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after N failures in a row with no new step (default 3)")
     g.add_argument("--hang-timeout", type=seconds, default=300.0, metavar="S",
                    help="kill and restart a training worker that gave no heartbeat, no step and used no CPU for S "
-                        "seconds, or was stopped (default %(default)g)")
+                        "seconds, or was stopped (default %(default)g s)")
     g.add_argument("--startup-timeout", type=seconds, default=600.0, metavar="S",
                    help="allow S seconds for a worker's start-up (imports, data, restore), for a checkpoint, and "
-                        "for a worker that is busy on the CPU but silent; slow is not stuck (default %(default)g)")
+                        "for a worker that is busy on the CPU but silent; slow is not stuck (default %(default)g s)")
     g.add_argument("--grace", type=seconds, default=30.0, metavar="S",
                    help="on SIGINT/SIGTERM, give the worker S seconds to checkpoint before SIGKILL "
-                        "(default %(default)g)")
+                        "(default %(default)g s)")
     g.add_argument("--disk-wait", type=seconds_or_zero, default=600.0, metavar="S",
                    help="when the worker finds the disk full (exit 74), wait up to S seconds for space to return, "
-                        "then restart it; give up with exit 74 after that (default %(default)g; 0: at once)")
+                        "then restart it; give up with exit 74 after that (default %(default)g s; 0: at once)")
     g.add_argument("--standby", action=argparse.BooleanOptionalAction, default=None,
                    help="keep a warm spare worker (Paddle imported, data loaded, model built) ready to take "
-                        "over on a restart; it waits in Worker.restore() (default: on for the built-in job, "
-                        "off for a command after '--')")
+                        f"over on a restart; it waits in Worker.restore() (default: {standby_default})")
     g.add_argument("--nproc-per-node", type=positive, default=1, metavar="N", dest="nproc_per_node",
                    help="run the job as a gang of N data-parallel ranks under paddle.distributed.launch, restarted "
-                        "whole when any rank fails (default 1: one process; see docs/multi-rank.md)")
+                        "whole when any rank fails (default %(default)s; 1 is one process; see docs/multi-rank.md)")
     g.add_argument("--preload", type=module_list, default=None, metavar="M[,M...]|none",
                    help="import these modules once in a fork server and fork every worker from it, instead of "
                         "starting each with exec (default: model.train for the built-in job, none for a command "
@@ -78,7 +83,7 @@ def add_notice_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--notice", type=_choice, default=NoticeChoice.AUTO, metavar="SOURCE",
                    help="watch for the machine's preemption notice: aws, gcp, azure (their metadata servers), k8s, "
                         "slurm (a signal to the supervisor), none, or auto: probe the three clouds in the background, "
-                        "else Slurm or Kubernetes from the environment (default auto; none in simulations). On a "
+                        "else Slurm or Kubernetes from the environment (default %(default)s). On a "
                         "notice the worker saves its state at the step it reached and the supervisor exits 75 "
                         "instead of restarting it")
     g.add_argument("--notice-signal", type=_signal, default=signal.SIGTERM, metavar="SIG",

@@ -43,9 +43,12 @@ def skipped_lines(traces: Sequence[tuple[Path, Trace]]) -> list[str]:
 def verify_main(argv: Sequence[str]) -> int:
     p = OneLineParser(prog="python -m runner verify",
                       description="Compare a run's stitched loss trace with a reference, bit for bit.")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run to check (e.g. a chaos run)")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                   help="the run directory to check, with its losses.jsonl: a chaos run, a campaign's trial-NNN, "
+                        "or any resumed run")
     p.add_argument("reference_dir", type=Path, metavar="REFERENCE_DIR",
-                   help="an uninterrupted run of the same job and configuration")
+                   help="the run directory of an uninterrupted run of the same job and configuration (a chaos "
+                        "run's is under --reference-cache, default runs/references)")
     p.add_argument("--json", type=Path, default=None, help="also write the comparison as JSON")
     ns = p.parse_args(argv)
     from rich.text import Text

@@ -1,38 +1,26 @@
-"""chaos/campaign.py's pure parts as tables: dealing fault kinds out evenly, the trials' seeds, the JUnit
-XML (one testcase per trial, a failure carrying its replay command), the JSON totals, the summary table
-rendered into a Console of width 100, and the campaign's verdict. The trials themselves run end to end
-in the nightly CI (docs/nightly-ci.md)."""
+"""chaos/campaign.py's pure parts as tables: dealing fault kinds out evenly (the same first hands
+whatever the count), the trials' seeds and plans, the options and the exit code. The results are
+tests/test_results.py's; whole campaigns run in tests/e2e/test_campaign.py."""
 
 from __future__ import annotations
 
-import io
+import argparse
 import random
-import xml.etree.ElementTree as ET
+import re
+import shlex
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
-from chaos.campaign import (
-    Trial,
-    campaign_json,
-    campaign_parser,
-    campaign_verdict,
-    deal_kinds,
-    draw_schedules,
-    junit_xml,
-    summary_table,
-    trial_seeds,
-)
+from chaos.campaign import MAX_TRIALS, campaign_exit, campaign_main, campaign_parser, deal_kinds, planner, trial_seeds
 from chaos.faults import FaultKind
-from chaos.report import ChaosReport
 from chaos.simulate import SIMULATION_DEFAULTS
 from model.job import BUILTIN
-from runner.trace import Verdict, compare
-from tests.helpers.factories import rec, trace_of
+from rundir.exitcodes import ExitCode, UserError
+from runner.trace import Verdict
+from tests.helpers import REPO
 
 KINDS = list(FaultKind)
 
@@ -101,107 +89,120 @@ def test_trial_seeds_are_seeded_and_stable_as_trials_are_added() -> None:
     assert trial_seeds(0, 0) == []
 
 
-# -- the results ------------------------------------------------------------------------------------------
-
-RECORDS = [rec(s, 2.0 - s / 10) for s in range(6)]
-RUNS = {
-    Verdict.PASS: trace_of(RECORDS),
-    Verdict.DIVERGED: trace_of([rec(s, 3.0) for s in range(6)], "q" * 64),
-    Verdict.INCOMPLETE: trace_of(RECORDS[:3], None),
-}
+# -- the plan, the options, the exit code -----------------------------------------------------------------
 
 
-def report(verdict: Verdict, *faults: str, missed: Sequence[str] = (), restarts: int = 1, lost: int = 2,
-           latency: Sequence[float] = (1.5,), wall_s: float = 10.0) -> ChaosReport:
-    hits = tuple({"kind": k, "target_step": 2, "hit_step": 2, "missed": False} for k in faults) + tuple(
-        {"kind": k, "target_step": 4, "hit_step": None, "missed": True} for k in missed)
-    return ChaosReport(job={}, comparison=compare(trace_of(RECORDS), RUNS[verdict]), faults=hits, restarts=restarts,
-                       lost_steps=lost, restart_latency_s=tuple(latency), wall_s=wall_s, reference_compute_s=5.0,
-                       epochs=(), replay=f"python -m runner --simulate-preemption --chaos-replay run-{verdict}.json")
+def test_dealing_for_more_trials_deals_the_same_first_hands() -> None:
+    """A budget does not know how many trials it will run: trial i's kinds must not depend on it."""
+    assert deal_kinds(5, 200, 3, KINDS)[:7] == deal_kinds(5, 7, 3, KINDS)
 
 
-def trials(*reports: ChaosReport) -> list[Trial]:
-    return [Trial(i, 1000 + i, Path(f"/c/trial-{i:03d}"), r, Path(f"/c/trial-{i:03d}/chaos-schedule.json"))
-            for i, r in enumerate(reports, start=1)]
+def plan_ns(**over: Any) -> argparse.Namespace:
+    ns = campaign_parser(BUILTIN).parse_args(["--trials", "4"])
+    return argparse.Namespace(**{**vars(ns), **over})
 
 
-THREE = trials(report(Verdict.PASS, "sigkill", "hang", wall_s=10.0),
-               report(Verdict.DIVERGED, "sigterm", restarts=2, lost=0, latency=(1.0, 3.0), wall_s=12.5),
-               report(Verdict.INCOMPLETE, "crash", missed=["hang"], restarts=0, latency=(), wall_s=2.5))
+def test_a_trials_plan_does_not_depend_on_the_limit() -> None:
+    few, many = planner(plan_ns(), 75, 15, 4), planner(plan_ns(), 75, 15, MAX_TRIALS)
+    for i in range(1, 5):
+        assert few(i) == many(i)
+        assert few(i).name == f"trial-{i:03d}" and len(few(i).schedule.faults) == 3
+    assert few(1).seed == trial_seeds(0, 1)[0]
 
 
-def test_junit_has_one_testcase_per_trial_and_a_failure_carries_the_replay() -> None:
-    root = ET.fromstring(junit_xml(THREE))
-    (suite,) = root
-    assert (root.tag, root.get("tests"), root.get("failures"), root.get("time")) == ("testsuites", "3", "2", "25.000")
-    assert (suite.get("name"), suite.get("tests"), suite.get("failures"), suite.get("errors")) == (
-        "chaos-campaign", "3", "2", "0")
-    cases = suite.findall("testcase")
-    assert [c.get("name") for c in cases] == [
-        "trial-001 seed=1001 faults=sigkill,hang", "trial-002 seed=1002 faults=sigterm",
-        "trial-003 seed=1003 faults=crash,hang"]
-    assert [c.get("time") for c in cases] == ["10.000", "12.500", "2.500"]
-    assert cases[0].find("failure") is None
-    for case, t, kind in ((cases[1], THREE[1], "ResumeMismatch"), (cases[2], THREE[2], "RunIncomplete")):
-        failure = case.find("failure")
-        assert failure is not None and failure.get("type") == kind
-        assert failure.get("message") == f"{t.report.judgement.line()}; replay: {t.report.replay}"
-    for case, t in zip(cases, THREE):
-        out = case.find("system-out")
-        assert out is not None and out.text == f"run dir: {t.run_dir}\nreplay: {t.report.replay}\n"
+def test_a_plan_that_cannot_fit_is_a_bad_configuration_said_at_once() -> None:
+    with pytest.raises(UserError, match="cannot fit") as e:
+        planner(plan_ns(faults_per_trial=40), 75, 15, 4)
+    assert e.value.code is ExitCode.BAD_CONFIG
 
 
-def test_campaign_json_totals() -> None:
-    d = campaign_json(THREE, {"seed": 7})
-    assert d["campaign"] == {"seed": 7}
-    assert [(t["trial"], t["seed"], t["verdict"]) for t in d["trials"]] == [
-        ("trial-001", 1001, "pass"), ("trial-002", 1002, "diverged"), ("trial-003", 1003, "incomplete")]
-    assert d["totals"] == {"trials": 3, "passed": 1, "failed": 2, "diverged": 1, "incomplete": 1, "faults": 5,
-                           "restarts": 3, "lost_steps": 4, "restart_latency_median_s": 1.5,
-                           "goodput_mean": round((0.5 + 0.4 + 2.0) / 3, 4)}
-
-
-def test_campaign_json_of_no_trials() -> None:
-    totals = campaign_json([], {})["totals"]
-    assert (totals["trials"], totals["restart_latency_median_s"], totals["goodput_mean"]) == (0, None, None)
-
-
-def test_the_summary_table_renders_a_row_per_trial() -> None:
-    out = io.StringIO()
-    Console(file=out, width=100).print(summary_table(THREE))
-    lines = [line.rstrip() for line in out.getvalue().splitlines()]
-    assert "chaos campaign" in lines[0]
-    header = next(line for line in lines if "trial" in line and "verdict" in line)
-    columns = ("trial", "seed", "faults", "restarts", "lost steps", "goodput", "verdict")
-    assert [w for w in columns if w not in header] == []
-    rows = {line.split()[1]: line for line in lines if "trial-0" in line}
-    assert list(rows) == ["trial-001", "trial-002", "trial-003"]
-    assert all(w in rows["trial-001"] for w in ("1001", "sigkill, hang", "1.50 s", "0.500", "pass"))
-    assert all(w in rows["trial-002"] for w in ("sigterm", "2.00 s", "0.400", "diverged"))
-    assert all(w in rows["trial-003"] for w in ("crash, hang?", " - ", "2.000", "incomplete"))  # missed: "?"
-
-
-@pytest.mark.parametrize(("verdicts", "want"), [
-    ([], Verdict.PASS),
-    ([Verdict.PASS, Verdict.PASS], Verdict.PASS),
-    ([Verdict.PASS, Verdict.INCOMPLETE], Verdict.INCOMPLETE),
-    ([Verdict.INCOMPLETE, Verdict.DIVERGED, Verdict.PASS], Verdict.DIVERGED),  # a divergence outranks the rest
+@pytest.mark.parametrize(("argv", "error"), [
+    ([], "give --trials N, --budget TIME, or both"),
+    (["--trials", "0"], "--trials: must be 1 or more"),
+    (["--budget", "soon"], "not a duration"),
+    (["--trials", "2", "--jobs", "0"], "--jobs: must be 1 or more"),
+    (["--trials", "2", "--fail-on-regression"], "--fail-on-regression needs --history DIR"),
+    (["--trials", "2", "--history", "h", "--history-window", "0"], "must be 1 or more"),
 ])
-def test_campaign_verdict(verdicts: list[Verdict], want: Verdict) -> None:
-    assert campaign_verdict(verdicts) is want
+def test_bad_options_are_one_line(argv: list[str], error: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        campaign_main(argv, BUILTIN)
+    assert e.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert error in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("verdict", "ran", "regressions", "fail", "code"), [
+    (Verdict.PASS, 5, 0, True, 0),
+    (Verdict.PASS, 5, 2, False, 0),  # regressions are reported; they fail the run only when asked
+    (Verdict.PASS, 5, 2, True, ExitCode.REGRESSED),
+    (Verdict.DIVERGED, 5, 2, True, ExitCode.VERIFY_FAILED),  # a failed trial says more than a trend
+    (Verdict.INCOMPLETE, 5, 0, False, ExitCode.INCOMPLETE),
+    (Verdict.PASS, 0, 0, False, ExitCode.INCOMPLETE),  # nothing finished within the budget
+])
+def test_the_exit_code(verdict: Verdict, ran: int, regressions: int, fail: bool, code: int) -> None:
+    assert campaign_exit(verdict, ran, regressions, fail) == code
+
+
+def test_the_child_flag_is_hidden() -> None:
+    assert "--trial-child" not in campaign_parser(BUILTIN).format_help()
 
 
 def test_the_campaign_takes_the_simulations_defaults_and_its_own() -> None:
     ns = campaign_parser(BUILTIN).parse_args(["--trials", "4"])
     assert {k: getattr(ns, k) for k in SIMULATION_DEFAULTS} == SIMULATION_DEFAULTS
     assert (ns.trials, ns.faults_per_trial, ns.out, ns.junit, ns.json, ns.plot) == (4, 3, None, None, None, None)
+    assert (ns.budget, ns.jobs, ns.html, ns.history, ns.history_window, ns.fail_on_regression) == (
+        None, None, None, None, 7, False)
+    assert campaign_parser(BUILTIN).parse_args(["--budget", "15m"]).budget == 900
+
+
+# -- the nightly workflow and the docs ---------------------------------------------------------------------
+
+
+def campaign_commands(text: str) -> list[list[str]]:
+    """Each ``python -m runner campaign ...`` command in ``text`` (shell or YAML; in Markdown, its code
+    blocks), its continuation lines joined and its variables replaced by a value, split as the shell would."""
+    if "```" in text:
+        text = "\n".join(text.split("```")[1::2])
+    joined = re.sub(r"\\\n\s*", " ", text)
+    joined = re.sub(r"\n\s+--", " --", joined)  # YAML folds a plain scalar's indented lines
+    cmds = []
+    for line in joined.splitlines():
+        if "python -m runner campaign" not in line:
+            continue
+        line = re.sub(r"\$\{\{[^}]*\}\}|\$\{[^}]*\}|\$\([^)]*\)|\$\w+", "1", line)
+        cmds.append(shlex.split(line.split("python -m runner campaign", 1)[1]))
+    return cmds
+
+
+@pytest.mark.parametrize("path", [".github/workflows/nightly.yml", "docs/nightly-ci.md"])
+def test_the_nightly_commands_parse(path: str) -> None:
+    cmds = campaign_commands((REPO / path).read_text())
+    assert cmds
+    for argv in cmds:
+        ns = campaign_parser(BUILTIN).parse_args(argv)
+        assert ns.budget and ns.html and ns.history and ns.fail_on_regression, argv
+
+
+def test_the_workflow_keeps_the_history_between_nights() -> None:
+    wf = (REPO / ".github/workflows/nightly.yml").read_text()
+    assert "actions/cache/restore@" in wf and "actions/cache/save@" in wf and "path: chaos-history" in wf
+    assert "restore-keys: chaos-history-" in wf
+    assert "chaos.html" in wf.split("name: Upload results")[1]
+
+
+def test_a_command_with_a_flag_the_campaign_lacks_is_caught() -> None:
+    (argv,) = campaign_commands("python -m runner campaign --budget 5m --frobnicate \\\n  --html x")
+    with pytest.raises(SystemExit):
+        campaign_parser(BUILTIN).parse_args(argv)
 
 
 @pytest.mark.parametrize(("nproc", "aimed"), [(1, False), (2, True)])
 def test_a_gangs_campaign_aims_its_signals_and_crashes_at_ranks(nproc: int, aimed: bool) -> None:
     ns = campaign_parser(BUILTIN).parse_args(["--trials", "3", "--nproc-per-node", str(nproc)])
-    schedules = draw_schedules(ns, [11, 12, 13], 75, 15)
-    ranked = [f for s in schedules for f in s.faults if "rank" in f.detail]
+    plan = planner(ns, 75, 15, 3)
+    ranked = [f for i in (1, 2, 3) for f in plan(i).schedule.faults if "rank" in f.detail]
     assert bool(ranked) is aimed
     assert all(f.kind in (FaultKind.SIGKILL, FaultKind.SIGTERM, FaultKind.CRASH) and f.detail["rank"] in (0, 1)
                for f in ranked)

@@ -187,16 +187,18 @@ def test_the_chaos_commands_prove_the_command_after_the_double_dash(monkeypatch:
                                                                      args: list[str], proves: Any) -> None:
     seen: list[Any] = []
 
-    def fake(argv: list[str], job: Any) -> int:
-        seen.append((argv, job))
+    def fake(argv: list[str], job: Any, **kw: Any) -> int:
+        seen.append((argv, job, kw))
         return 0
 
     monkeypatch.setattr("chaos.simulate.simulate_main", fake)
     monkeypatch.setattr("chaos.campaign.campaign_main", fake)
     assert cli.main(args) == 0
-    argv, job = seen[0]
+    argv, job, kw = seen[0]
     assert "--" not in argv and "--simulate-preemption" not in argv
     assert (job is cli.builtin_job()) if proves == "builtin" else (job.cmd == proves)
+    if args[0] == "campaign":  # its trials run the campaign again, each in a process: the command goes with them
+        assert tuple(kw["command"]) == (() if proves == "builtin" else proves)
 
 
 @pytest.mark.parametrize("args", [["--simulate-preemption", "--"], ["campaign", "--trials", "1", "--"]])

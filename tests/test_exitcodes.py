@@ -11,8 +11,8 @@ from rundir.exitcodes import ExitCode, UserError
 from tests.helpers import REPO
 
 CODES = {
-    "OK": 0, "CRASHED": 1, "USAGE": 2, "VERIFY_FAILED": 3, "INCOMPLETE": 4, "BAD_DATA": 65, "LOCKED": 69,
-    "GAVE_UP": 70, "UNWRITABLE": 73, "IO_ERROR": 74, "PREEMPTED": 75,
+    "OK": 0, "CRASHED": 1, "USAGE": 2, "VERIFY_FAILED": 3, "INCOMPLETE": 4, "REGRESSED": 5, "BAD_DATA": 65,
+    "LOCKED": 69, "GAVE_UP": 70, "UNWRITABLE": 73, "IO_ERROR": 74, "PREEMPTED": 75,
     "NON_FINITE": 76, "STORE": 77, "BAD_CONFIG": 78, "INTERRUPTED": 130,
 }
 

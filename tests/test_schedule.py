@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from chaos.faults import CHECKPOINT_KINDS, DEFAULT_KINDS, NOTICE_CLOUDS, NOTICE_WINDOW_S, RANK_KINDS, STORE_KINDS, Fault, FaultKind
+from chaos.faults import (
+    CHECKPOINT_KINDS,
+    DEFAULT_KINDS,
+    NOTICE_CLOUDS,
+    NOTICE_WINDOW_S,
+    RANK_KINDS,
+    Fault,
+    FaultKind,
+)
 from chaos.schedule import (
     CORRUPT_FILES,
     MIN_GAP,

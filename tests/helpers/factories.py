@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from chaos.faults import Fault, FaultKind
+from chaos.report import ChaosReport
 from chaos.schedule import Schedule
 from rundir.classify import ExitClass
 from rundir.contract import Observation
 from runner.policy import AttemptResult
-from runner.trace import Trace, stitch
+from runner.trace import Trace, Verdict, compare, stitch
 
 __all__ = [
     "EXIT_CODES",
@@ -25,6 +26,9 @@ __all__ = [
     "obs",
     "saved",
     "attempt_result",
+    "chaos_report",
+    "trial_record",
+    "many_trials",
 ]
 
 # -- the loss journal and its trace ------------------------------------------------------------------------
@@ -102,3 +106,63 @@ def attempt_result(exit_class: ExitClass, *, attempt: int = 1, returncode: int |
     }
     values.update(fields)
     return AttemptResult(**values)
+
+
+# -- campaign trials ---------------------------------------------------------------------------------------
+
+_REF = [rec(s, 2.0 - s / 10) for s in range(6)]
+_RUNS = {
+    Verdict.PASS: (_REF, "p" * 64),
+    Verdict.DIVERGED: ([rec(s, 3.0) for s in range(6)], "q" * 64),
+    Verdict.INCOMPLETE: (_REF[:3], None),
+}
+
+
+def chaos_report(verdict: Verdict, *faults: str, missed: Sequence[str] = (), restarts: int = 1, lost: int = 2,
+                 latency: Sequence[float] = (1.5,), wall_s: float = 10.0,
+                 replay: str | None = None) -> ChaosReport:
+    """A six-step trial's report with the given verdict; ``faults`` hit at step 2, ``missed`` ones missed."""
+    hits = tuple({"kind": k, "target_step": 2, "hit_step": 2, "missed": False} for k in faults) + tuple(
+        {"kind": k, "target_step": 4, "hit_step": None, "missed": True} for k in missed)
+    records, params = _RUNS[verdict]
+    return ChaosReport(job={}, comparison=compare(trace_of(_REF), trace_of(records, params)), faults=hits,
+                       restarts=restarts, lost_steps=lost, restart_latency_s=tuple(latency), wall_s=wall_s,
+                       reference_compute_s=5.0, epochs=(),
+                       replay=replay or f"python -m runner --simulate-preemption --chaos-replay run-{verdict}.json")
+
+
+def trial_record(index: int, report: ChaosReport | None, *, status: str | None = None, seed: int | None = None,
+                 kinds: Sequence[str] | None = None, replayed: str | None = None) -> dict[str, Any]:
+    """A campaign's record of trial ``index``: ``report``'s JSON (None: not run) and the campaign's fields;
+    the status follows from the verdicts unless given; ``replayed``: the replay's verdict, if replayed."""
+    name = f"trial-{index:03d}"
+    rec_: dict[str, Any] = {"trial": name, "index": index, "seed": 1000 + index if seed is None else seed,
+                            "run_dir": f"/c/{name}", "kinds": list(kinds or [])}
+    if report is None:
+        rec_.update(status=status or "not-run", verdict=None, reason="not run: stopped when the time budget ran out",
+                    replay=f"python -m runner --simulate-preemption --chaos-replay /c/{name}/chaos-schedule.json")
+        return rec_
+    rec_.update(report.to_json())
+    rec_["kinds"] = list(kinds or dict.fromkeys(f["kind"] for f in report.faults))
+    if replayed is not None:
+        rec_["replayed"] = {"verdict": replayed, "reason": "...", "run_dir": f"/c/{name}-replay"}
+    verdict = rec_["verdict"]
+    rec_["status"] = status or ("passed" if verdict == "pass" else "flaky" if replayed == "pass" else "failed")
+    return rec_
+
+
+def many_trials(n: int) -> list[dict[str, Any]]:
+    """``n`` trial records of two faults each over the six default kinds, with seeded costs; every 37th
+    diverged (every 74th of those flaky)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    kinds = ["sigkill", "sigterm", "hang", "crash", "checkpoint-write", "corrupt-checkpoint"]
+    out = []
+    for i in range(1, n + 1):
+        verdict = Verdict.DIVERGED if i % 37 == 0 else Verdict.PASS
+        r = chaos_report(verdict, kinds[i % 6], kinds[(i + 2) % 6], latency=tuple(rng.gamma(2, 0.2, 2)),
+                         lost=int(rng.integers(0, 12)), wall_s=float(rng.uniform(6, 14)))
+        replayed = None if verdict is Verdict.PASS else "pass" if i % 74 == 0 else "diverged"
+        out.append(trial_record(i, r, replayed=replayed))
+    return out

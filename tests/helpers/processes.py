@@ -50,6 +50,8 @@ __all__ = [
     "processes_using",
     "kill_leftovers",
     "Started",
+    "CHROMIUM",
+    "screenshot",
 ]
 
 # Each `python -m model` process is ~3-5 s, almost all of it single-threaded start-up (Paddle import),
@@ -182,6 +184,21 @@ def seeded_run_dir(path: Path, cache_from: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy2(cache_from / CACHE, path / CACHE)
     return path
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def screenshot(page: Path, png: Path, size: tuple[int, int] = (1400, 2000)) -> Any:
+    """The page at ``page`` as headless chromium renders it (``size`` = width, height), read back as pixels."""
+    from matplotlib.image import imread
+
+    assert CHROMIUM is not None, "chromium is not installed"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={png}",
+           f"--window-size={size[0]},{size[1]}", page.resolve().as_uri()]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert png.is_file(), f"exit {r.returncode}: {r.stderr[-2000:]}"
+    return imread(png)
 
 
 # -- processes ---------------------------------------------------------------------------------------------
