@@ -129,6 +129,9 @@ class PacedJob:
     def command(self, run_dir: Path, argv: Sequence[str]) -> tuple[str, ...]:
         return (sys.executable, str(SCRIPT), str(run_dir), *argv)
 
+    def env(self, ns: argparse.Namespace) -> dict[str, str]:
+        return {}  # its options travel on its command line
+
     def identity(self, ns: argparse.Namespace) -> dict[str, Any]:
         return {"job": "paced-test", "steps": ns.steps, "step_time": ns.step_time}
 
