@@ -232,6 +232,8 @@ class RankWorker:
         if self._handle_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+            # The job held them blocked through its imports (as Worker.restore() lets them in for rank 0).
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.request_preemption(signal.Signals(signum).name)
