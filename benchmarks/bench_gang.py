@@ -28,21 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._output import publish  # noqa: E402
+from benchmarks._poll import wait_until  # noqa: E402
 from rundir.journal import read_records  # noqa: E402
 from runner.rankexit import read_records as read_ranks  # noqa: E402
 
 PY = sys.executable
 PARTS = ("detect_s", "spawn_s", "start_and_restore_s", "first_step_s")
-
-
-def _wait(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.005)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def _event(run_dir: Path, kind: str, attempt: int) -> dict[str, Any] | None:
@@ -56,13 +47,13 @@ def _first_step(run_dir: Path, attempt: int) -> dict[str, Any] | None:
 
 def one_kill(run_dir: Path, attempt: int) -> dict[str, Any]:
     """Kill rank 1 of ``attempt`` once it has done 10 steps; the restart's parts."""
-    _wait(lambda: sum(1 for r in read_records(run_dir / "losses.jsonl") if r.get("attempt") == attempt) >= 10,
+    wait_until(lambda: sum(1 for r in read_records(run_dir / "losses.jsonl") if r.get("attempt") == attempt) >= 10,
           300, f"attempt {attempt} to train")
     ranks = run_dir / "logs" / f"attempt-{attempt:03d}-ranks"
     victim = read_ranks(ranks)[1].pid
     t_kill = time.time()
     os.kill(victim, signal.SIGKILL)
-    first = _wait(lambda: _first_step(run_dir, attempt + 1), 300, f"attempt {attempt + 1}'s first step")
+    first = wait_until(lambda: _first_step(run_dir, attempt + 1), 300, f"attempt {attempt + 1}'s first step")
     exited = _event(run_dir, "attempt-exited", attempt)
     spawned = _event(run_dir, "attempt-spawned", attempt + 1)
     started = _event(run_dir, "attempt-started", attempt + 1)

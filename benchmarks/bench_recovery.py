@@ -30,19 +30,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._poll import wait_until  # noqa: E402
 from rundir.journal import read_records  # noqa: E402
 
 PY = sys.executable
-
-
-def _wait(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.005)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def _prepared(tmp: Path) -> Path:
@@ -93,12 +84,13 @@ def ours_restart_latency(tmp: Path, data: Path, kills: int, standby: bool,
                 spares = sum(1 for e in read_records(events) if e.get("event") == "standby-ready")
                 return steps >= 10 and (not standby or spares >= attempt)
 
-            _wait(ready, 120, f"attempt {attempt} to train with a warm spare")
+            wait_until(ready, 120, f"attempt {attempt} to train with a warm spare")
             pid = json.loads((run_dir / "heartbeat").read_text())["pid"]
             t_kill = time.time()
             os.kill(pid, signal.SIGKILL)
-            first = _wait(lambda a=attempt: next((r for r in read_records(losses) if r.get("attempt") == a + 1), None),
-                          120, f"attempt {attempt + 1}'s first step")
+            first = wait_until(
+                lambda a=attempt: next((r for r in read_records(losses) if r.get("attempt") == a + 1), None),
+                120, f"attempt {attempt + 1}'s first step")
             out.append(float(first["time"]) - t_kill)
     finally:
         _stop(p)

@@ -30,29 +30,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
-import numpy as np  # noqa: E402
-from safetensors.numpy import load  # noqa: E402
 
-from checkpoint.state import StateArrays  # noqa: E402
 from rundir.journal import read_records  # noqa: E402
 from rundir.names import EVENTS  # noqa: E402
 from runner.worker import Worker, run_guarded  # noqa: E402
+from tests.jobs.least_squares import EVERY, Snapshot, problem, resume, sgd_step  # noqa: E402
 
 __all__ = ["PACED", "PacedJob", "SCRIPT"]
 
 SCRIPT = Path(__file__).resolve()
-EVERY = 5
-STATE = "state.safetensors"
-
-
-class _Snapshot:
-    def __init__(self, weights: np.ndarray, step: int, rng: dict[str, Any]) -> None:
-        self.weights, self.step, self.rng = weights, step, rng
-
-    def arrays(self) -> StateArrays:
-        return StateArrays({STATE: {"weights": self.weights}}, {"step": self.step, "rng": self.rng})
-
-
 def _ended_by(run_dir: Path, attempt: int) -> set[str]:
     """The chaos faults the supervisor recorded against ``attempt``."""
     return {str(e.get("fault")) for e in read_records(run_dir / EVENTS)
@@ -79,26 +65,20 @@ def train(ns: argparse.Namespace) -> int:
         w.bind_config({"job": "paced-test", "steps": ns.steps, "step_time": ns.step_time})
         if w.finished() is not None:
             return 0
-        data = np.random.default_rng(0).normal(size=(256, 8))
-        target = data @ np.arange(8.0)
+        data, target = problem()
         ckpt = w.restore(total_steps=ns.steps)
-        rng = np.random.default_rng(1)
-        step, weights = 0, np.zeros(8)
+        step, weights, rng = resume(ckpt)
         if ckpt is not None:
-            step, weights = int(ckpt.meta["step"]), load(ckpt.files[STATE])["weights"]
-            rng.bit_generator.state = ckpt.meta["rng"]
             time.sleep(float(os.environ.get("PACED_SLOW_RESUME_S", "0")))
             if _break_resume(run_dir, w.attempt):
                 weights = weights + 1e-3
         while step < ns.steps:
             time.sleep(ns.step_time)
-            idx = rng.integers(0, len(data), 32)
-            err = data[idx] @ weights - target[idx]
-            weights = weights - 0.05 * data[idx].T @ err / len(idx)
-            w.report_step(step, loss=float(err @ err / len(idx)))
+            weights, loss = sgd_step(data, target, weights, rng)
+            w.report_step(step, loss=loss)
             step += 1
             if step % EVERY == 0 or w.preemption_requested:
-                w.checkpoint(step, partial(_Snapshot, weights.copy(), step, rng.bit_generator.state))
+                w.checkpoint(step, partial(Snapshot, weights.copy(), step, rng.bit_generator.state))
             if w.preemption_requested:
                 return 75
         w.complete(steps=step, params_sha256=hashlib.sha256(weights.tobytes()).hexdigest())

@@ -17,26 +17,13 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 import numpy as np  # noqa: E402
-from safetensors.numpy import load  # noqa: E402
 
-from checkpoint.state import StateArrays  # noqa: E402
 from runner.worker import Worker, run_guarded  # noqa: E402
-
-EVERY = 5
-STATE = "state.safetensors"
-
-
-class _Snapshot:
-    def __init__(self, weights: np.ndarray, step: int, rng: dict[str, Any]) -> None:
-        self.weights, self.step, self.rng = weights, step, rng
-
-    def arrays(self) -> StateArrays:
-        return StateArrays({STATE: {"weights": self.weights}}, {"step": self.step, "rng": self.rng})
+from tests.jobs.least_squares import EVERY, Snapshot, problem, resume, sgd_step  # noqa: E402
 
 
 def train(ns: argparse.Namespace) -> int:
@@ -45,25 +32,16 @@ def train(ns: argparse.Namespace) -> int:
                        "nan_params_at": ns.nan_params_at})
         if w.finished() is not None:
             return 0
-        data = np.random.default_rng(0).normal(size=(256, 8))
-        target = data @ np.arange(8.0)
-        ckpt = w.restore(total_steps=ns.steps)
-        rng = np.random.default_rng(1)
-        step, weights = 0, np.zeros(8)
-        if ckpt is not None:
-            step, weights = int(ckpt.meta["step"]), load(ckpt.files[STATE])["weights"]
-            rng.bit_generator.state = ckpt.meta["rng"]
+        data, target = problem()
+        step, weights, rng = resume(w.restore(total_steps=ns.steps))
         while step < ns.steps:
-            idx = rng.integers(0, len(data), 32)
-            err = data[idx] @ weights - target[idx]
-            loss = float(err @ err / len(idx))
-            weights = weights - 0.05 * data[idx].T @ err / len(idx)
+            weights, loss = sgd_step(data, target, weights, rng)
             if step == ns.nan_params_at:
                 weights = weights * np.nan
             w.report_step(step, loss=float("nan") if step == ns.nan_loss_at else loss)
             step += 1
             if step % EVERY == 0 or w.preemption_requested:
-                w.checkpoint(step, partial(_Snapshot, weights.copy(), step, rng.bit_generator.state), wait=ns.sync)
+                w.checkpoint(step, partial(Snapshot, weights.copy(), step, rng.bit_generator.state), wait=ns.sync)
             if w.preemption_requested:
                 return 75
         w.complete(steps=step, params_sha256=hashlib.sha256(weights.tobytes()).hexdigest())
