@@ -63,9 +63,13 @@ class FaultKind(StrEnum):
 ARMED_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CRASH})
 #: Faults that target a checkpoint, so their step must be one where a checkpoint is taken.
 CHECKPOINT_KINDS = frozenset({FaultKind.CHECKPOINT_WRITE, FaultKind.CORRUPT_CHECKPOINT})
-#: Faults that a schedule for a gang of ranks aims at one rank (``detail["rank"]``): the signal goes
-#: to that rank alone, the crash is armed in it alone; the others reach the whole gang.
-RANK_KINDS = frozenset({FaultKind.SIGKILL, FaultKind.SIGTERM, FaultKind.CRASH})
+#: Faults that a schedule for a gang of ranks aims at one rank (``detail["rank"]``): the signal (a
+#: SIGSTOP for a hang) goes to that rank alone; the crash and the stop in a checkpoint write are armed
+#: in it alone (rank 0 stops between the files it commits, another rank in the middle of its part);
+#: a corrupt-checkpoint damages one of rank 0's files, or rank R's part of the checkpoint. The
+#: others reach the whole gang (see ``docs/multi-rank.md``).
+RANK_KINDS = frozenset({FaultKind.SIGKILL, FaultKind.SIGTERM, FaultKind.CRASH, FaultKind.HANG,
+                        FaultKind.CHECKPOINT_WRITE, FaultKind.CORRUPT_CHECKPOINT})
 #: Faults that need a remote store, carried out to the machine by the chaos run.
 STORE_KINDS = frozenset({FaultKind.INSTANCE_LOSS, FaultKind.STORE_OUTAGE})
 #: Faults that run only when named (``--fault-kinds``): disk-full needs what not every machine allows

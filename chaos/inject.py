@@ -35,6 +35,7 @@ from rundir.contract import (
 )
 from rundir.events import EventKind
 from rundir.paths import PathEscape, confined
+from runner.worker.ranks import part_key
 
 from .faults import ARMED_KINDS, FILLER, Fault, FaultKind
 from .schedule import Schedule
@@ -179,17 +180,17 @@ class Injector:
         if f.kind is FaultKind.SIGTERM and reached:
             return [SendSignal(signal.SIGTERM, kill_after=self.grace, fault=self._fire(obs), rank=_rank(f))]
         if f.kind is FaultKind.HANG and reached:
-            return [SendSignal(signal.SIGSTOP, fault=self._fire(obs))]
+            return [SendSignal(signal.SIGSTOP, fault=self._fire(obs), rank=_rank(f))]
         if f.kind is FaultKind.NOTICE and reached:
             return [self._give_notice(f, obs)]
         paused = obs.phase == PAUSED_PHASE or any(e.get("event") == PAUSED_EVENT for e in obs.new_events)
         if f.kind is FaultKind.CHECKPOINT_WRITE and paused:
-            return [SendSignal(signal.SIGKILL, fault=self._fire(obs))]
+            return [SendSignal(signal.SIGKILL, fault=self._fire(obs), rank=_rank(f))]
         if f.kind is FaultKind.CORRUPT_CHECKPOINT:
             for e in obs.new_events:
                 step = e.get("step")
                 if e.get("event") == EventKind.CHECKPOINT_SAVED and isinstance(step, int) and step >= f.step:
-                    return self._corrupt(f, obs, e.get("name"))
+                    return self._corrupt(f, obs, e.get("name"), step)
         return []
 
     def _fill(self, f: Fault, obs: Observation) -> FileEffect:
@@ -220,15 +221,20 @@ class Injector:
         return [FileEffect(lambda: free_disk(self.run_dir / FILLER), fault={"fault": FaultKind.DISK_FULL.value,
                                                                              "freed": True})]
 
-    def _corrupt(self, f: Fault, obs: Observation, name: object) -> list[SendSignal | FileEffect]:
-        """Corrupt the file of checkpoint ``name`` (from the worker's event) that the fault names, then
-        SIGKILL the worker. Both names are confined: the checkpoint to the checkpoints directory, the
-        file to the checkpoint (the schedule's loader checked the file's name already)."""
+    def _corrupt(self, f: Fault, obs: Observation, name: object, step: int) -> list[SendSignal | FileEffect]:
+        """Corrupt the file of checkpoint ``name`` after ``step`` steps (from the worker's event) that
+        the fault names - in a gang, rank R's part of it where the fault is aimed at a rank R > 0 -
+        then SIGKILL the worker (that rank). Both names are confined: the checkpoint to the checkpoints
+        directory, the file to the checkpoint (the schedule's loader checked the file's name already)."""
+        rank = _rank(f)
 
         def apply() -> str:
             try:
-                ckpt = confined(self.run_dir / "checkpoints", name)
-                path = confined(ckpt, f.detail.get("file", "model.safetensors"))
+                if rank:
+                    path = confined(self.run_dir, part_key(step, rank))
+                else:
+                    ckpt = confined(self.run_dir / "checkpoints", name)
+                    path = confined(ckpt, f.detail.get("file", "model.safetensors"))
                 what = corrupt_file(path, str(f.detail.get("mode", "flip-byte")), float(f.detail.get("position", 0.5)))
             except PathEscape as exc:
                 what = f"not applied: {exc}"
@@ -238,7 +244,7 @@ class Injector:
             return what
 
         fault = self._fire(obs)
-        return [FileEffect(apply, fault=fault), SendSignal(signal.SIGKILL, fault=fault)]
+        return [FileEffect(apply, fault=fault), SendSignal(signal.SIGKILL, fault=fault, rank=rank)]
 
     def _give_notice(self, f: Fault, obs: Observation) -> FileEffect:
         """The cloud's notice, through the trial's fake metadata server; the supervisor must hear it."""

@@ -134,6 +134,16 @@ def checkpoint_steps(total_steps: int, steps_per_epoch: int, every: int) -> list
     return [s for s in range(1, total_steps + 1) if s % steps_per_epoch == 0 or (every and s % every == 0)]
 
 
+def _aimed(kind: FaultKind, detail: Mapping[str, Any], rank: int) -> dict[str, Any]:
+    """A fault's detail, aimed at ``rank`` of a gang: a corrupt-checkpoint keeps its mode and
+    position, and its file where it damages one of rank 0's; aimed at another rank it damages that
+    rank's part of the checkpoint, which has no file to name. The rest keep only the rank."""
+    if kind is not FaultKind.CORRUPT_CHECKPOINT:
+        return {"rank": rank}
+    kept = ("mode", "file", "position") if rank == 0 else ("mode", "position")
+    return {**{k: detail[k] for k in kept}, "rank": rank}
+
+
 def draw_schedule(
     seed: int,
     n_faults: int,
@@ -144,8 +154,8 @@ def draw_schedule(
 ) -> Schedule:
     """Draw ``n_faults`` faults over a job of ``total_steps`` steps, every kind in ``kinds`` at least
     once when ``n_faults >= len(kinds)``. For a gang of ``ranks`` > 1, each fault of
-    :data:`~chaos.faults.RANK_KINDS` is aimed at a rank drawn too (a single process's schedules
-    draw nothing more: a seed gives the schedule it always gave)."""
+    :data:`~chaos.faults.RANK_KINDS` is aimed at a rank drawn too, after what the kind draws for
+    itself (a single process's schedules draw nothing more: a seed gives the schedule it always gave)."""
     if n_faults < 0:
         raise ScheduleError("the number of faults must be 0 or more")
     if not kinds and n_faults:
@@ -180,7 +190,7 @@ def draw_schedule(
         elif kind is FaultKind.STORE_OUTAGE:
             detail = {"mode": rng.choice(OUTAGE_MODES), "seconds": round(rng.uniform(1.0, 3.0), 2)}
         if ranks > 1 and kind in RANK_KINDS:
-            detail = {"rank": rng.randrange(ranks)}
+            detail = _aimed(kind, detail, rng.randrange(ranks))
         faults.append(Fault(kind, step, detail))
         prev = step
     return Schedule(seed=seed, total_steps=total_steps, faults=tuple(faults))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -39,7 +40,7 @@ from checkpoint.store import Checkpoint
 from checkpoint.tensorfile import serialize
 from rundir.events import EventKind
 from runner.worker import Snapshot, Worker
-from runner.worker.ranks import PartDigest, Rank, RankWorker, gang_meta
+from runner.worker.ranks import PartDigest, Rank, RankWorker, gang_meta, resume_problem
 
 __all__ = ["rank_slice", "Agreed", "Solo", "Gang", "side_for", "encode_rng", "decode_rng"]
 
@@ -122,8 +123,9 @@ class Gang:
     """Rank ``rank`` of a data-parallel gang; ``worker`` is rank 0's :class:`Worker`, or another
     rank's :class:`RankWorker`."""
 
-    def __init__(self, worker: Worker | RankWorker, rank: Rank) -> None:
+    def __init__(self, worker: Worker | RankWorker, rank: Rank, *, break_step: bool = False) -> None:
         self.worker, self.rank = worker, rank
+        self.break_step = break_step  # ranks other than 0 load an older checkpoint than chosen, on purpose
 
     @property
     def _leader(self) -> Worker:
@@ -152,7 +154,8 @@ class Gang:
 
     def restore(self, total: int) -> tuple[Checkpoint | None, RngState | None]:
         """Rank 0 picks the newest checkpoint every rank committed and tells the others its step;
-        each of them loads it and its own part (its RNGs)."""
+        each of them loads it and its own part (its RNGs). Then every rank says which step it
+        loaded, and all stop (exit 1) unless they agree (:func:`resume_problem`)."""
         ckpt: Checkpoint | None = None
         own: RngState | None = None
         if isinstance(self.worker, Worker):
@@ -163,9 +166,22 @@ class Gang:
         if isinstance(self.worker, RankWorker):
             self.worker.take_signals()  # ``import paddle`` took SIGTERM for itself
             if step >= 0:
-                ckpt, part = self.worker.load(step)
+                ckpt, part = self.worker.load(self.worker.older(step) if self.break_step else step)
                 own = decode_rng(part)
+        self._agree(ckpt.step if ckpt is not None else -1)
         return ckpt, own
+
+    def _agree(self, loaded: int) -> None:
+        """Every rank's loaded step, gathered; each rank's log says them all, and a disagreement ends
+        the attempt before its first step."""
+        rows: list[paddle.Tensor] = []
+        dist.all_gather(rows, paddle.to_tensor(np.array([loaded], dtype=np.int64)))
+        steps = [int(t.numpy()[0]) for t in rows]
+        print(f"rank {self.rank.rank} of {self.rank.size}: the ranks resumed from steps {steps}", file=sys.stderr,
+              flush=True)
+        problem = resume_problem(steps)
+        if problem is not None:
+            raise RuntimeError(problem)
 
     def before_backward(self) -> None:
         if self.rank.leader:
@@ -249,9 +265,10 @@ def _parts_check(worker: Worker, rank: Rank) -> Callable[[Checkpoint], None]:
     return RankParts(LocalStorage(worker.run_dir), rank.size).check
 
 
-def side_for(worker: Worker | RankWorker, rank: Rank) -> Solo | Gang:
-    """The job's side of the gang: :class:`Solo` for a single process."""
+def side_for(worker: Worker | RankWorker, rank: Rank, break_resume: str | None = None) -> Solo | Gang:
+    """The job's side of the gang: :class:`Solo` for a single process. ``break_resume`` "rank-step":
+    a gang whose ranks other than 0 resume from an older checkpoint than rank 0's (it must be caught)."""
     if rank.size == 1:
         assert isinstance(worker, Worker)
         return Solo(worker)
-    return Gang(worker, rank)
+    return Gang(worker, rank, break_step=break_resume == "rank-step")

@@ -50,6 +50,7 @@ def gang_command(cmd: Sequence[str], nproc: int, ranks_dir: Path) -> tuple[str, 
 
 
 _STATE_ORDER = ("stopped", "tracing-stop", "disk-sleep", "running")
+_STOPPED = frozenset(_STATE_ORDER[:2])
 
 
 def gang_state(states: Sequence[str]) -> str | None:
@@ -100,6 +101,7 @@ class GangProcess:
         self._children: dict[int, int] = {}  # a pidfd of each such rank's process: signalled without a pid race
         self._cpu: dict[int, float] = {}  # each rank's CPU time when last read
         self._rss: float = 0.0
+        self._stopped: tuple[int, ...] = ()  # the ranks stopped (state T) when last read
         self.returncode: int | None = None
         self.usage: Usage | None = None
         self.failed_rank: int | None = None
@@ -160,8 +162,9 @@ class GangProcess:
                 return False
         return True
 
-    def _finish(self, *, kill: bool) -> None:
-        """The gang is over: kill what is left of it, reap the launcher, and settle the exit."""
+    def _finish(self, *, kill: bool, hung: Sequence[int] = ()) -> None:
+        """The gang is over: kill what is left of it, reap the launcher, and settle the exit.
+        ``hung``: the ranks found stopped when the supervisor ended the gang (none failed by itself)."""
         if kill:
             self._signal_all(signal.SIGKILL)
             self.launcher.kill()
@@ -175,7 +178,10 @@ class GangProcess:
         lu = self.launcher.usage  # the ranks' share: their CPU time and RSS as last read by vitals()
         self.usage = Usage(max(self._rss, lu.peak_rss_mb if lu else 0.0),
                            sum(self._cpu.values()) + (lu.cpu_s if lu else 0.0))
-        if first is not None and failed(code or 0):
+        if hung:
+            self.failed_rank = hung[0]
+            self._say(f"rank {hung[0]} of {self.size} was stopped (hung) when the gang was ended", hung[0])
+        elif first is not None and failed(code or 0):
             self._say_first_failed(first)
 
     def _say_first_failed(self, rank: int) -> None:
@@ -183,13 +189,15 @@ class GangProcess:
         line if it exited with an error: the supervisor shows the attempt log's last line."""
         rc = self.records[rank].returncode
         assert rc is not None
-        rank_log = self.ranks_dir / f"workerlog.{rank}"
         how = f"killed by {signal_name(rc)}" if rc < 0 else f"exit {rc}"
-        last = last_error_line(rank_log) if rc > 0 else None
-        line = f"rank {rank} of {self.size} failed first ({how}); its log: {rank_log.name} in {self.ranks_dir.name}"
+        last = last_error_line(self.ranks_dir / f"workerlog.{rank}") if rc > 0 else None
+        self._say(f"rank {rank} of {self.size} failed first ({how})", rank, last)
+
+    def _say(self, what: str, rank: int, last: str | None = None) -> None:
+        line = f"{what}; its log: workerlog.{rank} in {self.ranks_dir.name}" + (f": {last}" if last else "")
         try:
             with open(self.log, "a") as f:
-                f.write(line + (f": {last}" if last else "") + "\n")
+                f.write(line + "\n")
         except OSError:
             pass
 
@@ -206,8 +214,8 @@ class GangProcess:
             return None
         if len(self.records) < self.size:
             self._discover()
-        states = []
-        for rank, rec in self.records.items():
+        states, stopped = [], []
+        for rank, rec in sorted(self.records.items()):
             try:
                 p = psutil.Process(rec.pid)
                 with p.oneshot():
@@ -217,6 +225,9 @@ class GangProcess:
                 continue
             self._cpu[rank] = t.user + t.system
             states.append(status)
+            if status in _STOPPED:
+                stopped.append(rank)
+        self._stopped = tuple(stopped)
         state = gang_state(states) or (self.launcher.vitals() or Vitals(0.0, "sleeping")).state
         return Vitals(sum(self._cpu.values()), state)
 
@@ -259,8 +270,10 @@ class GangProcess:
         return False
 
     def kill(self) -> None:
+        """End the gang now (the supervisor judged it hung, or it outlived its grace): the ranks
+        found stopped when last read are named as the ones that ended it."""
         if self.returncode is None:
-            self._finish(kill=True)
+            self._finish(kill=True, hung=self._stopped)
 
     def kill_leftovers(self) -> None:
         self.launcher.kill_leftovers()  # the ranks were killed when the gang ended

@@ -13,7 +13,8 @@ from chaos.faults import ARMED_KINDS, Fault, FaultKind
 from chaos.inject import FaultHit, Injector, corrupt_file
 from rundir.classify import ExitClass
 from rundir.contract import FileEffect, SendSignal
-from runner.worker import ENV_CHAOS_ARM, PAUSED_PHASE
+from runner.worker import ENV_CHAOS_ARM, PAUSED_EVENT, PAUSED_PHASE
+from runner.worker.ranks import part_key
 from tests.helpers.factories import attempt_result, obs, saved, schedule_of
 
 TARGET = 12
@@ -60,7 +61,7 @@ def test_signal_faults_fire_once_the_target_step_is_done(kind: FaultKind, last_s
         assert inj.on_tick(obs(later, attempt=2)) == []
 
 
-@pytest.mark.parametrize("kind", [FaultKind.SIGKILL, FaultKind.SIGTERM], ids=lambda k: k.value)
+@pytest.mark.parametrize("kind", [FaultKind.SIGKILL, FaultKind.SIGTERM, FaultKind.HANG], ids=lambda k: k.value)
 def test_a_signal_fault_aimed_at_a_rank_goes_to_that_rank_alone(kind: FaultKind) -> None:
     (a,) = injector(Fault(kind, TARGET, {"rank": 1})).on_tick(obs(TARGET))
     assert isinstance(a, SendSignal) and a.rank == 1
@@ -89,6 +90,18 @@ def test_checkpoint_write_fires_only_when_the_worker_pauses_in_the_write() -> No
     (a,) = inj.on_tick(obs(14, phase=PAUSED_PHASE))
     assert a == SendSignal(signal.SIGKILL, fault={"fault": "checkpoint-write", "target_step": 15})
     assert inj.on_tick(obs(14, phase=PAUSED_PHASE)) == []
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_checkpoint_write_aimed_at_a_rank_is_armed_there_and_kills_that_rank_when_it_pauses(rank: int) -> None:
+    """Rank 0 pauses between the files it commits (its heartbeat says so), a rank R > 0 in the middle
+    of its part (it has no heartbeat: its event says so); either way that rank is the one killed."""
+    inj = injector(Fault(FaultKind.CHECKPOINT_WRITE, 15, {"rank": rank}))
+    assert json.loads(inj.env_for(1)[ENV_CHAOS_ARM]) == {"kind": "checkpoint-write", "step": 15, "rank": rank}
+    paused = {"source": "worker", "event": PAUSED_EVENT, "attempt": 1, "step": 15, "rank": rank}
+    (a,) = inj.on_tick(obs(14, events=[paused]))
+    assert a == SendSignal(signal.SIGKILL, fault={"fault": "checkpoint-write", "target_step": 15, "rank": rank},
+                           rank=rank)
 
 
 # -- corrupt-checkpoint: on the checkpoint-saved event, corrupt a file, then SIGKILL -------------------------
@@ -151,6 +164,41 @@ def test_corrupt_checkpoint_defaults_to_flipping_a_model_byte(tmp_path: Path) ->
     assert isinstance(effect, FileEffect)
     assert effect.apply() == "flipped byte 5 of step-000000010/model.safetensors"
     assert (ckpt / "model.safetensors").read_bytes()[5] == 5 ^ 0xFF
+
+
+def make_part(run_dir: Path, step: int, rank: int, size: int = 100) -> Path:
+    path = run_dir / part_key(step, rank)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(bytes(range(size)))
+    return path
+
+
+def test_a_corrupt_checkpoint_aimed_at_a_rank_damages_its_part_and_kills_that_rank(tmp_path: Path) -> None:
+    ckpt, part = make_checkpoint(tmp_path, 20), make_part(tmp_path, 20, 1)
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    inj = injector(Fault(FaultKind.CORRUPT_CHECKPOINT, 15, {"mode": "truncate", "position": 0.25, "rank": 1}),
+                   run_dir=tmp_path)
+    effect, kill = inj.on_tick(obs(19, events=[saved(20)]))
+    assert isinstance(effect, FileEffect) and kill == SendSignal(signal.SIGKILL, fault=effect.fault, rank=1)
+    assert effect.apply() == "truncated step-000000020/rank-00001.safetensors to 25 of 100 bytes"
+    assert part.read_bytes() == bytes(range(25))
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before  # rank 0's files untouched
+
+
+def test_a_corrupt_checkpoint_aimed_at_rank_0_damages_its_file(tmp_path: Path) -> None:
+    ckpt, part = make_checkpoint(tmp_path, 15, size=10), make_part(tmp_path, 15, 1)
+    inj = injector(Fault(FaultKind.CORRUPT_CHECKPOINT, 15, {**CORRUPT.detail, "rank": 0}), run_dir=tmp_path)
+    effect, kill = inj.on_tick(obs(14, events=[saved(15)]))
+    assert isinstance(effect, FileEffect) and isinstance(kill, SendSignal) and kill.rank == 0
+    assert effect.apply() == "flipped byte 5 of step-000000015/optimizer.safetensors"
+    assert (ckpt / "optimizer.safetensors").read_bytes()[5] == 5 ^ 0xFF
+    assert part.read_bytes() == bytes(range(100))
+
+
+def test_a_corrupt_part_that_is_not_there_is_not_applied(tmp_path: Path) -> None:
+    inj = injector(Fault(FaultKind.CORRUPT_CHECKPOINT, 15, {"rank": 1}), run_dir=tmp_path)
+    effect, _ = inj.on_tick(obs(14, events=[saved(15)]))
+    assert isinstance(effect, FileEffect) and effect.apply().startswith("not applied")
 
 
 # -- arming through the environment ------------------------------------------------------------------------

@@ -69,17 +69,28 @@ def test_the_same_seed_draws_the_same_schedule(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_a_gangs_schedule_aims_signals_and_crashes_at_ranks_and_nothing_else_changes(seed: int) -> None:
+def test_a_gangs_schedule_aims_every_default_kind_at_a_rank_and_a_single_process_draws_as_before(seed: int) -> None:
     kinds = list(DEFAULT_KINDS)
     one = draw_schedule(seed, 6, kinds, 75, checkpoint_steps(75, 15, 5))
     assert draw_schedule(seed, 6, kinds, 75, checkpoint_steps(75, 15, 5), ranks=1) == one  # as it always drew
+    assert not any("rank" in f.detail for f in one.faults)
     gang = draw_schedule(seed, 6, kinds, 75, checkpoint_steps(75, 15, 5), ranks=3)
+    assert set(DEFAULT_KINDS) <= RANK_KINDS
     for f in gang.faults:
-        if f.kind in RANK_KINDS:
-            assert f.detail.keys() == {"rank"} and f.detail["rank"] in range(3)
-        else:
-            assert "rank" not in f.detail
-    assert any(f.kind in RANK_KINDS for f in gang.faults)
+        assert f.detail["rank"] in range(3) and fault_problem(f) is None
+        if f.kind is not FaultKind.CORRUPT_CHECKPOINT:
+            assert f.detail.keys() == {"rank"}
+        elif f.detail["rank"] == 0:  # one of rank 0's files
+            assert f.detail.keys() == {"mode", "file", "position", "rank"} and f.detail["file"] in CORRUPT_FILES
+        else:  # rank R's part: no file to name
+            assert f.detail.keys() == {"mode", "position", "rank"}
+
+
+def test_a_gangs_corrupt_checkpoints_damage_rank_0s_files_and_the_other_ranks_parts() -> None:
+    targets = {(f.detail["rank"], f.detail.get("file")) for seed in range(40)
+               for f in draw_schedule(seed, 3, [FaultKind.CORRUPT_CHECKPOINT], 75, checkpoint_steps(75, 15, 5),
+                                      ranks=2).faults}
+    assert targets == {(0, name) for name in CORRUPT_FILES} | {(1, None)}
 
 
 def test_different_seeds_draw_different_schedules() -> None:

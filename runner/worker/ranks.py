@@ -29,22 +29,25 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from checkpoint.storage import LocalStorage
 from checkpoint.store import Checkpoint, CheckpointStore, CorruptCheckpoint, checkpoint_name
-from rundir.contract import ARM_CRASH, Arm
+from rundir.contract import ARM_CHECKPOINT_WRITE, ARM_CRASH, Arm
+from rundir.events import EventKind
 from rundir.exitcodes import ExitCode, UserError
-from rundir.names import ENV_ATTEMPT
+from rundir.names import ENV_ATTEMPT, EVENTS
 
 from .faults import SimulatedDeviceError
+from .files import EventLog
 
 __all__ = ["ENV_RANK", "ENV_WORLD_SIZE", "PARTS", "GANG_META", "Rank", "PartDigest", "part_key", "gang_meta",
-           "gang_record", "gang_problem", "digest_of", "RankParts", "RankWorker"]
+           "gang_record", "gang_problem", "resume_problem", "digest_of", "RankParts", "RankWorker"]
 
 #: The launcher's variables (``paddle.distributed.launch``) that say which rank a process is.
 ENV_RANK = "PADDLE_TRAINER_ID"
@@ -146,6 +149,16 @@ def gang_problem(record: object, size: int, found: Mapping[int, PartDigest | Non
     return None
 
 
+def resume_problem(steps: Sequence[int]) -> str | None:
+    """Why a gang's ranks, having loaded the checkpoints after ``steps[r]`` steps (-1: none, a fresh
+    start), cannot train on together, or None: every rank must go on from the same checkpoint -
+    rank 0 chose it and told the others - or their parameters, data and step counts part ways."""
+    if len(set(steps)) <= 1:
+        return None
+    said = ", ".join(f"rank {r} from {'no checkpoint' if s < 0 else f'step {s}'}" for r, s in enumerate(steps))
+    return f"the ranks resumed from different checkpoints: {said}"
+
+
 def digest_of(storage: LocalStorage, step: int, rank: int) -> PartDigest | None:
     """The digest of a part as it is on disk now; None if it cannot be read."""
     try:
@@ -207,7 +220,8 @@ class RankWorker:
     rank 0 decides which loads), writes its own parts, and turns SIGTERM/SIGINT into a request to
     checkpoint that the gang agrees on at its next step."""
 
-    def __init__(self, run_dir: Path | str, rank: Rank, *, handle_signals: bool = True) -> None:
+    def __init__(self, run_dir: Path | str, rank: Rank, *, handle_signals: bool = True,
+                 sleep: Callable[[float], Any] = time.sleep) -> None:
         self.run_dir = Path(run_dir)
         if not self.run_dir.is_dir():
             raise UserError(f"run directory {self.run_dir} does not exist", ExitCode.BAD_CONFIG)
@@ -219,6 +233,7 @@ class RankWorker:
         self._handle_signals = handle_signals
         self._preemption: str | None = None
         self.arm = Arm.from_env(os.environ, rank.rank)  # a chaos fault aimed at this rank
+        self._sleep = sleep  # a rank stopped by chaos in the middle of its part waits here for its SIGKILL
         self.take_signals()
 
     def __enter__(self) -> RankWorker:
@@ -257,9 +272,30 @@ class RankWorker:
         ckpt = self.store.verify(checkpoint_name(step))
         return ckpt, self.parts.read(ckpt, self.rank.rank)
 
+    def older(self, step: int) -> int:
+        """The newest committed checkpoint before ``step``, or ``step`` if there is none: what a rank
+        that does not take rank 0's choice would load (``--break-resume rank-step``, on purpose)."""
+        older = [int(n.removeprefix("step-")) for n in self.store.committed()]
+        return max((s for s in older if s < step), default=step)
+
     def save_part(self, step: int, data: bytes) -> PartDigest:
-        """Write this rank's part for ``step`` durably, prune its old ones; the part's digest."""
+        """Write this rank's part for ``step`` durably, prune its old ones; the part's digest. The
+        ``checkpoint-write`` chaos fault aimed at this rank stops it for good half-way through instead."""
+        if self.arm is not None and self.arm.fires(ARM_CHECKPOINT_WRITE, step):
+            self._torn(step, data)
         digest = self.parts.write(step, self.rank.rank, data)
         committed = [int(n.removeprefix("step-")) for n in self.store.committed()]
         self.parts.prune(self.rank.rank, committed)
         return digest
+
+    def _torn(self, step: int, data: bytes) -> NoReturn:
+        """Write the first half of the part in place - what a store without an atomic rename would
+        hold after a kill - say so in ``events.jsonl`` (the supervisor's chaos then SIGKILLs this
+        rank), and wait. No manifest can name the part: rank 0 is still waiting for its digest."""
+        path = self.parts.storage.root / part_key(step, self.rank.rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data[: len(data) // 2])
+        EventLog(self.run_dir / EVENTS, pid=os.getpid(), attempt=self.attempt).record(
+            EventKind.CHAOS_PAUSED, step=step, rank=self.rank.rank, part_bytes=len(data) // 2, of_bytes=len(data))
+        while True:
+            self._sleep(3600)
