@@ -68,11 +68,13 @@ class FaultHit:
     effect: str | None = None
     missed: bool = False
     deadline: float | None = None  # notice: when the fake cloud reclaims the machine
+    rank: int | None = None  # the rank of a gang it was aimed at
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "target_step": self.target_step, "attempt": self.attempt,
                 "hit_step": self.hit_step, "time": self.time, "effect": self.effect, "missed": self.missed,
-                **({"deadline": self.deadline} if self.deadline is not None else {})}
+                **({"deadline": self.deadline} if self.deadline is not None else {}),
+                **({"rank": self.rank} if self.rank is not None else {})}
 
 
 def corrupt_file(path: Path, mode: str, position: float) -> str:
@@ -263,13 +265,14 @@ class Injector:
         completed = result.exit_class is ExitClass.COMPLETED
         if self._fired is not None:
             attempt, t, step, effect, deadline = self._fired
-            self.hits.append(FaultHit(f.kind.value, f.step, attempt, step, t, effect, deadline=deadline))
+            self.hits.append(FaultHit(f.kind.value, f.step, attempt, step, t, effect, deadline=deadline, rank=_rank(f)))
         elif f.kind is FaultKind.CRASH and result.exit_class is ExitClass.CRASHED:
-            self.hits.append(FaultHit(f.kind.value, f.step, result.attempt, result.last_step, result.ended))
+            self.hits.append(FaultHit(f.kind.value, f.step, result.attempt, result.last_step, result.ended,
+                                      rank=_rank(f)))
         elif not completed:
             return  # the attempt died of something else: the fault is still due
         else:
-            self.hits.append(FaultHit(f.kind.value, f.step, None, None, None, missed=True))
+            self.hits.append(FaultHit(f.kind.value, f.step, None, None, None, missed=True, rank=_rank(f)))
         self.pending.pop(0)
         self._fired = None
         if completed:  # the job is done: whatever is still scheduled can no longer hit

@@ -311,7 +311,8 @@ def _faults_text(faults: Sequence[Mapping[str, Any]]) -> str:
             by_kind[f["kind"]].append(f"missed (target {f['target_step']})")
         else:
             hit = f.get("hit_step")
-            by_kind[f["kind"]].append(f"step {int(hit) + 1 if hit is not None else f['target_step']}")
+            rank = f" (rank {f['rank']})" if f.get("rank") is not None else ""  # aimed at a rank of a gang
+            by_kind[f["kind"]].append(f"step {int(hit) + 1 if hit is not None else f['target_step']}{rank}")
     count = Counter(f["kind"] for f in faults)
     return "\n".join(f"{k} x{count[k]}: {', '.join(v)}" for k, v in by_kind.items())
 

@@ -158,6 +158,21 @@ def test_vitals_sum_the_ranks_cpu_and_a_stopped_rank_stops_the_gang(tmp_path: Pa
     assert g.vitals() is None and g.returncode is not None
 
 
+def test_a_gang_ended_as_hung_names_the_rank_that_was_stopped(tmp_path: Path, gangs: list[GangProcess]) -> None:
+    """A hang of one rank (chaos's SIGSTOP to it): the watch judges the whole gang hung and kills it;
+    every rank then dies of that SIGKILL, so the rank named is the one found stopped, not the first
+    of them to be reaped."""
+    g = start(tmp_path, gangs, SLEEP, SLEEP, SLEEP)
+    wait_started(g)
+    deliver(g, signal.SIGSTOP, 2)
+    wait_for(lambda: (v := g.vitals()) is not None and v.state == "stopped", timeout=30)
+    g.kill()
+    assert (g.returncode, g.failed_rank) == (-signal.SIGKILL, 2)
+    log = (tmp_path / "logs" / "attempt-001.log").read_text()
+    assert "rank 2 of 3 was stopped (hung) when the gang was ended; its log: workerlog.2 in attempt-001-ranks" in log
+    assert "failed first" not in log
+
+
 def test_a_signal_aimed_at_one_rank_reaches_that_rank_alone(tmp_path: Path, gangs: list[GangProcess]) -> None:
     g = start(tmp_path, gangs, SLEEP, SLEEP)
     wait_started(g)

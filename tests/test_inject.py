@@ -312,6 +312,15 @@ def test_fault_hit_json() -> None:
     h = FaultHit("sigterm", 22, 3, 22, 17.5, effect=None)
     assert h.to_json() == {"kind": "sigterm", "target_step": 22, "attempt": 3, "hit_step": 22, "time": 17.5,
                            "effect": None, "missed": False}
+    assert FaultHit("hang", 8, 2, 8, 1.0, rank=1).to_json()["rank"] == 1  # aimed at a rank of a gang
+
+
+def test_a_hit_says_the_rank_it_was_aimed_at() -> None:
+    inj = injector(Fault(FaultKind.HANG, 8, {"rank": 1}), Fault(FaultKind.CRASH, 12, {"rank": 0}))
+    inj.on_tick(obs(8))
+    inj.on_exit(attempt_result(ExitClass.HUNG, attempt=1, last_step=8))
+    inj.on_exit(attempt_result(ExitClass.CRASHED, attempt=2, last_step=11))
+    assert [(h.kind, h.rank, h.missed) for h in inj.hits] == [("hang", 1, False), ("crash", 0, False)]
 
 
 # -- corrupt_file on a real file ---------------------------------------------------------------------------

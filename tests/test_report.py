@@ -249,6 +249,13 @@ def test_the_view_of_a_passing_run() -> None:
     assert "DIVERGED" not in text and "INCOMPLETE" not in text and "replay:" not in text
 
 
+def test_the_view_names_the_rank_a_gangs_fault_was_aimed_at() -> None:
+    hits = [{**HITS[0], "rank": 1}, *HITS[1:]]
+    text = render(make_report(hits=hits))
+    assert "sigkill x1: step 5 (rank 1)" in text and text.count("(rank") == 1  # one aimed, two at the whole
+    assert make_report(hits=hits).to_json()["faults"][0]["rank"] == 1
+
+
 def test_the_view_of_a_failing_run_names_the_first_divergent_step() -> None:
     records = [dict(r) for r in RUN_RECORDS]
     records[-2] = rec(10, 1.0, epoch=2, attempt=4, time=239.5)

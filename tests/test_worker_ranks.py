@@ -14,7 +14,7 @@ import pytest
 
 from checkpoint.storage import LocalStorage
 from checkpoint.store import CheckpointStore, CorruptCheckpoint, checkpoint_name
-from rundir.contract import ENV_CHAOS_ARM
+from rundir.contract import ENV_CHAOS_ARM, PAUSED_EVENT
 from rundir.exitcodes import ExitCode, UserError
 from runner.worker.faults import SimulatedDeviceError
 from runner.worker.ranks import (
@@ -28,6 +28,7 @@ from runner.worker.ranks import (
     gang_problem,
     gang_record,
     part_key,
+    resume_problem,
 )
 
 A, B = PartDigest.of(b"rank one"), PartDigest.of(b"rank two")
@@ -181,3 +182,61 @@ def test_a_rank_worker_needs_the_run_directory(tmp_path: Path) -> None:
     with pytest.raises(UserError) as exc:
         RankWorker(tmp_path / "missing", Rank(1, 2), handle_signals=False)
     assert exc.value.code is ExitCode.BAD_CONFIG
+
+
+class Paused(Exception):
+    """What a test's ``sleep`` raises where a rank stopped by chaos would wait for its SIGKILL."""
+
+
+def _never(seconds: float) -> None:
+    raise Paused
+
+
+def test_a_checkpoint_write_aimed_at_a_rank_leaves_half_its_part_says_so_and_waits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_CHAOS_ARM, json.dumps({"kind": "checkpoint-write", "step": 6, "rank": 1}))
+    monkeypatch.setenv("RUNNER_ATTEMPT", "3")
+    w = RankWorker(tmp_path, Rank(1, 2), handle_signals=False, sleep=_never)
+    w.save_part(4, b"before the armed step")  # written whole
+    with pytest.raises(Paused):
+        w.save_part(6, b"0123456789")
+    assert (tmp_path / part_key(6, 1)).read_bytes() == b"01234"  # torn in place
+    (event,) = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert event["event"] == PAUSED_EVENT and event["source"] == "worker"
+    assert (event["attempt"], event["step"], event["rank"], event["part_bytes"], event["of_bytes"]) == (3, 6, 1, 5, 10)
+    # No manifest can name the torn part; and a manifest that named the whole one would not take it.
+    store = CheckpointStore(LocalStorage(tmp_path))
+    assert store.committed() == []
+    ckpt = _committed(tmp_path, 6, {1: PartDigest.of(b"0123456789")}, 2)
+    with pytest.raises(CorruptCheckpoint, match="rank 1's part does not match"):
+        RankParts(LocalStorage(tmp_path), 2).check(ckpt)
+
+
+@pytest.mark.parametrize("armed_rank", [0, 2])
+def test_a_checkpoint_write_aimed_at_another_rank_writes_this_ones_part_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, armed_rank: int) -> None:
+    monkeypatch.setenv(ENV_CHAOS_ARM, json.dumps({"kind": "checkpoint-write", "step": 6, "rank": armed_rank}))
+    w = RankWorker(tmp_path, Rank(1, 3), handle_signals=False, sleep=_never)
+    assert w.save_part(6, b"0123456789") == PartDigest.of(b"0123456789")
+
+
+@pytest.mark.parametrize(("steps", "problem"), [
+    ([10, 10], None),
+    ([-1, -1, -1], None),
+    ([7], None),
+    ([10, 5], "the ranks resumed from different checkpoints: rank 0 from step 10, rank 1 from step 5"),
+    ([5, 5, 10], "rank 2 from step 10"),
+    ([-1, 5], "rank 0 from no checkpoint, rank 1 from step 5"),
+])
+def test_the_ranks_must_resume_from_the_same_checkpoint(steps: list[int], problem: str | None) -> None:
+    got = resume_problem(steps)
+    assert (got is None) if problem is None else (got is not None and problem in got)
+
+
+def test_a_rank_that_does_not_take_rank_0s_choice_would_load_an_older_checkpoint(tmp_path: Path) -> None:
+    """``--break-resume rank-step``: the step such a rank loads, which the ranks' check must refuse."""
+    w = RankWorker(tmp_path, Rank(1, 2), handle_signals=False)
+    for step in (3, 6, 9):
+        _committed(tmp_path, step, {1: w.save_part(step, b"part")}, 2)
+    assert [w.older(s) for s in (9, 6, 3)] == [6, 3, 3]
+    assert resume_problem([9, w.older(9)]) is not None
