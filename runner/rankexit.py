@@ -27,7 +27,8 @@ from types import FrameType
 from rundir.children import die_with
 from rundir.exitcodes import ExitCode
 
-__all__ = ["RankRecord", "record_path", "read_records", "failed", "first_failure", "ORDERLY", "main"]
+__all__ = ["RankRecord", "record_path", "read_records", "failed", "first_failure", "ORDERLY", "RECORD_BYTES",
+           "main"]
 
 _RANK_ENV = "PADDLE_TRAINER_ID"
 #: Exits that are not a rank's failure: done, or stopped with its state saved (the whole gang
@@ -57,10 +58,29 @@ def record_path(ranks_dir: Path, rank: int) -> Path:
     return Path(ranks_dir) / f"rank-{rank}.json"
 
 
+#: A record is padded with spaces to this many bytes, so that the last one can overwrite the first in
+#: place, in blocks the file has already, when a full disk leaves room for no new file.
+RECORD_BYTES = 256
+
+
 def _write(path: Path, rec: RankRecord) -> None:
+    """Write ``rec`` whole (a new file renamed over the old); on a full disk, over the record written
+    when the rank started: a rank that exits 74 (no space) must still be heard as such, not as one
+    killed without a word."""
+    data = json.dumps(rec.__dict__).ljust(RECORD_BYTES).encode()
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(rec.__dict__))
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        if not path.exists():
+            raise
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, 0)
+        finally:
+            os.close(fd)
 
 
 def _parse(raw: object) -> RankRecord | None:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.rankexit import RankRecord, failed, first_failure, read_records, record_path
+from runner.rankexit import RECORD_BYTES, RankRecord, failed, first_failure, read_records, record_path
 from tests.helpers import REPO
+from tests.helpers.tmpfs import tmpfs
 
 KILL, TERM = -signal.SIGKILL, -signal.SIGTERM
 
@@ -100,3 +101,23 @@ def test_the_wrapper_wants_a_directory_and_a_command(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "runner.rankexit", str(tmp_path)], cwd=REPO, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2 and "usage" in p.stderr
+
+
+FILL_AND_EXIT_74 = """
+import sys
+from tests.helpers.tmpfs import fill
+fill(__import__("pathlib").Path({path!r}))
+sys.exit(74)
+"""
+
+
+def test_a_rank_that_exits_on_a_full_disk_is_still_heard(tmp_path: Path) -> None:
+    """The rank fills the disk and exits 74 (as a rank does when its part finds no space): its wrapper
+    has no room for a new record, so it writes over the one it wrote at the start."""
+    with tmpfs(tmp_path / "disk", "256k") as disk:
+        p = wrapped(disk, FILL_AND_EXIT_74.format(path=str(disk / "filler")))
+        assert p.returncode == 74, p.stderr
+        got = read_records(disk)[1]
+        assert got.returncode == 74 and got.ended is not None
+        assert record_path(disk, 1).stat().st_size == RECORD_BYTES
+        assert not list(disk.glob(".rank-*"))  # no temporary file left on the full disk
