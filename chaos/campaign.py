@@ -39,7 +39,7 @@ from .outputs import write_outputs
 from .pool import Pool, TaskQueue, drive
 from .results import kinds_table, summary_table, trial_line, verdict_of
 from .schedule import ScheduleError, checkpoint_steps, draw_schedule
-from .simulate import chaos_parser, chosen_kinds
+from .simulate import chaos_parser, chosen_kinds, refuse_for_gang
 from .stats import TrialStatus, failing, night_summary, tally
 from .tmpfs import refuse_unless_mountable
 from .trial import ensure_reference, replay_command
@@ -227,6 +227,7 @@ def campaign_main(argv: Sequence[str], job: JobAdapter, *, program: Sequence[str
         return child_main(ns.trial_child, job, ns)
     _check(p, ns)
     refuse_unless_mountable(chosen_kinds(ns))
+    refuse_for_gang(chosen_kinds(ns), ns)
     from runner.view import make_console
 
     console = make_console()

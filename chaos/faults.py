@@ -37,13 +37,13 @@ a ``--store`` is given.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 __all__ = ["FaultKind", "Fault", "ARMED_KINDS", "CHECKPOINT_KINDS", "RANK_KINDS", "OPT_IN_KINDS", "DEFAULT_KINDS",
-           "FILLER", "NOTICE_CLOUDS", "NOTICE_WINDOW_S", "STORE_KINDS"]
+           "FILLER", "NOTICE_CLOUDS", "NOTICE_WINDOW_S", "STORE_KINDS", "GANG_REFUSED", "gang_refusal"]
 
 
 class FaultKind(StrEnum):
@@ -79,6 +79,26 @@ OPT_IN_KINDS = frozenset({FaultKind.DISK_FULL, FaultKind.NOTICE})
 #: What a chaos run draws from unless told otherwise, in a fixed order (a seed's schedule depends on
 #: it); the store kinds are added where there is a store (see ``chaos.simulate``).
 DEFAULT_KINDS = tuple(k for k in FaultKind if k not in OPT_IN_KINDS and k not in STORE_KINDS)
+#: Kinds a gang of ranks does not take, and why: asked for by name with ``--nproc-per-node`` N > 1,
+#: chaos refuses them (exit 78); a gang's default kinds leave them out.
+GANG_REFUSED: Mapping[FaultKind, str] = {
+    FaultKind.INSTANCE_LOSS: "a new machine restores rank 0's checkpoints from the store, but not the other ranks' "
+                             "parts, which stay on the lost machine's disk: the gang could only start over from "
+                             "step 0",
+}
+
+
+def gang_refusal(kinds: Iterable[FaultKind], ranks: int) -> str | None:
+    """Why a gang of ``ranks`` cannot take these fault kinds (:data:`GANG_REFUSED`), or None."""
+    if ranks <= 1:
+        return None
+    refused = [k for k in dict.fromkeys(kinds) if k in GANG_REFUSED]
+    if not refused:
+        return None
+    return "; ".join(f"{k.value} is not for a gang of ranks (--nproc-per-node {ranks}): {GANG_REFUSED[k]}"
+                     for k in refused)
+
+
 #: The file the disk-full fault fills the run directory's file system with; nothing reads it.
 FILLER = ".chaos-filler"
 #: The clouds a notice comes from, and its window from notice to reclaim, scaled down from minutes.

@@ -63,6 +63,8 @@ def supervisor_argv(ns: Namespace) -> list[str]:
         argv.append("--standby" if ns.standby else "--no-standby")
     if ns.preload is not None:
         argv += ["--preload", ",".join(ns.preload) or "none"]
+    if getattr(ns, "nproc_per_node", 1) > 1:  # a gang on each machine
+        argv += ["--nproc-per-node", str(ns.nproc_per_node)]
     return argv
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rundir.argparsing import OneLineParser
@@ -15,13 +15,13 @@ from runner.adapter import JobAdapter
 from runner.options import add_supervisor_arguments, write_json
 from runner.view import make_console, make_view
 
-from .faults import DEFAULT_KINDS, OPT_IN_KINDS, STORE_KINDS, FaultKind
+from .faults import DEFAULT_KINDS, GANG_REFUSED, OPT_IN_KINDS, STORE_KINDS, FaultKind, gang_refusal
 from .report import ReportView
 from .schedule import Schedule, ScheduleError, checkpoint_steps, draw_schedule
 from .tmpfs import refuse_unless_mountable
 from .trial import ensure_reference
 
-__all__ = ["simulate_main", "chaos_parser", "chosen_kinds", "SIMULATION_DEFAULTS"]
+__all__ = ["simulate_main", "chaos_parser", "chosen_kinds", "refuse_for_gang", "SIMULATION_DEFAULTS"]
 
 DEFAULT_FAULTS = 6
 #: What a simulation uses in place of the supervisor's defaults: a checkpoint every 5 steps, a hang
@@ -46,12 +46,20 @@ def _kind_list(text: str) -> list[str]:
 def chosen_kinds(ns: argparse.Namespace) -> list[FaultKind]:
     """The fault kinds of ``--fault-kinds`` (comma- or space-separated), each once; by default all but
     the opt-in ones (disk-full and notice: see :mod:`chaos.faults`), and those that need a store only
-    with ``--store``."""
+    with ``--store`` (for a gang of ranks, of those only the ones it takes: :data:`~chaos.faults.GANG_REFUSED`)."""
     if not ns.fault_kinds:
         store_kinds = [k for k in FaultKind if k in STORE_KINDS] if getattr(ns, "store", None) else []
-        return [*DEFAULT_KINDS, *store_kinds]
+        gang = getattr(ns, "nproc_per_node", 1) > 1
+        return [k for k in (*DEFAULT_KINDS, *store_kinds) if not (gang and k in GANG_REFUSED)]
     flat = [k for group in ns.fault_kinds for k in group]
     return [FaultKind(k) for k in dict.fromkeys(flat)]
+
+
+def refuse_for_gang(kinds: Iterable[FaultKind], ns: argparse.Namespace) -> None:
+    """Exit 78 now, before any run, for a fault kind that a gang of ranks does not take."""
+    problem = gang_refusal(kinds, getattr(ns, "nproc_per_node", 1))
+    if problem is not None:
+        raise UserError(problem, ExitCode.BAD_CONFIG)
 
 
 def chaos_parser(job: JobAdapter, prog: str, description: str) -> argparse.ArgumentParser:
@@ -116,7 +124,9 @@ def simulate_main(argv: Sequence[str], job: JobAdapter) -> int:
     if ns.faults < 0:
         p.error("--faults must be 0 or more")
     replay = _replay(ns)
-    refuse_unless_mountable(chosen_kinds(ns) if replay is None else [f.kind for f in replay.faults])
+    kinds = chosen_kinds(ns) if replay is None else [f.kind for f in replay.faults]
+    refuse_unless_mountable(kinds)
+    refuse_for_gang(kinds, ns)
     console = make_console()
     run_dir = (ns.run_dir or Path("runs") / time.strftime("chaos-%Y%m%d-%H%M%S")).resolve()
     ref = ensure_reference(job, ns, ns.reference_cache.resolve(), console)

@@ -40,7 +40,7 @@ from checkpoint.store import Checkpoint
 from checkpoint.tensorfile import serialize
 from rundir.events import EventKind
 from runner.worker import Snapshot, Worker
-from runner.worker.ranks import PartDigest, Rank, RankWorker, gang_meta, resume_problem
+from runner.worker.ranks import PartDigest, Rank, RankWorker, gang_meta, resumed_apart
 
 __all__ = ["rank_slice", "Agreed", "Solo", "Gang", "side_for", "encode_rng", "decode_rng"]
 
@@ -155,7 +155,7 @@ class Gang:
     def restore(self, total: int) -> tuple[Checkpoint | None, RngState | None]:
         """Rank 0 picks the newest checkpoint every rank committed and tells the others its step;
         each of them loads it and its own part (its RNGs). Then every rank says which step it
-        loaded, and all stop (exit 1) unless they agree (:func:`resume_problem`)."""
+        loaded, and all stop (exit 1) unless they agree (:func:`resumed_apart`)."""
         ckpt: Checkpoint | None = None
         own: RngState | None = None
         if isinstance(self.worker, Worker):
@@ -179,7 +179,7 @@ class Gang:
         steps = [int(t.numpy()[0]) for t in rows]
         print(f"rank {self.rank.rank} of {self.rank.size}: the ranks resumed from steps {steps}", file=sys.stderr,
               flush=True)
-        problem = resume_problem(steps)
+        problem = resumed_apart(steps)
         if problem is not None:
             raise RuntimeError(problem)
 

@@ -69,13 +69,14 @@ def test_by_default_a_simulation_draws_store_faults_only_with_a_store(store: str
     [],
     ["--standby", "--preload", "none", "--grace", "2.5", "--upload-every", "0"],
     ["--no-standby", "--preload", "model.train,numpy", "--hang-timeout", "7", "--max-restarts", "4"],
+    ["--nproc-per-node", "2"],  # a gang on each machine
 ])
 def test_a_machine_gets_the_supervisor_options_it_was_given(extra: list[str]) -> None:
     parser = build_parser()
     ns = parser.parse_args(["--run-dir", "x", *extra])
     again = parser.parse_args(["--run-dir", "x", *supervisor_argv(ns)])
     for opt in ("max_restarts", "crash_loop", "hang_timeout", "startup_timeout", "grace", "standby", "preload",
-                "upload_every"):
+                "upload_every", "nproc_per_node"):
         assert getattr(again, opt) == getattr(ns, opt), opt
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.faults import DEFAULT_KINDS, FaultKind
+from chaos.faults import DEFAULT_KINDS, FaultKind, gang_refusal
 from chaos.simulate import SIMULATION_DEFAULTS, chaos_parser, chosen_kinds, simulate_main
 from model.job import BUILTIN
 from rundir.exitcodes import ExitCode, UserError
@@ -29,6 +29,37 @@ def parse(*argv: str) -> argparse.Namespace:
 ])
 def test_chosen_kinds(argv: tuple[str, ...], want: list[FaultKind]) -> None:
     assert chosen_kinds(parse(*argv)) == want
+
+
+@pytest.mark.parametrize(("argv", "want"), [
+    (("--store", "file:///s"), [*DEFAULT_KINDS, FaultKind.INSTANCE_LOSS, FaultKind.STORE_OUTAGE]),
+    (("--store", "file:///s", "--nproc-per-node", "2"), [*DEFAULT_KINDS, FaultKind.STORE_OUTAGE]),
+    (("--nproc-per-node", "2"), list(DEFAULT_KINDS)),  # every default kind is for a gang
+])
+def test_a_gangs_default_kinds_leave_out_what_it_does_not_take(argv: tuple[str, ...], want: list[FaultKind]) -> None:
+    assert chosen_kinds(parse(*argv)) == want
+
+
+@pytest.mark.parametrize(("kinds", "ranks", "refused"), [
+    ([FaultKind.INSTANCE_LOSS], 2, True),
+    ([FaultKind.SIGKILL, FaultKind.INSTANCE_LOSS], 4, True),
+    ([FaultKind.INSTANCE_LOSS], 1, False),  # a single process takes every kind
+    ([*DEFAULT_KINDS, FaultKind.STORE_OUTAGE, FaultKind.NOTICE, FaultKind.DISK_FULL], 2, False),
+])
+def test_gang_refusal(kinds: list[FaultKind], ranks: int, refused: bool) -> None:
+    problem = gang_refusal(kinds, ranks)
+    assert (problem is not None) is refused
+    if refused:
+        assert problem is not None and "instance-loss is not for a gang of ranks" in problem
+
+
+def test_instance_loss_for_a_gang_is_exit_78_before_the_reference_runs(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("chaos.simulate.ensure_reference", lambda *a, **k: pytest.fail("the reference ran"))
+    with pytest.raises(UserError) as exc:
+        simulate_main(["--nproc-per-node", "2", "--fault-kinds", "instance-loss", "--run-dir", str(tmp_path / "r")],
+                      BUILTIN)
+    assert exc.value.code is ExitCode.BAD_CONFIG and "parts" in str(exc.value)
 
 
 @pytest.mark.parametrize(("value", "named"), [("meteor", "'meteor'"), ("sigkill,meteor", "'meteor'"), (",", "','")])

@@ -28,7 +28,7 @@ from runner.worker.ranks import (
     gang_problem,
     gang_record,
     part_key,
-    resume_problem,
+    resumed_apart,
 )
 
 A, B = PartDigest.of(b"rank one"), PartDigest.of(b"rank two")
@@ -229,7 +229,7 @@ def test_a_checkpoint_write_aimed_at_another_rank_writes_this_ones_part_whole(
     ([-1, 5], "rank 0 from no checkpoint, rank 1 from step 5"),
 ])
 def test_the_ranks_must_resume_from_the_same_checkpoint(steps: list[int], problem: str | None) -> None:
-    got = resume_problem(steps)
+    got = resumed_apart(steps)
     assert (got is None) if problem is None else (got is not None and problem in got)
 
 
@@ -239,4 +239,4 @@ def test_a_rank_that_does_not_take_rank_0s_choice_would_load_an_older_checkpoint
     for step in (3, 6, 9):
         _committed(tmp_path, step, {1: w.save_part(step, b"part")}, 2)
     assert [w.older(s) for s in (9, 6, 3)] == [6, 3, 3]
-    assert resume_problem([9, w.older(9)]) is not None
+    assert resumed_apart([9, w.older(9)]) is not None

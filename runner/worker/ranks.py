@@ -47,7 +47,7 @@ from .faults import SimulatedDeviceError
 from .files import EventLog
 
 __all__ = ["ENV_RANK", "ENV_WORLD_SIZE", "PARTS", "GANG_META", "Rank", "PartDigest", "part_key", "gang_meta",
-           "gang_record", "gang_problem", "resume_problem", "digest_of", "RankParts", "RankWorker"]
+           "gang_record", "gang_problem", "resumed_apart", "digest_of", "RankParts", "RankWorker"]
 
 #: The launcher's variables (``paddle.distributed.launch``) that say which rank a process is.
 ENV_RANK = "PADDLE_TRAINER_ID"
@@ -149,7 +149,7 @@ def gang_problem(record: object, size: int, found: Mapping[int, PartDigest | Non
     return None
 
 
-def resume_problem(steps: Sequence[int]) -> str | None:
+def resumed_apart(steps: Sequence[int]) -> str | None:
     """Why a gang's ranks, having loaded the checkpoints after ``steps[r]`` steps (-1: none, a fresh
     start), cannot train on together, or None: every rank must go on from the same checkpoint -
     rank 0 chose it and told the others - or their parameters, data and step counts part ways."""
