@@ -172,7 +172,7 @@ class GangProcess:
         self._discover()
         for rank in list(self._fds):
             self._ended(rank, ours=True)
-        first, code = first_failure(self.records, self.launcher.returncode)
+        first, code = first_failure(self.records, self.launcher.returncode, self.size)
         self.failed_rank = first
         self.returncode = code if code is not None else -signal.SIGKILL
         lu = self.launcher.usage  # the ranks' share: their CPU time and RSS as last read by vitals()

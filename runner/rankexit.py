@@ -107,11 +107,13 @@ def read_records(ranks_dir: Path) -> dict[int, RankRecord]:
     return out
 
 
-def first_failure(records: Mapping[int, RankRecord], launcher_rc: int | None) -> tuple[int | None, int | None]:
+def first_failure(records: Mapping[int, RankRecord], launcher_rc: int | None,
+                  size: int | None = None) -> tuple[int | None, int | None]:
     """The rank whose exit ended the gang and its exit status: the earliest to exit, among ranks
     that failed (not :data:`ORDERLY`, not SIGTERM, which the launcher sends the survivors); failing
-    that, the earliest non-zero exit (75, SIGTERM); failing that, ``(None, launcher_rc)``: every
-    recorded rank finished, or none could say. Ties go to the lower rank."""
+    that, the earliest non-zero exit (75, SIGTERM); failing that, ``(None, 0)`` when all ``size``
+    ranks exited 0 - the job is done, whatever the launcher says (SIGTERMed by a stop as its ranks
+    finished, it exits 15) - else ``(None, launcher_rc)``: none could say. Ties go to the lower rank."""
     exited = sorted((r.ended, r.rank, r.returncode) for r in records.values()
                     if r.returncode is not None and r.ended is not None)
     failures = [e for e in exited if failed(e[2])]
@@ -119,6 +121,8 @@ def first_failure(records: Mapping[int, RankRecord], launcher_rc: int | None) ->
     for group in (failures, stopped):
         if group:
             return group[0][1], group[0][2]
+    if size is not None and len(exited) == size > 0:
+        return None, 0
     return None, launcher_rc
 
 

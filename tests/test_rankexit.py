@@ -51,6 +51,20 @@ def test_the_gang_exits_as_the_rank_that_failed_first(records: list[RankRecord],
     assert first_failure({r.rank: r for r in records}, launcher_rc) == want
 
 
+@pytest.mark.parametrize(("records", "size", "want"), [
+    ([rec(0, 0, 1.0), rec(1, 0, 2.0)], 2, (None, 0)),  # every rank done: done, though the launcher says 15
+    ([rec(0, 0, 1.0), rec(1, None)], 2, (None, 15)),  # one rank could not say: the launcher's word
+    ([rec(0, 0, 1.0)], 2, (None, 15)),
+    ([rec(0, 0, 1.0), rec(1, 75, 2.0)], 2, (1, 75)),
+    ([], 2, (None, 15)),
+])
+def test_a_gang_whose_ranks_all_finished_is_done_whatever_its_launcher_says(
+        records: list[RankRecord], size: int, want: tuple[int | None, int]) -> None:
+    """A stop (a notice's SIGTERM) that reaches the launcher as its ranks finish the job: it exits
+    15; the job is done all the same, not crashed."""
+    assert first_failure({r.rank: r for r in records}, 15, size) == want
+
+
 def test_a_record_that_does_not_parse_is_left_out(tmp_path: Path) -> None:
     record_path(tmp_path, 0).write_text(json.dumps({"rank": 0, "pid": 5, "wrapper": 6}))
     record_path(tmp_path, 1).write_text("{torn")
