@@ -188,3 +188,14 @@ def test_ranks_that_resume_from_different_checkpoints_are_stopped_before_their_f
     assert events(run_dir, "gave-up")
     said = (run_dir / "logs" / "attempt-002-ranks" / "workerlog.0").read_text()
     assert "the ranks resumed from different checkpoints: rank 0 from step 10, rank 1 from step 5" in said
+
+
+def test_a_campaign_of_gang_trials_aims_every_fault_at_a_rank(tmp_path: Path, cache: Path) -> None:
+    out = tmp_path / "campaign"
+    p = run_runner("campaign", *GANG, *ONE_EPOCH, "--trials", 2, "--faults-per-trial", 2, "--jobs", 1,
+                   "--chaos-seed", 3, "--reference-cache", cache, "--out", out, "--json", tmp_path / "campaign.json")
+    assert p.returncode == 0, describe(p)
+    trials = json.loads((tmp_path / "campaign.json").read_text())["trials"]
+    assert [t["status"] for t in trials] == ["passed", "passed"], trials
+    faults = [f for t in trials for f in t["faults"]]
+    assert len(faults) == 4 and all(f["rank"] in (0, 1) and not f["missed"] for f in faults), faults
