@@ -33,6 +33,10 @@ named (``--fault-kinds disk-full``); nor is a notice, which starts a new supervi
 The last two need a remote store (``STORE_KINDS``) and happen to the machine, not in it: the chaos
 run, not the supervisor, carries them out (:mod:`chaos.fleet`); they are drawn by default only when
 a ``--store`` is given.
+
+In a gang of ranks (``--nproc-per-node N``) every fault that happens inside the gang is aimed at one
+rank (:data:`RANK_KINDS`); a notice, a full disk and a store outage happen to the whole machine; an
+instance loss is not for a gang (:data:`GANG_REFUSED`). ``docs/multi-rank.md`` has the table.
 """
 
 from __future__ import annotations
