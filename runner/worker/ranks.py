@@ -218,7 +218,8 @@ class RankWorker:
     """The worker of rank ``r > 0``: it shares the run directory with rank 0, which holds its lock,
     journals and heartbeats for the gang. This one only reads checkpoints (never moves one aside:
     rank 0 decides which loads), writes its own parts, and turns SIGTERM/SIGINT into a request to
-    checkpoint that the gang agrees on at its next step."""
+    checkpoint that the gang agrees on at its next step. Its one event is chaos's: a stop in the
+    middle of its part (``checkpoint-write`` aimed at it)."""
 
     def __init__(self, run_dir: Path | str, rank: Rank, *, handle_signals: bool = True,
                  sleep: Callable[[float], Any] = time.sleep) -> None:
