@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, data: Dataset, worker: Worker | RankWorker, rank: Ra
     n = len(data.train_x)
     per_epoch = steps_per_epoch(n, cfg.batch_size)
     total = per_epoch * cfg.epochs
-    side = side_for(worker, rank)
+    side = side_for(worker, rank, agree=cfg.break_resume != "node-step")
     if isinstance(worker, Worker) and worker.standby and not worker.active:
         warm_up(cfg, data)
     side.before_build()

@@ -42,10 +42,11 @@ def ranks_dir_for(log: Path) -> Path:
     return log.with_name(f"{log.stem}-ranks")
 
 
-def gang_command(cmd: Sequence[str], nproc: int, ranks_dir: Path) -> tuple[str, ...]:
-    """Paddle's launcher running ``cmd`` as each of ``nproc`` ranks, each under :mod:`runner.rankexit`.
-    The launcher takes an executable that is not a ``.py`` file as it is."""
-    return (sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
+def gang_command(cmd: Sequence[str], nproc: int, ranks_dir: Path, launch: Sequence[str] = ()) -> tuple[str, ...]:
+    """Paddle's launcher running ``cmd`` as each of ``nproc`` ranks, each under :mod:`runner.rankexit`;
+    ``launch``: more of the launcher's options (a node's, see :mod:`runner.nodes`). The launcher
+    takes an executable that is not a ``.py`` file as it is."""
+    return (sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), *launch,
             "--log_dir", str(ranks_dir), sys.executable, "-m", "runner.rankexit", str(ranks_dir), *cmd)
 
 
@@ -95,6 +96,7 @@ class GangProcess:
 
     def __init__(self, launcher: WorkerProcess, ranks_dir: Path, size: int, log: Path) -> None:
         self.launcher, self.ranks_dir, self.size, self.log = launcher, ranks_dir, size, log
+        self.world = size  # the job's ranks: more than this gang's where it is one node of several
         self.records: dict[int, RankRecord] = {}
         self._fds: dict[int, int] = {}  # a pidfd per rank whose wrapper is alive: readable once it exits
         self._children: dict[int, int] = {}  # a pidfd of each such rank's process: signalled without a pid race
@@ -186,7 +188,7 @@ class GangProcess:
         rank_log = self.ranks_dir / f"workerlog.{rank}"
         how = f"killed by {signal_name(rc)}" if rc < 0 else f"exit {rc}"
         last = last_error_line(rank_log) if rc > 0 else None
-        line = f"rank {rank} of {self.size} failed first ({how}); its log: {rank_log.name} in {self.ranks_dir.name}"
+        line = f"rank {rank} of {self.world} failed first ({how}); its log: {rank_log.name} in {self.ranks_dir.name}"
         try:
             with open(self.log, "a") as f:
                 f.write(line + (f": {last}" if last else "") + "\n")
