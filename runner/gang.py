@@ -97,6 +97,7 @@ class GangProcess:
     def __init__(self, launcher: WorkerProcess, ranks_dir: Path, size: int, log: Path) -> None:
         self.launcher, self.ranks_dir, self.size, self.log = launcher, ranks_dir, size, log
         self.world = size  # the job's ranks: more than this gang's where it is one node of several
+        self.first_rank = 0  # the global rank of this gang's first: Paddle names the logs by local rank
         self.records: dict[int, RankRecord] = {}
         self._fds: dict[int, int] = {}  # a pidfd per rank whose wrapper is alive: readable once it exits
         self._children: dict[int, int] = {}  # a pidfd of each such rank's process: signalled without a pid race
@@ -185,7 +186,7 @@ class GangProcess:
         line if it exited with an error: the supervisor shows the attempt log's last line."""
         rc = self.records[rank].returncode
         assert rc is not None
-        rank_log = self.ranks_dir / f"workerlog.{rank}"
+        rank_log = self.ranks_dir / f"workerlog.{rank - self.first_rank}"
         how = f"killed by {signal_name(rc)}" if rc < 0 else f"exit {rc}"
         last = last_error_line(rank_log) if rc > 0 else None
         line = f"rank {rank} of {self.world} failed first ({how}); its log: {rank_log.name} in {self.ranks_dir.name}"

@@ -144,7 +144,7 @@ class NodeGangProcess(GangProcess):
                  kv: KeyValue, generation: Generation) -> None:
         super().__init__(launcher, ranks_dir, size, log)
         self.spec, self.kv, self.generation = spec, kv, generation
-        self.world = size * spec.nnodes
+        self.world, self.first_rank = size * spec.nnodes, size * spec.node_rank
         self.elsewhere: Mapping[str, Any] | None = None  # what ended the job on another node, if that did
         self._next_poll = 0.0
         self._said_unreachable = False
