@@ -110,6 +110,9 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
     cmd = tuple(command) if command else job.command(run_dir, job.argv(ns))
     env = {ENV_RUN_DIR: str(run_dir), "PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH"))}
     nodes = node_spec(ns)
+    if nodes is not None and ns.store is not None:
+        raise UserError("--store with --nnodes is not supported: every node would write the same prefix",
+                        ExitCode.USAGE)
     gang = ns.nproc_per_node > 1 or nodes is not None
     preload = () if gang else ns.preload if ns.preload is not None else () if command else job.preload
     with RunLock(run_dir) as lock:

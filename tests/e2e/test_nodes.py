@@ -5,8 +5,9 @@ etcd started by the tests (Debian's ``etcd-server``; skipped where it is missing
 - a rank SIGKILLed on node 1, then another on node 0: each time both supervisors restart the whole
   job from the same checkpoint, and node 0's run equals, bit for bit, an uninterrupted two-rank run
   on one machine (the same job: two ranks are two ranks, wherever they run);
-- a supervisor SIGTERMed (its machine preempted): both nodes checkpoint at the same step; when the
-  nodes then hold different newest checkpoints, they agree on the newest one both committed and
+- a supervisor SIGTERMed (its machine preempted): both nodes checkpoint at the same step, the other
+  node waits for it, and the job goes on when the same command runs again; when the nodes then
+  hold different newest checkpoints, they agree on the newest one both committed and
   finish bit-exactly, and with the agreement broken on purpose (``--break-resume node-step``) they
   refuse to train (exit 78) instead of training on from different states.
 """
@@ -120,7 +121,7 @@ def test_nodes_holding_different_checkpoints_resume_from_one_both_committed_or_r
         reference: Path, tmp_path: Path, procs: Started, etcd_url: str) -> None:
     nodes = Nodes(tmp_path, reference, etcd_url)
     started = nodes.start(procs)
-    at = random.Random().randrange(9, STEPS - 8)
+    at = random.Random().randrange(9, STEPS - 14)
     wait_for(lambda: reached(nodes.dirs[0], at), timeout=TIMEOUT, proc=started[0], what=f"step {at}",
              interval=0.005)
     started[0].send_signal(signal.SIGTERM)  # node 0's machine is preempted
@@ -130,10 +131,21 @@ def test_nodes_holding_different_checkpoints_resume_from_one_both_committed_or_r
     wait_for(lambda: [e["step"] for e in events(nodes.dirs[1]) if e["event"] == "preempted"], timeout=60)
     stops[1] = [e["step"] for e in events(nodes.dirs[1]) if e["event"] == "preempted"]
     assert len(stops[0]) == 1 and stops[0] == stops[1], stops  # both nodes checkpointed at the same step
-    step = stops[0][0]
-    started[1].send_signal(signal.SIGTERM)  # node 1 was waiting for node 0 to come back
+    # Node 1 waits for node 0 to come back: node 0's machine returns, runs the same command, and the
+    # job goes on; then node 1's machine is preempted, and node 0 waits in its turn.
+    started[0] = procs.start(nodes.cmd(0))
+    wait_for(lambda: reached(nodes.dirs[0], stops[0][0] + 2), timeout=TIMEOUT, proc=started[0],
+             what="the job to go on", interval=0.005)
+    started[1].send_signal(signal.SIGTERM)
     p1 = finish(started[1], TIMEOUT)
     assert p1.returncode == ExitCode.INTERRUPTED, describe(p1, run_dir=nodes.dirs[1])
+    wait_for(lambda: len([e for e in events(nodes.dirs[0]) if e["event"] == "preempted"]) == 2, timeout=60)
+    stops = [[e["step"] for e in events(d) if e["event"] == "preempted"] for d in nodes.dirs]
+    assert len(stops[0]) == 2 and stops[0] == stops[1], stops
+    step = stops[0][1]
+    started[0].send_signal(signal.SIGTERM)
+    p0 = finish(started[0], TIMEOUT)
+    assert p0.returncode == ExitCode.INTERRUPTED, describe(p0, run_dir=nodes.dirs[0])
 
     # Node 1 lost its newest checkpoint: the nodes now hold different newest ones.
     shutil.rmtree(nodes.dirs[1] / "checkpoints" / checkpoint_name(step))
