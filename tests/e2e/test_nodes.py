@@ -14,6 +14,7 @@ etcd started by the tests (Debian's ``etcd-server``; skipped where it is missing
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -46,17 +47,27 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ref
 
 
+@pytest.fixture(scope="module")
+def reference4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted four-rank run of ``JOB`` on one machine."""
+    ref = tmp_path_factory.mktemp("nodes-reference4") / "run"
+    p = run(runner_cmd(ref, *JOB, "--nproc-per-node", 4), timeout=TIMEOUT)
+    assert p.returncode == 0, describe(p, run_dir=ref)
+    return ref
+
+
 class Nodes:
     """Two nodes' run directories and the command that starts each one's supervisor."""
 
-    def __init__(self, tmp: Path, reference: Path, etcd_url: str) -> None:
+    def __init__(self, tmp: Path, reference: Path, etcd_url: str, per_node: int = 1) -> None:
         self.dirs = [seeded_run_dir(tmp / f"node{r}", reference) for r in range(2)]
         self.master = f"127.0.0.1:{free_port()}"
         self.etcd = etcd_url
+        self.per_node = per_node
 
     def cmd(self, node: int, *extra: object) -> list[str]:
-        return runner_cmd(self.dirs[node], *JOB, "--nnodes", 2, "--node-rank", node, "--master", self.master,
-                          "--etcd", self.etcd, *extra)
+        return runner_cmd(self.dirs[node], *JOB, "--nproc-per-node", self.per_node, "--nnodes", 2, "--node-rank",
+                          node, "--master", self.master, "--etcd", self.etcd, *extra)
 
     def start(self, procs: Started, *extra: object) -> list[subprocess.Popen[str]]:
         return [procs.start(self.cmd(n, *extra)) for n in range(2)]
@@ -73,16 +84,14 @@ def reached(run_dir: Path, step: int, attempt: int | None = None) -> bool:
     return any(r["step"] >= step and attempt in (None, r["attempt"]) for r in losses(run_dir))
 
 
-def kill_rank(nodes: Nodes, node: int, attempt: int, at: int, proc: subprocess.Popen[str]) -> None:
-    """SIGKILL node ``node``'s rank in ``attempt`` once that attempt has journaled step ``at``."""
-    d = nodes.dirs[node]
-    wait_for(lambda: len(read_records(ranks_of(d, attempt))) == 1 and reached(d, at, attempt), timeout=TIMEOUT,
+def kill_rank(nodes: Nodes, node: int, attempt: int, at: int, proc: subprocess.Popen[str], local: int = 0) -> None:
+    """SIGKILL node ``node``'s rank ``local`` (of its own) in ``attempt`` once that attempt journaled step ``at``."""
+    d, n = nodes.dirs[node], nodes.per_node
+    wait_for(lambda: len(read_records(ranks_of(d, attempt))) == n and reached(d, at, attempt), timeout=TIMEOUT,
              proc=proc, what=f"node {node}, attempt {attempt}, step {at}", interval=0.005)
-    (rank,) = read_records(ranks_of(d, attempt)).values()
-    assert rank.rank == node  # one rank per node: global rank R on node R
-    import os
-
-    os.kill(rank.pid, signal.SIGKILL)
+    ranks = read_records(ranks_of(d, attempt))
+    assert sorted(ranks) == list(range(node * n, node * n + n))  # global ranks, node by node
+    os.kill(ranks[node * n + local].pid, signal.SIGKILL)
 
 
 def verify(run_dir: Path, reference: Path) -> None:
@@ -165,3 +174,21 @@ def test_nodes_holding_different_checkpoints_resume_from_one_both_committed_or_r
     assert any("newer than the newest step every node committed" in r for r in fallbacks), fallbacks
     assert_bit_exact(nodes.dirs[0], reference, STEPS)
     verify(nodes.dirs[0], reference)
+
+
+def test_two_ranks_per_node_are_four_ranks_and_a_killed_one_restarts_the_job_bit_exact(
+        reference4: Path, tmp_path: Path, procs: Started, etcd_url: str) -> None:
+    """``--nproc-per-node 2`` on each of two nodes: global ranks 0-1 on node 0, 2-3 on node 1,
+    node 1's second rank killed (one that writes a part beside its node's checkpoints); equal to a
+    four-rank run on one machine."""
+    nodes = Nodes(tmp_path, reference4, etcd_url, per_node=2)
+    started = nodes.start(procs)
+    kill_rank(nodes, 1, 1, random.Random().randrange(5, STEPS - 6), started[1], local=1)
+    for node, p in enumerate(nodes.finish(started)):
+        assert p.returncode == 0, describe(p, run_dir=nodes.dirs[node])
+    assert "rank 3 of 4 failed first (killed by SIGKILL); its log: workerlog.1 in attempt-001-ranks" in (
+        nodes.dirs[1] / "logs" / "attempt-001.log").read_text()
+    resumed = [[e["resumed_from_step"] for e in events(d) if e["event"] == "attempt-started"] for d in nodes.dirs]
+    assert resumed[0] == resumed[1] and resumed[0][-1] > 0, resumed
+    assert_bit_exact(nodes.dirs[0], reference4, STEPS)
+    verify(nodes.dirs[0], reference4)
