@@ -126,8 +126,8 @@ class Solo:
 
 
 class Gang:
-    """Rank ``rank`` of a data-parallel gang; ``worker`` is rank 0's :class:`Worker`, or another
-    rank's :class:`RankWorker`."""
+    """Rank ``rank`` of a data-parallel gang; ``worker`` is the :class:`Worker` of its node's first
+    rank (rank 0 on one machine), or another rank's :class:`RankWorker`."""
 
     def __init__(self, worker: Worker | RankWorker, rank: Rank, *, agree: bool = True) -> None:
         """``agree``: False only to prove the check after it: each node then resumes from its own
