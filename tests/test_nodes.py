@@ -32,6 +32,9 @@ from tests.helpers.processes import wait_gone
 from tests.test_gang import LAUNCHER, SLEEP, STOPPABLE, wait_started
 
 SPEC = NodeSpec(nnodes=2, node_rank=1, master="10.0.0.1:6170", etcd="http://10.0.0.1:2379")
+#: The stand-in launcher as node 1 of 2 runs it: its ranks are the job's ranks 2 and 3.
+NODE_LAUNCHER = LAUNCHER.replace("PADDLE_TRAINER_ID=str(r)", "PADDLE_TRAINER_ID=str(r + 2)")
+assert NODE_LAUNCHER != LAUNCHER
 
 
 class FakeKV:
@@ -116,7 +119,7 @@ def start(tmp_path: Path, gangs: list[NodeGangProcess], kv: FakeKV, *codes: str)
     ready = tmp_path / "ready"
     ready.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), READY_DIR=str(ready))
-    proc = WorkerProcess.start([sys.executable, "-c", LAUNCHER, str(ranks), str(len(codes)), *codes], env=env,
+    proc = WorkerProcess.start([sys.executable, "-c", NODE_LAUNCHER, str(ranks), str(len(codes)), *codes], env=env,
                                log_path=log, cwd=REPO)
     g = NodeGangProcess(proc, ranks, len(codes), log, spec=SPEC, kv=kv, generation=kv.generation())
     gangs.append(g)
@@ -157,13 +160,15 @@ def test_a_failure_here_moves_the_generation_on_and_says_which_rank(tmp_path: Pa
     kv = FakeKV()
     g = start(tmp_path, gangs, kv, SLEEP, SLEEP)
     wait_started(g)
-    os.kill(g.records[1].pid, signal.SIGKILL)
+    os.kill(g.records[3].pid, signal.SIGKILL)
     assert g.wait(30)
     assert g.returncode == -signal.SIGKILL and g.elsewhere is None
     gen = kv.generation()
     assert gen.number == 1 and gen.after is not None
-    assert (gen.after["node"], gen.after["rank"], gen.after["returncode"]) == (1, 1, -signal.SIGKILL)
-    assert "rank 1 of 4 failed first (killed by SIGKILL)" in g.log.read_text()  # 2 nodes of 2 ranks
+    assert (gen.after["node"], gen.after["rank"], gen.after["returncode"]) == (1, 3, -signal.SIGKILL)
+    # of the job's 4 ranks; its log is named by its place on this node, as Paddle's launcher names it
+    assert "rank 3 of 4 failed first (killed by SIGKILL); its log: workerlog.1 in attempt-001-ranks" in \
+        g.log.read_text()
 
 
 def test_a_failure_here_after_one_elsewhere_takes_the_first_ones_exit(tmp_path: Path,
@@ -176,7 +181,7 @@ def test_a_failure_here_after_one_elsewhere_takes_the_first_ones_exit(tmp_path: 
     wait_started(g)
     g._next_poll = time.monotonic() + 3600  # this node has not read the generation since
     kv.swap(SPEC.key, next_generation(Generation(), 0, 0, -signal.SIGKILL), 0)
-    os.kill(g.records[0].pid, signal.SIGUSR1)  # a failure of this node's own, seen after the other
+    os.kill(g.records[2].pid, signal.SIGUSR1)  # a failure of this node's own, seen after the other
     assert g.wait(30)
     assert g.returncode == -signal.SIGKILL and g.elsewhere is not None and g.elsewhere["node"] == 0
     assert kv.generation().number == 1
