@@ -39,10 +39,11 @@ def s3_server():
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def etcd_url() -> Iterator[str]:
-    """An etcd server on loopback for the whole session (tests/etcd_server.py), started on first use;
-    the test is skipped where etcd is not installed."""
+    """An etcd server on loopback for one test module (tests/etcd_server.py; it starts in about a
+    second), stopped after it: a child left running would count as a leftover in the tests that
+    look for them. The test is skipped where etcd is not installed."""
     from tests.etcd_server import ETCD, running_etcd
 
     if ETCD is None:

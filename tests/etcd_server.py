@@ -29,14 +29,14 @@ def free_port() -> int:
 def running_etcd(timeout: float = 30.0) -> Iterator[str]:
     """An etcd server's client URL, for as long as the context lasts."""
     assert ETCD is not None, "etcd is not installed"
-    with tempfile.TemporaryDirectory(prefix="etcd-") as data:
+    with tempfile.TemporaryDirectory(prefix="etcd-") as data, open(f"{data}/log", "w") as log:
         client, peer = free_port(), free_port()
         url = f"http://127.0.0.1:{client}"
         proc = subprocess.Popen([ETCD, "--data-dir", f"{data}/d", "--listen-client-urls", url,
                                  "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
                                  "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
                                  "--initial-cluster", f"default=http://127.0.0.1:{peer}"],
-                                stdout=subprocess.DEVNULL, stderr=open(f"{data}/log", "w"))
+                                stdout=subprocess.DEVNULL, stderr=log)
         try:
             deadline = time.monotonic() + timeout
             while not Etcd(url, timeout=1.0).healthy():
