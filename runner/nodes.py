@@ -197,9 +197,13 @@ class NodeGangProcess(GangProcess):
             self._adopt()
 
     def _adopt(self) -> None:
-        """The job failed first on another node: this attempt's exit is that failure's."""
+        """The job failed first on another node: this attempt's exit is that failure's (this node's
+        ranks, if they failed too, failed of it: a collective whose peer is gone)."""
         rc = self.elsewhere.get("returncode") if self.elsewhere else None
         if isinstance(rc, int) and self.elsewhere and self.elsewhere.get("node") != self.spec.node_rank:
+            if self.returncode != rc:
+                self._say(f"the job failed on another node: {describe_after(self.elsewhere)}; this node's ranks "
+                          f"failed after it")
             self.returncode = rc
 
     def _say(self, line: str) -> None:

@@ -185,6 +185,8 @@ def test_a_failure_here_after_one_elsewhere_takes_the_first_ones_exit(tmp_path: 
     assert g.wait(30)
     assert g.returncode == -signal.SIGKILL and g.elsewhere is not None and g.elsewhere["node"] == 0
     assert kv.generation().number == 1
+    assert "the job failed on another node: rank 0 on node 0 (killed by SIGKILL); this node's ranks failed after it" \
+        in g.log.read_text()
 
 
 def test_a_gang_that_completes_leaves_the_generation_alone(tmp_path: Path, gangs: list[NodeGangProcess]) -> None:
