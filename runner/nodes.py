@@ -38,6 +38,7 @@ from .etcd import Entry, EtcdError, KeyValue
 from .gang import GangLauncher, GangProcess, gang_command, ranks_dir_for
 from .launcher import Worker
 from .process import WorkerProcess
+from .rankexit import failed, first_failure
 
 __all__ = ["NodeSpec", "Generation", "parse_generation", "next_generation", "moved_on", "launch_args",
            "NodeGangLauncher", "NodeGangProcess"]
@@ -147,6 +148,7 @@ class NodeGangProcess(GangProcess):
         self.world, self.first_rank = size * spec.nnodes, size * spec.node_rank
         self.elsewhere: Mapping[str, Any] | None = None  # what ended the job on another node, if that did
         self._next_poll = 0.0
+        self._told: bool | None = None  # whether this node moved the generation on (None: not tried)
         self._said_unreachable = False
 
     def wait(self, timeout: float, wake_fds: Sequence[int] = ()) -> bool:
@@ -180,21 +182,29 @@ class NodeGangProcess(GangProcess):
             self._finish(kill=True)
 
     def _finish(self, *, kill: bool) -> None:
+        if kill and self.elsewhere is None:
+            # A rank failed here: tell the other nodes before the clean-up (killing the rest, reaping
+            # the launcher), so that this failure, the first, is the one they record.
+            rank, code = first_failure(self.records, None)
+            if code is not None and failed(code):
+                self._tell(rank, code)
         super()._finish(kill=kill)
-        if self.returncode == 0 or self.elsewhere is not None:
-            self._adopt()
-            return
+        if self.returncode != 0 and self.elsewhere is None and self._told is None:
+            self._tell(self.failed_rank, self.returncode or -signal.SIGKILL)
+        self._adopt()
+
+    def _tell(self, rank: int | None, returncode: int) -> None:
+        """Move the generation on, saying why; if another node did first, take its word for it."""
         try:
-            moved = self.kv.swap(self.spec.key, next_generation(self.generation, self.spec.node_rank, self.failed_rank,
-                                                                self.returncode or -signal.SIGKILL),
-                                 self.generation.revision)
+            self._told = self.kv.swap(self.spec.key, next_generation(self.generation, self.spec.node_rank, rank,
+                                                                     returncode), self.generation.revision)
         except EtcdError as exc:
+            self._told = False
             self._say(f"cannot tell the other nodes that the job failed here: {exc}")
             return
-        if not moved:  # another node saw the job fail first
+        if not self._told:  # another node saw the job fail first
             now = self._read()
             self.elsewhere = (now.after if now is not None else None) or {}
-            self._adopt()
 
     def _adopt(self) -> None:
         """The job failed first on another node: this attempt's exit is that failure's (this node's
