@@ -15,7 +15,8 @@ Two existing engines do the coordinating, each what it is made for:
   on - one compare-and-swap: only the first node to see the job fail writes why - and every other
   node's supervisor, which reads the generation at each wait, sees it move, kills its own ranks
   (they could only hang) and starts the next attempt in the new generation. Its attempt's exit is
-  the first failure's (classified by the rank that failed first, on whichever node).
+  the first failure's (classified by the rank that failed first, on whichever node). A stop (exit
+  75) moves the generation on too, but kills nothing: every rank stops at the same step by itself.
 
 Each node has its own run directory (disks are not shared): the node's first rank journals and
 commits the node's checkpoints there, and on a restart the nodes agree on the newest step every one
@@ -40,8 +41,8 @@ from .launcher import Worker
 from .process import WorkerProcess
 from .rankexit import failed, first_failure
 
-__all__ = ["NodeSpec", "Generation", "parse_generation", "next_generation", "moved_on", "launch_args",
-           "NodeGangLauncher", "NodeGangProcess"]
+__all__ = ["NodeSpec", "Generation", "parse_generation", "next_generation", "moved_on", "failed_elsewhere",
+           "launch_args", "NodeGangLauncher", "NodeGangProcess"]
 
 #: How often a node's supervisor reads the generation while its gang runs.
 POLL_S = 0.1
@@ -99,6 +100,14 @@ def next_generation(gen: Generation, node: int, rank: int | None, returncode: in
 def moved_on(mine: Generation, now: Generation) -> bool:
     """True once the job's generation is not the one an attempt runs in: the job ended elsewhere."""
     return now.number != mine.number
+
+
+def failed_elsewhere(after: Mapping[str, Any]) -> bool:
+    """Whether what ended a generation on another node is a failure, after which this node's ranks
+    can only hang, and are killed; not a stop (exit 75, or the launcher's SIGTERM), which every rank
+    takes at the same step and ends by itself, its state saved - killing it could cut that short."""
+    rc = after.get("returncode")
+    return not isinstance(rc, int) or failed(rc)
 
 
 def launch_args(spec: NodeSpec, gen: Generation) -> tuple[str, ...]:
@@ -175,11 +184,16 @@ class NodeGangProcess(GangProcess):
             return None
 
     def _check_generation(self) -> None:
-        now = self._read()
-        if now is not None and moved_on(self.generation, now):
-            self.elsewhere = now.after or {}
-            self._say(f"the job failed on another node: {describe_after(self.elsewhere)}; stopping this node's ranks")
-            self._finish(kill=True)
+        now = self._read() if self.elsewhere is None else None
+        if now is None or not moved_on(self.generation, now):
+            return
+        self.elsewhere = now.after or {}
+        if not failed_elsewhere(self.elsewhere):
+            self._say(f"the job is stopping on another node: {describe_after(self.elsewhere)}; this node's ranks "
+                      "stop at the same step")
+            return
+        self._say(f"the job failed on another node: {describe_after(self.elsewhere)}; stopping this node's ranks")
+        self._finish(kill=True)
 
     def _finish(self, *, kill: bool) -> None:
         if kill and self.elsewhere is None:

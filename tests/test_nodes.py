@@ -21,6 +21,7 @@ from runner.nodes import (
     NodeGangProcess,
     NodeSpec,
     describe_after,
+    failed_elsewhere,
     launch_args,
     moved_on,
     next_generation,
@@ -89,6 +90,18 @@ def test_the_next_generation_says_what_ended_this_one() -> None:
 ])
 def test_an_attempt_is_over_once_the_generation_moves_on(mine: Generation, now: Generation, want: bool) -> None:
     assert moved_on(mine, now) is want
+
+
+@pytest.mark.parametrize(("after", "want"), [
+    ({"node": 1, "returncode": -signal.SIGKILL}, True),
+    ({"node": 1, "returncode": 1}, True),
+    ({"node": 1, "returncode": 78}, True),
+    ({}, True),  # nobody said why: treated as a failure (the ranks here could only hang)
+    ({"node": 1, "returncode": 75}, False),  # a stop: every rank stops at the same step by itself
+    ({"node": 1, "returncode": -signal.SIGTERM}, False),
+])
+def test_only_a_failure_elsewhere_kills_this_nodes_ranks(after: dict[str, object], want: bool) -> None:
+    assert failed_elsewhere(after) is want
 
 
 def test_the_launcher_joins_the_master_as_this_node_in_this_generation() -> None:
@@ -202,6 +215,22 @@ def test_a_stopped_gang_moves_the_generation_on_so_the_other_nodes_start_the_nex
     g = start(tmp_path, gangs, kv, STOPPABLE, STOPPABLE)
     wait_started(g)
     assert g.stop(grace=30)
+    assert g.returncode == 75 and kv.generation().number == 1
+
+
+def test_a_stop_elsewhere_lets_this_nodes_ranks_stop_by_themselves(tmp_path: Path,
+                                                                    gangs: list[NodeGangProcess]) -> None:
+    """The other node stopped (its ranks exited 75 after the barrier every rank joins): this node's
+    ranks are stopping at that step too, and are not killed while they finish."""
+    kv = FakeKV()
+    g = start(tmp_path, gangs, kv, STOPPABLE, STOPPABLE)
+    wait_started(g)
+    kv.swap(SPEC.key, next_generation(Generation(), 0, 0, 75), 0)
+    assert not g.wait(1.0)  # still running: nothing killed them
+    assert "the job is stopping on another node: rank 0 on node 0 (exit 75)" in g.log.read_text()
+    for r in g.records.values():
+        os.kill(r.pid, signal.SIGTERM)  # as the step's collective would tell them
+    assert g.wait(30)
     assert g.returncode == 75 and kv.generation().number == 1
 
 
