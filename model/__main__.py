@@ -131,7 +131,7 @@ def run(ns: argparse.Namespace) -> int:
     from .data import prepare
 
     rank = Rank.from_env()  # rank 0 of 1 unless paddle.distributed.launch started this process
-    if not rank.leader:
+    if not rank.node_leader:  # the first rank of each node holds the node's run directory
         return run_rank(ns, rank)
     store = getattr(ns, "store", None)
     with Worker(ns.run_dir, store=store, upload_every=getattr(ns, "upload_every", None) if store else None) as worker:
@@ -149,7 +149,7 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def run_rank(ns: argparse.Namespace, rank: Rank) -> int:
-    """A rank other than 0 of a gang: rank 0 binds the configuration, journals and commits."""
+    """A rank of a gang other than its node's first: that one binds the configuration, journals and commits."""
     from runner.worker.files import read_final
     from runner.worker.ranks import RankWorker
 

@@ -13,10 +13,11 @@ AUTO = -1  # checkpoint_every_steps for "auto": Young's formula
 #: Ways to resume wrongly on purpose, to prove the verifier catches each of them: leave out the
 #: optimizer's moments, the LR scheduler, the data generator (the epoch's order is drawn anew),
 #: Paddle's generators (dropout), NumPy's global generator (input jitter), or read one batch ahead; in a
-#: gang, leave out each rank's own RNGs (its part of the checkpoint): it goes on with rank 0's; or let
-#: the ranks other than 0 resume from an older checkpoint than rank 0 chose (the gang must refuse to go on).
+#: gang, leave out each rank's own RNGs (its part of the checkpoint): it goes on with rank 0's; let the
+#: ranks other than 0 resume from an older checkpoint than rank 0 chose (the gang must refuse to go on);
+#: on several nodes, skip the nodes' agreement on the step to resume from (the check after it refuses).
 BREAK_RESUME_KINDS = ("optimizer", "lr-scheduler", "data-rng", "paddle-rng", "numpy-rng", "data-position",
-                      "rank-rng", "rank-step")
+                      "rank-rng", "rank-step", "node-step")
 
 
 @dataclass(frozen=True)

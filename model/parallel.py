@@ -17,6 +17,11 @@ A gang is started by ``paddle.distributed.launch`` (gloo on CPU). Each rank:
   rank 0's cadence decides for all;
 - draws its dropout and jitter from its own RNGs, seeded from (seed, rank) once the model is built,
   and saves them in its part of each checkpoint (:mod:`runner.worker.ranks` has the protocol).
+
+On several machines (nodes) each node's first rank is a :class:`Worker` on that node's run directory
+(each node has its own disk): it journals, heartbeats and commits the node's checkpoints, the
+replicated state included, and the node's other ranks write their parts beside them. On a restart
+the nodes' leaders agree on the newest step every node committed (:mod:`runner.worker.agree`).
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ from safetensors.numpy import load as st_load
 
 from checkpoint import paddle_state as ps
 from checkpoint.state import RngState, params_digest
-from checkpoint.store import Checkpoint
+from checkpoint.store import Checkpoint, CorruptCheckpoint
 from checkpoint.tensorfile import serialize
 from rundir.events import EventKind
+from rundir.exitcodes import ExitCode, UserError
 from runner.worker import Snapshot, Worker
+from runner.worker.agree import NO_SAY, StepAgreement, resume_problem
 from runner.worker.ranks import PartDigest, Rank, RankWorker, gang_meta, resumed_apart
 
 __all__ = ["rank_slice", "Agreed", "Solo", "Gang", "side_for", "encode_rng", "decode_rng"]
@@ -120,12 +127,15 @@ class Solo:
 
 
 class Gang:
-    """Rank ``rank`` of a data-parallel gang; ``worker`` is rank 0's :class:`Worker`, or another
-    rank's :class:`RankWorker`."""
+    """Rank ``rank`` of a data-parallel gang; ``worker`` is the :class:`Worker` of its node's first
+    rank (rank 0 on one machine), or another rank's :class:`RankWorker`."""
 
-    def __init__(self, worker: Worker | RankWorker, rank: Rank, *, break_step: bool = False) -> None:
-        self.worker, self.rank = worker, rank
-        self.break_step = break_step  # ranks other than 0 load an older checkpoint than chosen, on purpose
+    def __init__(self, worker: Worker | RankWorker, rank: Rank, *, agree: bool = True,
+                 break_step: bool = False) -> None:
+        """``agree``: False only to prove the check after it: each node then resumes from its own
+        newest checkpoint (``--break-resume node-step``). ``break_step``: ranks other than 0 load an
+        older checkpoint than chosen, on purpose (``--break-resume rank-step``)."""
+        self.worker, self.rank, self.agree, self.break_step = worker, rank, agree, break_step
 
     @property
     def _leader(self) -> Worker:
@@ -149,20 +159,24 @@ class Gang:
         return idx[rank_slice(len(idx), self.rank.rank, self.rank.size)]
 
     def set_cadence(self, every: int | str, mtbf_s: float | None, durable_every_s: float) -> None:
-        if self.rank.leader:
+        if isinstance(self.worker, Worker):
             Solo(self._leader).set_cadence(every, mtbf_s, durable_every_s)
 
     def restore(self, total: int) -> tuple[Checkpoint | None, RngState | None]:
-        """Rank 0 picks the newest checkpoint every rank committed and tells the others its step;
-        each of them loads it and its own part (its RNGs). Then every rank says which step it
-        loaded, and all stop (exit 1) unless they agree (:func:`resumed_apart`)."""
+        """Each node's leader picks the newest checkpoint every rank of its node committed, and the
+        leaders agree on the newest step every node holds (one machine: rank 0's); each other rank
+        loads its node's checkpoint of that step and its own part (its RNGs). Then every rank says
+        which step it loaded, and all stop (exit 1) unless they agree (:func:`resumed_apart`)."""
         ckpt: Checkpoint | None = None
         own: RngState | None = None
+        agreement = StepAgreement(self._extremes)
         if isinstance(self.worker, Worker):
-            ckpt = self.worker.restore(total_steps=total, check=_parts_check(self.worker, self.rank))
-        chosen = paddle.to_tensor(np.array([ckpt.step if ckpt is not None else -1], dtype=np.int64))
-        dist.broadcast(chosen, src=0)
-        step = int(chosen.numpy()[0])
+            ckpt = self.worker.restore(total_steps=total, check=self._restore_check(agreement))
+            if ckpt is None and self.agree:
+                agreement.offer(-1)  # none left here: the others walk back to none as well
+        elif self.agree:
+            agreement.follow()
+        step = self._node_step(ckpt.step if ckpt is not None else -1)
         if isinstance(self.worker, RankWorker):
             self.worker.take_signals()  # ``import paddle`` took SIGTERM for itself
             if step >= 0:
@@ -183,12 +197,44 @@ class Gang:
         if problem is not None:
             raise RuntimeError(problem)
 
+    def _restore_check(self, agreement: StepAgreement) -> Callable[[Checkpoint], None]:
+        """What a checkpoint must pass to be loaded by this node's leader: every part of the node's
+        ranks is there; and the nodes agree on its step (an older one: it is moved aside)."""
+        parts = _parts_check(self._leader, self.rank)
+
+        def check(ckpt: Checkpoint) -> None:
+            parts(ckpt)
+            if self.agree and not agreement.offer(ckpt.step):
+                raise CorruptCheckpoint(f"{ckpt.name}: newer than the newest step every node committed")
+        return check
+
+    def _extremes(self, offer: int) -> tuple[int, int]:
+        """One round of the agreement: the lowest and the highest offer over the gang."""
+        mine = [NO_SAY, NO_SAY] if offer == NO_SAY else [offer, -offer]
+        t = paddle.to_tensor(np.array(mine, dtype=np.int64))
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        hi, neg_lo = (int(v) for v in t.numpy())
+        return -neg_lo, hi
+
+    def _node_step(self, mine: int) -> int:
+        """The step each node's leader loaded, gathered over the gang: this node's, which its other
+        ranks load; the nodes' steps must be one (:func:`~runner.worker.agree.resume_problem`)."""
+        rows: list[paddle.Tensor] = []
+        own = mine if isinstance(self.worker, Worker) else NO_SAY
+        dist.all_gather(rows, paddle.to_tensor(np.array([own], dtype=np.int64)))
+        steps = [int(t.numpy()[0]) for t in rows]
+        per = self.rank.per_node
+        problem = resume_problem({n: steps[n * per] for n in range(self.rank.nodes)})
+        if problem is not None:
+            raise UserError(problem, ExitCode.BAD_CONFIG)
+        return steps[self.rank.node * per]
+
     def before_backward(self) -> None:
-        if self.rank.leader:
+        if isinstance(self.worker, Worker):
             self._leader.before_backward()
 
     def before_update(self) -> None:
-        if self.rank.leader:
+        if isinstance(self.worker, Worker):
             self._leader.before_update()
 
     def step_done(self, step: int, loss: paddle.Tensor, logits: paddle.Tensor, y: np.ndarray, *, epoch: int,
@@ -203,9 +249,9 @@ class Gang:
         dist.all_reduce(t)
         total_loss, total_correct, samples, stop, ckpt = (float(v) for v in t.numpy())
         if isinstance(self.worker, Worker):
+            own = {"rank0_loss": mine} if self.rank.leader else {"node": self.rank.node, "node_loss": mine}
             self.worker.report_step(step, loss=total_loss / self.rank.size, epoch=epoch, batch=batch,
-                                    acc=total_correct / samples, lr=lr,
-                                    extra={"rank0_loss": mine, "ranks": self.rank.size})
+                                    acc=total_correct / samples, lr=lr, extra={**own, "ranks": self.rank.size})
         else:
             self.worker.step_done(step)
         return Agreed(ckpt > 0, stop > 0)
@@ -217,9 +263,10 @@ class Gang:
         mine: PartDigest | None = None
         if isinstance(self.worker, RankWorker):
             mine = self.worker.save_part(step, encode_rng(rngs.snapshot()()))
-        parts = self._gather(mine)
+        gathered = self._gather(mine)
         if isinstance(self.worker, Worker):
-            meta = {"gang": gang_meta(self.rank.size, parts)}
+            parts = {r: d for r, d in gathered.items() if r in self.rank.part_ranks}
+            meta = {"gang": gang_meta(self.rank.size, parts, node=self.rank.node, nodes=self.rank.nodes)}
             self.worker.checkpoint(step, lambda: capture(meta), wait=wait, deferred=not wait)
 
     def _gather(self, mine: PartDigest | None) -> dict[int, PartDigest]:
@@ -237,14 +284,14 @@ class Gang:
         return out
 
     def preempted(self, step: int) -> None:
-        """Every rank waits here until rank 0 has committed the stop's checkpoint, then all exit."""
+        """Every rank waits here until every node's leader has committed the stop's checkpoint, then all exit."""
         dist.barrier()
-        if self.rank.leader:
+        if isinstance(self.worker, Worker):
             self._leader.event(EventKind.PREEMPTED, step=step)
         _deaf()
 
     def complete(self, step: int, model: paddle.nn.Layer) -> None:
-        if self.rank.leader:
+        if isinstance(self.worker, Worker):
             Solo(self._leader).complete(step, model)
         _deaf()
 
@@ -262,13 +309,14 @@ def _parts_check(worker: Worker, rank: Rank) -> Callable[[Checkpoint], None]:
     from checkpoint.storage import LocalStorage
     from runner.worker.ranks import RankParts
 
-    return RankParts(LocalStorage(worker.run_dir), rank.size).check
+    return RankParts(LocalStorage(worker.run_dir), rank.size, rank).check
 
 
 def side_for(worker: Worker | RankWorker, rank: Rank, break_resume: str | None = None) -> Solo | Gang:
-    """The job's side of the gang: :class:`Solo` for a single process. ``break_resume`` "rank-step":
-    a gang whose ranks other than 0 resume from an older checkpoint than rank 0's (it must be caught)."""
+    """The job's side of the gang: :class:`Solo` for a single process. ``break_resume``, to prove the
+    checks after a gang's restore: "rank-step" (ranks other than 0 resume from an older checkpoint
+    than rank 0's) or "node-step" (the nodes skip their agreement on the step)."""
     if rank.size == 1:
         assert isinstance(worker, Worker)
         return Solo(worker)
-    return Gang(worker, rank, break_step=break_resume == "rank-step")
+    return Gang(worker, rank, agree=break_resume != "node-step", break_step=break_resume == "rank-step")

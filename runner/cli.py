@@ -24,11 +24,13 @@ from rundir.exitcodes import ExitCode, UserError
 from rundir.names import ENV_RUN_DIR
 
 from .adapter import JobAdapter
-from .options import add_supervisor_arguments, notice_settings
+from .options import add_node_arguments, add_supervisor_arguments, node_spec, notice_settings
 
 if TYPE_CHECKING:
     from rundir.contract import Chaos
 
+    from .launcher import Launcher
+    from .nodes import NodeSpec
     from .remote_sync import RemoteTier
 
 __all__ = ["main", "build_parser", "builtin_job", "job_for", "COMMANDS"]
@@ -79,6 +81,7 @@ def build_parser(job: JobAdapter | None = None) -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, default=None, help="the job's state: checkpoints, journals, logs")
     (job or builtin_job()).add_arguments(p)
     add_supervisor_arguments(p)
+    add_node_arguments(p)
     # A chaos simulation that loses machines runs each one as this command (chaos/machine.py).
     p.add_argument("--chaos-schedule", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--chaos-hits", type=Path, default=None, help=argparse.SUPPRESS)
@@ -106,7 +109,11 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
     run_dir = ns.run_dir.resolve()
     cmd = tuple(command) if command else job.command(run_dir, job.argv(ns))
     env = {ENV_RUN_DIR: str(run_dir), "PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH"))}
-    gang = ns.nproc_per_node > 1
+    nodes = node_spec(ns)
+    if nodes is not None and ns.store is not None:
+        raise UserError("--store with --nnodes is not supported: every node would write the same prefix",
+                        ExitCode.USAGE)
+    gang = ns.nproc_per_node > 1 or nodes is not None
     preload = () if gang else ns.preload if ns.preload is not None else () if command else job.preload
     with RunLock(run_dir) as lock:
         remote = _attach_store(ns, run_dir)  # a store that cannot be used: one line, exit 77, nothing started
@@ -115,7 +122,6 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
         # The fork server starts importing Paddle now, while this process imports the rest of itself.
         server = ForkServer.for_run(run_dir, preload, worker_env(env)) if preload and forkable(cmd) else None
         try:
-            from .gang import GangLauncher
             from .policy import RetryPolicy
             from .supervisor import Supervisor, WorkerSpec
             from .view import make_view
@@ -127,7 +133,7 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
                               policy=RetryPolicy(max_restarts=ns.max_restarts, crash_loop=ns.crash_loop),
                               standby=not gang and (ns.standby if ns.standby is not None else command is None),
                               preload=preload, disk_wait=ns.disk_wait, notice=notice_settings(ns))
-            launcher = GangLauncher(cmd, ns.nproc_per_node) if gang else None
+            launcher = _gang_launcher(cmd, ns.nproc_per_node, nodes) if gang else None
             outcome = Supervisor(spec, view=make_view(), lock=lock, fork_server=server, launcher=launcher,
                                  chaos=_machine_chaos(ns, run_dir)).run()
         finally:
@@ -138,6 +144,21 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
     if outcome.code is not ExitCode.OK:
         print_error(outcome.message)
     return int(outcome.code)
+
+
+def _gang_launcher(cmd: tuple[str, ...], nproc: int, nodes: NodeSpec | None) -> Launcher:
+    """The gang's launcher: on one machine, or as one node of several (etcd must answer: else exit 78)."""
+    from .gang import GangLauncher
+
+    if nodes is None:
+        return GangLauncher(cmd, nproc)
+    from .etcd import Etcd
+    from .nodes import NodeGangLauncher
+
+    kv = Etcd(nodes.etcd)
+    if not kv.healthy():
+        raise UserError(f"etcd at {nodes.etcd} does not answer (--etcd)", ExitCode.BAD_CONFIG)
+    return NodeGangLauncher(cmd, nproc, nodes, kv)
 
 
 def _attach_store(ns: argparse.Namespace, run_dir: Path) -> RemoteTier | None:

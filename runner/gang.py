@@ -42,10 +42,11 @@ def ranks_dir_for(log: Path) -> Path:
     return log.with_name(f"{log.stem}-ranks")
 
 
-def gang_command(cmd: Sequence[str], nproc: int, ranks_dir: Path) -> tuple[str, ...]:
-    """Paddle's launcher running ``cmd`` as each of ``nproc`` ranks, each under :mod:`runner.rankexit`.
-    The launcher takes an executable that is not a ``.py`` file as it is."""
-    return (sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
+def gang_command(cmd: Sequence[str], nproc: int, ranks_dir: Path, launch: Sequence[str] = ()) -> tuple[str, ...]:
+    """Paddle's launcher running ``cmd`` as each of ``nproc`` ranks, each under :mod:`runner.rankexit`;
+    ``launch``: more of the launcher's options (a node's, see :mod:`runner.nodes`). The launcher
+    takes an executable that is not a ``.py`` file as it is."""
+    return (sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), *launch,
             "--log_dir", str(ranks_dir), sys.executable, "-m", "runner.rankexit", str(ranks_dir), *cmd)
 
 
@@ -96,6 +97,8 @@ class GangProcess:
 
     def __init__(self, launcher: WorkerProcess, ranks_dir: Path, size: int, log: Path) -> None:
         self.launcher, self.ranks_dir, self.size, self.log = launcher, ranks_dir, size, log
+        self.world = size  # the job's ranks: more than this gang's where it is one node of several
+        self.first_rank = 0  # the global rank of this gang's first: Paddle names the logs by local rank
         self.records: dict[int, RankRecord] = {}
         self._fds: dict[int, int] = {}  # a pidfd per rank whose wrapper is alive: readable once it exits
         self._children: dict[int, int] = {}  # a pidfd of each such rank's process: signalled without a pid race
@@ -180,7 +183,7 @@ class GangProcess:
                            sum(self._cpu.values()) + (lu.cpu_s if lu else 0.0))
         if hung:
             self.failed_rank = hung[0]
-            self._say(f"rank {hung[0]} of {self.size} was stopped (hung) when the gang was ended", hung[0])
+            self._say(f"rank {hung[0]} of {self.world} was stopped (hung) when the gang was ended", hung[0])
         elif first is not None and failed(code or 0):
             self._say_first_failed(first)
 
@@ -190,11 +193,16 @@ class GangProcess:
         rc = self.records[rank].returncode
         assert rc is not None
         how = f"killed by {signal_name(rc)}" if rc < 0 else f"exit {rc}"
-        last = last_error_line(self.ranks_dir / f"workerlog.{rank}") if rc > 0 else None
-        self._say(f"rank {rank} of {self.size} failed first ({how})", rank, last)
+        last = last_error_line(self.ranks_dir / f"workerlog.{rank - self.first_rank}") if rc > 0 else None
+        self._say(f"rank {rank} of {self.world} failed first ({how})", rank, last)
 
     def _say(self, what: str, rank: int, last: str | None = None) -> None:
-        line = f"{what}; its log: workerlog.{rank} in {self.ranks_dir.name}" + (f": {last}" if last else "")
+        """Add ``what`` to the attempt's log, with rank ``rank``'s log (Paddle names it by local rank)."""
+        self._note(f"{what}; its log: workerlog.{rank - self.first_rank} in {self.ranks_dir.name}"
+                   + (f": {last}" if last else ""))
+
+    def _note(self, line: str) -> None:
+        """Add a line to the attempt's log."""
         try:
             with open(self.log, "a") as f:
                 f.write(line + "\n")

@@ -12,10 +12,12 @@ from urllib.parse import urlsplit
 from rundir.argparsing import add_store_arguments, non_negative, positive, seconds, seconds_or_zero
 from rundir.exitcodes import ExitCode, UserError
 
+from .nodes import NodeSpec
 from .notice import NoticeChoice, parse_choice, parse_signal_name
 from .preempt import NoticeSettings
 
-__all__ = ["add_supervisor_arguments", "add_notice_arguments", "notice_settings", "module_list", "write_json",
+__all__ = ["add_supervisor_arguments", "add_node_arguments", "node_spec", "add_notice_arguments",
+           "notice_settings", "module_list", "write_json",
            "STANDBY_DEFAULT"]
 
 
@@ -56,6 +58,39 @@ def add_supervisor_arguments(p: argparse.ArgumentParser, *, standby_default: str
                         "the path of this interpreter)")
     add_notice_arguments(p)
     add_store_arguments(p)
+
+
+def add_node_arguments(p: argparse.ArgumentParser) -> None:
+    """One job on several machines, a supervisor on each (docs/multi-rank.md)."""
+    g = p.add_argument_group("several machines (each runs this command with its own --node-rank)")
+    g.add_argument("--nnodes", type=positive, default=1, metavar="M",
+                   help="the job runs on M machines (nodes), --nproc-per-node ranks on each (default %(default)s)")
+    g.add_argument("--node-rank", type=non_negative, default=0, metavar="R",
+                   help="this machine's place among them: 0 to M-1; node 0 holds global rank 0 and the verdict")
+    g.add_argument("--master", default=None, metavar="HOST:PORT",
+                   help="where Paddle's launchers meet (node 0's address and a free port; the same on every node)")
+    g.add_argument("--etcd", default=None, metavar="URL",
+                   help="etcd, through which the nodes' supervisors restart the job together "
+                        "(e.g. http://10.0.0.1:2379; the same on every node)")
+
+
+def node_spec(ns: argparse.Namespace) -> NodeSpec | None:
+    """This machine's place in a job on several (None: one machine); contradicting options: exit 2."""
+    if ns.nnodes == 1:
+        if ns.node_rank or ns.master or ns.etcd:
+            raise UserError("--node-rank, --master and --etcd need --nnodes 2 or more", ExitCode.USAGE)
+        return None
+    if not ns.master or not ns.etcd:
+        raise UserError(f"--nnodes {ns.nnodes} needs --master HOST:PORT and --etcd URL", ExitCode.USAGE)
+    if ns.node_rank >= ns.nnodes:
+        raise UserError(f"--node-rank {ns.node_rank} is not a node of {ns.nnodes} (0 to {ns.nnodes - 1})",
+                        ExitCode.USAGE)
+    host, _, port = ns.master.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--master {ns.master!r} is not HOST:PORT", ExitCode.USAGE)
+    if urlsplit(ns.etcd).scheme != "http":
+        raise UserError(f"--etcd {ns.etcd!r} is not an http:// URL", ExitCode.USAGE)
+    return NodeSpec(ns.nnodes, ns.node_rank, ns.master, ns.etcd)
 
 
 def module_list(text: str) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
 """Test set-up: import the project from this checkout, and keep Paddle's start-up noise out; the fixtures
-that several test files share (moto's S3 server, a fresh store, a port whose connects hang)."""
+that several test files share (moto's S3 server, etcd, a fresh store, a port whose connects hang)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,19 @@ def s3_server():
 
     with running_s3_server() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def etcd_url() -> Iterator[str]:
+    """An etcd server on loopback for one test module (tests/etcd_server.py; it starts in about a
+    second), stopped after it: a child left running would count as a leftover in the tests that
+    look for them. The test is skipped where etcd is not installed."""
+    from tests.etcd_server import ETCD, running_etcd
+
+    if ETCD is None:
+        pytest.skip("etcd is not installed (apt-get install etcd-server)")
+    with running_etcd() as url:
+        yield url
 
 
 @pytest.fixture(params=["s3", "file"])

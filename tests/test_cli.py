@@ -59,12 +59,24 @@ def runner(*args: object) -> tuple[int, str, str]:
     (("--run-dir", "RUN", "--"), "error: nothing after '--': give the command to supervise"),
     (("--run-dir", "RUN", "--epochs", "0"), "error: argument --epochs: must be 1 or more, got 0 "
                                             "(see python -m runner --help)"),
+    (("--run-dir", "RUN", "--nnodes", "2"), "error: --nnodes 2 needs --master HOST:PORT and --etcd URL"),
+    (("--run-dir", "RUN", "--nnodes", "2", "--master", "h:1", "--etcd", "http://h:2", "--store", "file:///x"),
+     "error: --store with --nnodes is not supported: every node would write the same prefix"),
 ])
 def test_refused_before_anything_starts(tmp_path: Path, args: Sequence[str], says: str) -> None:
     run_dir = tmp_path / "run"
     code, out, err = runner(*(str(run_dir) if a == "RUN" else a for a in args))
     assert (code, out, err.splitlines()) == (2, "", [says])
     assert not run_dir.exists()
+
+
+def test_a_node_whose_etcd_does_not_answer_starts_nothing(tmp_path: Path) -> None:
+    from tests.etcd_server import free_port
+
+    code, _, err = runner("--run-dir", tmp_path / "run", "--nnodes", "2", "--master", "127.0.0.1:1",
+                          "--etcd", f"http://127.0.0.1:{free_port()}")
+    assert code == 78 and "does not answer (--etcd)" in err
+    assert not (tmp_path / "run" / "logs").exists()
 
 
 @pytest.mark.parametrize(("argv", "prog"), [

@@ -12,8 +12,9 @@ import pytest
 
 from rundir.argparsing import OneLineParser
 from rundir.exitcodes import ExitCode, UserError
+from runner.nodes import NodeSpec
 from runner.notice.base import NoticeChoice
-from runner.options import add_supervisor_arguments, module_list, write_json
+from runner.options import add_node_arguments, add_supervisor_arguments, module_list, node_spec, write_json
 
 
 @pytest.mark.parametrize(("text", "want"), [
@@ -100,3 +101,35 @@ def test_write_json_where_it_cannot_is_exit_73(tmp_path: Path) -> None:
         write_json(tmp_path / "file" / "x.json", {})
     assert exc.value.code == ExitCode.UNWRITABLE
     assert str(exc.value).startswith(f"cannot write {tmp_path / 'file' / 'x.json'}: ")
+
+
+def _nodes(argv: list[str]) -> NodeSpec | None:
+    p = OneLineParser(prog="t")
+    add_node_arguments(p)
+    return node_spec(p.parse_args(argv))
+
+
+@pytest.mark.parametrize(("argv", "want"), [
+    ([], None),
+    (["--nnodes", "2", "--node-rank", "1", "--master", "10.0.0.1:6170", "--etcd", "http://10.0.0.1:2379"],
+     NodeSpec(2, 1, "10.0.0.1:6170", "http://10.0.0.1:2379")),
+    (["--nnodes", "3", "--master", "host:1", "--etcd", "http://e:2379"], NodeSpec(3, 0, "host:1", "http://e:2379")),
+])
+def test_a_node_of_several_machines(argv: list[str], want: NodeSpec | None) -> None:
+    assert _nodes(argv) == want
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--node-rank", "1"], "need --nnodes 2 or more"),
+    (["--master", "h:1"], "need --nnodes 2 or more"),
+    (["--nnodes", "2", "--etcd", "http://e:1"], "needs --master HOST:PORT and --etcd URL"),
+    (["--nnodes", "2", "--master", "h:1"], "needs --master HOST:PORT and --etcd URL"),
+    (["--nnodes", "2", "--node-rank", "2", "--master", "h:1", "--etcd", "http://e:1"], "is not a node of 2"),
+    (["--nnodes", "2", "--master", "h", "--etcd", "http://e:1"], "is not HOST:PORT"),
+    (["--nnodes", "2", "--master", "h:x", "--etcd", "http://e:1"], "is not HOST:PORT"),
+    (["--nnodes", "2", "--master", "h:1", "--etcd", "e:1"], "is not an http:// URL"),
+])
+def test_node_options_that_contradict_each_other_are_usage_errors(argv: list[str], says: str) -> None:
+    with pytest.raises(UserError) as exc:
+        _nodes(argv)
+    assert exc.value.code is ExitCode.USAGE and says in str(exc.value)

@@ -44,11 +44,27 @@ def test_a_rank_is_read_from_the_launchers_variables(env: dict[str, str], want: 
     assert want.leader is (want.rank == 0)
 
 
+@pytest.mark.parametrize(("env", "node", "node_ranks", "node_leader"), [
+    ({"PADDLE_TRAINER_ID": "1", "PADDLE_TRAINERS_NUM": "2", "PADDLE_NNODES": "2"}, 1, range(1, 2), True),
+    ({"PADDLE_TRAINER_ID": "3", "PADDLE_TRAINERS_NUM": "4", "PADDLE_NNODES": "2"}, 1, range(2, 4), False),
+    ({"PADDLE_TRAINER_ID": "2", "PADDLE_TRAINERS_NUM": "4", "PADDLE_NNODES": "2"}, 1, range(2, 4), True),
+    ({"PADDLE_TRAINER_ID": "1", "PADDLE_TRAINERS_NUM": "4", "PADDLE_NNODES": "1"}, 0, range(0, 4), False),
+    ({"PADDLE_TRAINER_ID": "0", "PADDLE_TRAINERS_NUM": "6", "PADDLE_NNODES": "3"}, 0, range(0, 2), True),
+])
+def test_each_node_has_its_ranks_in_a_row_and_the_first_leads_it(env: dict[str, str], node: int,
+                                                                 node_ranks: range, node_leader: bool) -> None:
+    r = Rank.from_env(env)
+    assert (r.node, r.node_ranks, r.node_leader) == (node, node_ranks, node_leader)
+    assert r.part_ranks == node_ranks[1:]
+
+
 @pytest.mark.parametrize("env", [
     {"PADDLE_TRAINER_ID": "2", "PADDLE_TRAINERS_NUM": "2"},
     {"PADDLE_TRAINER_ID": "-1", "PADDLE_TRAINERS_NUM": "2"},
     {"PADDLE_TRAINER_ID": "x", "PADDLE_TRAINERS_NUM": "2"},
     {"PADDLE_TRAINERS_NUM": "0"},
+    {"PADDLE_TRAINER_ID": "0", "PADDLE_TRAINERS_NUM": "3", "PADDLE_NNODES": "2"},  # nodes of unequal size
+    {"PADDLE_TRAINER_ID": "0", "PADDLE_TRAINERS_NUM": "2", "PADDLE_NNODES": "0"},
 ])
 def test_a_rank_outside_its_gang_is_bad_configuration(env: dict[str, str]) -> None:
     with pytest.raises(UserError) as exc:
@@ -84,6 +100,21 @@ GANG3 = gang_meta(3, {1: A, 2: B})
 def test_a_checkpoint_loads_only_when_every_rank_committed_its_part(
         record: object, size: int, found: dict[int, PartDigest | None], problem: str | None) -> None:
     got = gang_problem(record, size, found)
+    assert got == problem if problem is None else (got is not None and got.startswith(problem)), got
+
+
+NODE1 = gang_meta(4, {3: A}, node=1, nodes=2)  # node 1 of 2: ranks 2 and 3, its leader 2
+
+
+@pytest.mark.parametrize(("record", "found", "node", "problem"), [
+    (NODE1, {3: A}, 1, None),
+    (NODE1, {3: None}, 1, "rank 3's part is missing"),
+    (NODE1, {3: A}, 0, "saved by node 1 of 2, not node 0 of 2"),  # another machine's checkpoint
+    (gang_meta(4, {1: A, 2: A, 3: A}), {3: A}, 1, "saved by node 0 of 1, not node 1 of 2"),  # one machine's
+])
+def test_a_node_loads_only_its_own_checkpoints_with_its_own_ranks_parts(
+        record: object, found: dict[int, PartDigest | None], node: int, problem: str | None) -> None:
+    got = gang_problem(record, 4, found, ranks=[3] if node else [1], node=node, nodes=2)
     assert got == problem if problem is None else (got is not None and got.startswith(problem)), got
 
 

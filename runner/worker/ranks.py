@@ -30,7 +30,7 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -46,12 +46,14 @@ from rundir.names import ENV_ATTEMPT, EVENTS
 from .faults import SimulatedDeviceError
 from .files import EventLog
 
-__all__ = ["ENV_RANK", "ENV_WORLD_SIZE", "PARTS", "GANG_META", "Rank", "PartDigest", "part_key", "gang_meta",
-           "gang_record", "gang_problem", "resumed_apart", "digest_of", "RankParts", "RankWorker"]
+__all__ = ["ENV_RANK", "ENV_WORLD_SIZE", "ENV_NODES", "PARTS", "GANG_META", "Rank", "PartDigest", "part_key",
+           "gang_meta", "gang_record", "gang_problem", "resumed_apart", "digest_of", "RankParts", "RankWorker"]
 
-#: The launcher's variables (``paddle.distributed.launch``) that say which rank a process is.
+#: The launcher's variables (``paddle.distributed.launch``) that say which rank a process is, and
+#: on how many machines (nodes) the ranks are: each node has as many, numbered in a row.
 ENV_RANK = "PADDLE_TRAINER_ID"
 ENV_WORLD_SIZE = "PADDLE_TRAINERS_NUM"
+ENV_NODES = "PADDLE_NNODES"
 #: The run directory's folder of per-rank checkpoint parts.
 PARTS = "rank-parts"
 #: The key in a checkpoint's ``extra`` metadata that lists the gang and its parts.
@@ -60,29 +62,56 @@ GANG_META = "gang"
 
 @dataclass(frozen=True)
 class Rank:
-    """This process's place in the gang: ``rank`` of ``size`` (0 of 1 when it runs alone)."""
+    """This process's place in the gang: ``rank`` of ``size`` (0 of 1 when it runs alone), on one
+    of ``nodes`` machines, each with ``size // nodes`` ranks numbered in a row."""
 
     rank: int = 0
     size: int = 1
+    nodes: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Rank:
         """From the launcher's variables; 0 of 1 where they are not set. Malformed: exit 78."""
         env = os.environ if env is None else env
-        raw_rank, raw_size = env.get(ENV_RANK, "0"), env.get(ENV_WORLD_SIZE, "1")
+        raw = env.get(ENV_RANK, "0"), env.get(ENV_WORLD_SIZE, "1"), env.get(ENV_NODES, "1")
         try:
-            rank, size = int(raw_rank), int(raw_size)
+            rank, size, nodes = (int(v) for v in raw)
         except ValueError:
-            rank, size = -1, 0
-        if size < 1 or not 0 <= rank < size:
-            raise UserError(f"{ENV_RANK}={raw_rank!r} and {ENV_WORLD_SIZE}={raw_size!r} do not name a rank of a gang",
-                            ExitCode.BAD_CONFIG)
-        return cls(rank, size)
+            rank, size, nodes = -1, 0, 1
+        if size < 1 or not 0 <= rank < size or nodes < 1 or size % nodes:
+            raise UserError(f"{ENV_RANK}={raw[0]!r}, {ENV_WORLD_SIZE}={raw[1]!r} and {ENV_NODES}={raw[2]!r} do not "
+                            "name a rank of a gang", ExitCode.BAD_CONFIG)
+        return cls(rank, size, nodes)
 
     @property
     def leader(self) -> bool:
-        """Rank 0: it journals, heartbeats and commits checkpoints for the gang."""
+        """Rank 0: its node's leader, whose journal and verdict are the job's; its cadence decides
+        for every rank."""
         return self.rank == 0
+
+    @property
+    def per_node(self) -> int:
+        return self.size // self.nodes
+
+    @property
+    def node(self) -> int:
+        """The machine this rank is on (the launcher's ``--rank``)."""
+        return self.rank // self.per_node
+
+    @property
+    def node_leader(self) -> bool:
+        """The first rank of its node: it holds the node's run directory (its lock, journal,
+        heartbeat) and commits the node's checkpoints; each node has a disk of its own."""
+        return self.rank % self.per_node == 0
+
+    @property
+    def node_ranks(self) -> range:
+        return range(self.node * self.per_node, (self.node + 1) * self.per_node)
+
+    @property
+    def part_ranks(self) -> range:
+        """The ranks whose parts this node's checkpoints list: its ranks but its leader."""
+        return self.node_ranks[1:]
 
 
 @dataclass(frozen=True)
@@ -102,10 +131,12 @@ def part_key(step: int, rank: int) -> str:
     return f"{PARTS}/{checkpoint_name(step)}/rank-{rank:05d}.safetensors"
 
 
-def gang_meta(size: int, parts: Mapping[int, PartDigest]) -> dict[str, Any]:
-    """The record rank 0 puts in the manifest (under ``extra``, key :data:`GANG_META`)."""
+def gang_meta(size: int, parts: Mapping[int, PartDigest], *, node: int = 0, nodes: int = 1) -> dict[str, Any]:
+    """The record a node's leader puts in the manifest (under ``extra``, key :data:`GANG_META`);
+    ``node`` of ``nodes`` when the gang spans machines."""
     listed = {str(r): {"size": d.size, "sha256": d.sha256} for r, d in sorted(parts.items())}
-    return {"world_size": size, "parts": listed}
+    where = {"nodes": nodes, "node": node} if nodes > 1 else {}
+    return {"world_size": size, **where, "parts": listed}
 
 
 def gang_record(meta: Mapping[str, Any]) -> object:
@@ -125,19 +156,24 @@ def _listed(record: Mapping[str, Any], rank: int) -> PartDigest | None:
     return PartDigest(size, sha)
 
 
-def gang_problem(record: object, size: int, found: Mapping[int, PartDigest | None]) -> str | None:
+def gang_problem(record: object, size: int, found: Mapping[int, PartDigest | None], *,
+                 ranks: Iterable[int] | None = None, node: int = 0, nodes: int = 1) -> str | None:
     """Why a checkpoint is not one that every rank of a gang of ``size`` committed, or None if it is.
 
     ``record``: its gang record (:func:`gang_record`); ``found``: the digest of each rank's part as it
-    is on disk now (None: missing), for ranks 1 to ``size - 1``. A checkpoint of another gang size,
-    or of a single process for a gang, is refused: its state is not this gang's."""
+    is on disk now (None: missing), for ``ranks`` (default 1 to ``size - 1``: one machine). A
+    checkpoint of another gang size, of a single process for a gang, or of another node (``node`` of
+    ``nodes``) is refused: its state is not this gang's, or not this machine's ranks'."""
     if record is None:
         return None if size == 1 else f"saved by a single process, not by a gang of {size}"
     if not isinstance(record, Mapping) or not isinstance(record.get("world_size"), int):
         return "its gang record is malformed"
     if record["world_size"] != size:
         return f"saved by a gang of {record['world_size']}, not {size}"
-    for r in range(1, size):
+    where = (record.get("node", 0), record.get("nodes", 1))
+    if where != (node, nodes):
+        return f"saved by node {where[0]} of {where[1]}, not node {node} of {nodes}"
+    for r in range(1, size) if ranks is None else ranks:
         listed = _listed(record, r)
         if listed is None:
             return f"the manifest lists no part for rank {r}"
@@ -170,8 +206,10 @@ def digest_of(storage: LocalStorage, step: int, rank: int) -> PartDigest | None:
 class RankParts:
     """The per-rank parts in a run directory: written by their ranks, checked by whoever loads."""
 
-    def __init__(self, storage: LocalStorage, size: int) -> None:
+    def __init__(self, storage: LocalStorage, size: int, rank: Rank | None = None) -> None:
+        """``rank``: a rank of the node whose parts these are (default: one machine, ranks 1 to ``size - 1``)."""
         self.storage, self.size = storage, size
+        self.where = rank or Rank(0, size)
 
     def write(self, step: int, rank: int, data: bytes) -> PartDigest:
         """Write rank ``rank``'s part for ``step`` durably; its digest, for rank 0's manifest."""
@@ -189,8 +227,10 @@ class RankParts:
 
     def check(self, ckpt: Checkpoint) -> None:
         """Raise :class:`CorruptCheckpoint` unless every rank committed ``ckpt`` (:func:`gang_problem`)."""
-        found = {r: digest_of(self.storage, ckpt.step, r) for r in range(1, self.size)}
-        problem = gang_problem(gang_record(ckpt.meta), self.size, found)
+        w = self.where
+        found = {r: digest_of(self.storage, ckpt.step, r) for r in w.part_ranks}
+        problem = gang_problem(gang_record(ckpt.meta), self.size, found, ranks=w.part_ranks, node=w.node,
+                               nodes=w.nodes)
         if problem is not None:
             raise CorruptCheckpoint(f"{ckpt.name}: {problem}")
 
@@ -230,7 +270,7 @@ class RankWorker:
         self.attempt = int(os.environ.get(ENV_ATTEMPT) or 0)
         storage = LocalStorage(self.run_dir)
         self.store = CheckpointStore(storage)
-        self.parts = RankParts(storage, rank.size)
+        self.parts = RankParts(storage, rank.size, rank)
         self._handle_signals = handle_signals
         self._preemption: str | None = None
         self.arm = Arm.from_env(os.environ, rank.rank)  # a chaos fault aimed at this rank
