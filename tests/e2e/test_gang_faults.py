@@ -148,11 +148,12 @@ def test_every_default_kind_in_one_run(tmp_path: Path, cache: Path) -> None:
 def test_a_notice_and_a_full_disk_reach_the_whole_gang(tmp_path: Path, cache: Path) -> None:
     """The notice stops every rank at one step (exit 75, nothing lost) and a new supervisor goes on;
     the full disk makes the rank that writes next exit 74, heard as such, and the supervisor waits
-    for space. Two epochs: the gang must still write checkpoints after the disk is filled."""
+    for space. Four epochs: the gang must still write checkpoints after the disk is filled, and
+    its steps must not outrun the supervisor that fills it."""
     run_dir, p, report = replay(
         tmp_path, cache, {"kind": "notice", "step": 4, "detail": {"cloud": "gcp", "window_s": 5.0}},
-        {"kind": "disk-full", "step": 12, "detail": {}}, args=("--epochs", 2), steps=30)
-    r = assert_passed(p, report, 30)
+        {"kind": "disk-full", "step": 12, "detail": {}}, args=("--epochs", 4), steps=60)
+    r = assert_passed(p, report, 60)
     assert [(h["kind"], h["attempt"], h["missed"]) for h in r["faults"]] == [("notice", 1, False),
                                                                              ("disk-full", 2, False)]
     assert [n["steps_lost"] for n in r["steps_lost_per_notice"]] == [0]
