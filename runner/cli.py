@@ -24,7 +24,7 @@ from rundir.exitcodes import ExitCode, UserError
 from rundir.names import ENV_RUN_DIR
 
 from .adapter import JobAdapter
-from .options import add_supervisor_arguments, notice_settings
+from .options import add_supervisor_arguments, notice_settings, standby_env
 
 if TYPE_CHECKING:
     from rundir.contract import Chaos
@@ -105,7 +105,8 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
         raise UserError("nothing after '--': give the command to supervise", ExitCode.USAGE)
     run_dir = ns.run_dir.resolve()
     cmd = tuple(command) if command else job.command(run_dir, job.argv(ns))
-    env = {ENV_RUN_DIR: str(run_dir), "PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH"))}
+    env = {ENV_RUN_DIR: str(run_dir), "PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH")),
+           **standby_env(ns)}
     gang = ns.nproc_per_node > 1
     preload = () if gang else ns.preload if ns.preload is not None else () if command else job.preload
     with RunLock(run_dir) as lock:

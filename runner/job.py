@@ -152,17 +152,20 @@ class Job:
         from .jobstate import Capture, Saved, Tracked, restore
 
         self.worker.set_cadence(self._every)
-        ckpt = self.worker.restore(total_steps=total_steps)
         tracked = Tracked.of(loaders=self._loaders, **self._tracked)
+        # A waiting spare puts each checkpoint it holds into the objects at once (see Worker.restore).
+        ckpt = self.worker.restore(total_steps=total_steps,
+                                   preload=lambda held: restore(tracked, Saved.from_checkpoint(held)))
         capture = Capture(tracked)
         if ckpt is not None:
             try:
-                saved = Saved.from_checkpoint(ckpt)
-                restore(tracked, saved)
+                if not self.worker.preapplied:
+                    restore(tracked, Saved.from_checkpoint(ckpt))
+                step, epoch = int(ckpt.meta["step"]), int(ckpt.meta["epoch"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise UserError(f"checkpoint {ckpt.name} does not fit this job: {exc}", ExitCode.BAD_CONFIG) from None
-            self.steps = self.resumed_from = saved.step
-            self.epoch = saved.epoch
+            self.steps = self.resumed_from = step
+            self.epoch = epoch
         if self._deferred:
             self._hooks = [m.register_forward_pre_hook(self._wait_for_copy)  # type: ignore[arg-type]
                            for m in tracked.models.values()]
