@@ -92,12 +92,16 @@ class Cadence:
     cost_s: float = 0.0  # moving average of the checkpoint stall
     persist_s: float = 0.0  # moving average of the time to persist one checkpoint
     last: int = 0  # steps done at the last checkpoint
+    checkpoints: int = 0  # checkpoints recorded
+    stall_total_s: float = 0.0  # everything they cost the training thread, deferred waits included
 
     def record_step(self, dt: float) -> None:
         self.step_s = dt if self.step_s == 0 else 0.9 * self.step_s + 0.1 * dt
 
     def record_checkpoint(self, steps_done: int, stall_s: float, persist_s: float | None = None) -> None:
         self.last = steps_done
+        self.checkpoints += 1
+        self.stall_total_s += max(stall_s, 0.0)
         self.cost_s = stall_s if self.cost_s == 0 else 0.7 * self.cost_s + 0.3 * stall_s
         if persist_s is not None:
             self.record_persist(persist_s)
@@ -106,6 +110,7 @@ class Cadence:
         """More cost of the latest checkpoint, found later (a deferred copy the job waited for):
         added to the average whole, which overstates it a little - the safe side."""
         self.cost_s += max(extra_s, 0.0)
+        self.stall_total_s += max(extra_s, 0.0)
 
     def record_persist(self, persist_s: float) -> None:
         """How long the writer took to persist one checkpoint (from the snapshot to the commit)."""

@@ -385,3 +385,13 @@ def test_bad_cadence_values_exit_2_with_one_line(tmp_path: Path, module: str, ar
 )
 def test_durable_due(now: float, last_durable: float | None, every_s: float, want: bool) -> None:
     assert durable_due(now, last_durable, every_s) is want
+
+
+def test_cadence_totals_every_stall_for_the_record() -> None:
+    c = Cadence(every=5)
+    assert (c.checkpoints, c.stall_total_s) == (0, 0.0)
+    c.record_checkpoint(5, 0.01)
+    c.add_cost(0.03)  # the deferred copy the next step waited for belongs to the same checkpoint
+    c.record_checkpoint(10, 0.02)
+    c.add_cost(-1.0)  # a clock that went back adds nothing
+    assert c.checkpoints == 2 and c.stall_total_s == pytest.approx(0.06)

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 #: As the README's table gives them.
-RUNNER_LINES = {"mlp_dropout.py": 8, "cnn_augment.py": 8, "seq_gru.py": 7}
+RUNNER_LINES = {"mlp_dropout.py": 8, "cnn_augment.py": 8, "seq_gru.py": 7, "scalable.py": 8}
 
 
 def runner_lines(source: str) -> list[int]:

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.e2e
 # machine.
 ALL_KINDS = ("--fault-kinds", "sigkill", "sigterm", "crash", "checkpoint-write", "corrupt-checkpoint", "hang",
              "--faults", 6, "--chaos-seed", 1678, "--hang-timeout", 6)
-EXAMPLES = ("mlp_dropout", "cnn_augment", "seq_gru")
+EXAMPLES = ("mlp_dropout", "cnn_augment", "seq_gru", "scalable")
 TINY = "tests/jobs/tiny_job.py"
 RESUMED_FROM = 12
 
