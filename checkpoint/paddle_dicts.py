@@ -59,10 +59,20 @@ def scheduler_state(optimizer: paddle.optimizer.Optimizer) -> dict[str, Any]:
 
 
 def load_model(model: paddle.nn.Layer, arrays: Mapping[str, np.ndarray]) -> None:
-    """Set the model's state from ``arrays``; raises unless they fit it exactly."""
-    missing, unexpected = model.set_state_dict({k: paddle.to_tensor(v) for k, v in arrays.items()})
+    """Set the model's state from ``arrays``; raises unless they fit it exactly (the same names and
+    shapes). Each tensor is set from its array in place, one at a time: no copy of the whole state is
+    made on the way, as converting them all to tensors first would."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in arrays]
+    unexpected = [k for k in arrays if k not in own]
     if missing or unexpected:
         raise ValueError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+    for k, t in own.items():
+        if list(arrays[k].shape) != list(t.shape):
+            raise ValueError(f"checkpoint does not fit the model: {k} has shape {list(arrays[k].shape)}, "
+                             f"the model's is {list(t.shape)}")
+    for k, t in own.items():
+        t.set_value(arrays[k])
 
 
 def load_optimizer(

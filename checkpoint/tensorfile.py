@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Chunks", "chunks", "serialize", "chunks_sha256", "chunks_size"]
+__all__ = ["Chunks", "chunks", "serialize", "chunks_sha256", "chunks_size", "load_views"]
 
 #: A file as buffers, written one after another.
 Chunks = Sequence[memoryview]
@@ -29,6 +29,8 @@ _DTYPES = {
     "b1": "BOOL", "u1": "U8", "i1": "I8", "u2": "U16", "i2": "I16", "f2": "F16", "u4": "U32", "i4": "I32",
     "f4": "F32", "u8": "U64", "i8": "I64", "f8": "F64",
 }
+
+_CODES = {code: np.dtype(f"<{short}") for short, code in _DTYPES.items()}
 
 _Key = tuple[tuple[str, str, tuple[int, ...]], ...]
 _headers: dict[_Key, tuple[memoryview, tuple[int, ...]]] = {}
@@ -91,3 +93,32 @@ def chunks_sha256(parts: Chunks) -> str:
 
 def chunks_size(parts: Chunks) -> int:
     return sum(p.nbytes for p in parts)
+
+
+def load_views(data: bytes) -> dict[str, np.ndarray]:
+    """A safetensors file's arrays as read-only views of ``data``, copying nothing: restoring a large
+    checkpoint then holds its bytes once, not once more as arrays. The views keep ``data`` alive:
+    copy those that outlive the restore. Raises ``ValueError`` for a file that is not safetensors
+    or whose tensors lie outside it, and for a dtype these files do not use."""
+    try:
+        (n,) = struct.unpack_from("<Q", data)
+        header = json.loads(bytes(memoryview(data)[8 : 8 + n]))
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a safetensors file: {exc}") from None
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors file: the header is not a JSON object")
+    start, out = 8 + n, {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _CODES[entry["dtype"]]
+            shape = tuple(int(d) for d in entry["shape"])
+            lo, hi = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"safetensors entry {name!r}: {entry!r} is not a tensor this store writes") from None
+        count = int(np.prod(shape, dtype=np.int64))
+        if not 0 <= lo <= hi <= len(data) - start or hi - lo != count * dtype.itemsize:
+            raise ValueError(f"safetensors entry {name!r}: bytes {lo}..{hi} do not hold {shape} {dtype}")
+        out[name] = np.frombuffer(data, dtype=dtype, count=count, offset=start + lo).reshape(shape)
+    return out

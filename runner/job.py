@@ -64,8 +64,10 @@ class Job:
     ``checkpoint_every``: K steps (besides every epoch's end), 0 for epoch ends only, or ``"auto"``
     (Young's interval, the default); the front door's ``RUNNER_CHECKPOINT_EVERY`` wins.
     ``deferred``: copy the parameters for a checkpoint off the training thread; the copy must end
-    before anything changes them, so each tracked model's forward pass waits for it (set False if the
-    job changes parameters outside forward passes and optimizer steps)."""
+    before anything changes them, so each tracked model's forward pass waits for it - or, where no
+    model has buffers and the optimizers update tracked parameters only, each parameter's gradient,
+    so that the copy overlaps the forward pass (set False if the job changes parameters outside
+    forward passes and optimizer steps)."""
 
     def __init__(self, *, run_dir: str | Path | None = None, config: Mapping[str, Any] | None = None,
                  checkpoint_every: int | str = AUTO, keep_checkpoints: int = 3, deferred: bool = True,
@@ -149,7 +151,7 @@ class Job:
             return
         if self._tracked is None:
             raise RuntimeError("call job.restore(model=..., optimizer=...) before training")
-        from .jobstate import Capture, Saved, Tracked, restore
+        from .jobstate import Capture, Saved, Tracked, copy_waits_for_gradients, restore
 
         self.worker.set_cadence(self._every)
         tracked = Tracked.of(loaders=self._loaders, **self._tracked)
@@ -166,13 +168,21 @@ class Job:
                 raise UserError(f"checkpoint {ckpt.name} does not fit this job: {exc}", ExitCode.BAD_CONFIG) from None
             self.steps = self.resumed_from = step
             self.epoch = epoch
-        if self._deferred:
+        if self._deferred and copy_waits_for_gradients(tracked):
+            # Every trainable parameter's gradient waits (at once after the first): the copy overlaps
+            # the forward pass and the start of the backward pass, and ends before any update.
+            self._hooks = [p.register_hook(self._wait_at_gradient) for m in tracked.models.values()
+                           for p in m.parameters()]
+        elif self._deferred:
             self._hooks = [m.register_forward_pre_hook(self._wait_for_copy)  # type: ignore[arg-type]
                            for m in tracked.models.values()]
         self._capture = capture
 
     def _wait_for_copy(self, layer: Any, inputs: Any) -> None:
         self.worker.before_update()  # a deferred checkpoint's copy of the parameters is done by now
+
+    def _wait_at_gradient(self, grad: Any) -> None:
+        self.worker.before_update()  # the gradient is left as it is
 
     def _on_batch(self, loader: ResumableLoader) -> None:
         self._current = loader

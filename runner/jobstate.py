@@ -25,18 +25,18 @@ from typing import Any
 
 import numpy as np
 import paddle
-from safetensors.numpy import load as st_load
 
 from checkpoint import paddle_state as ps
 from checkpoint.paddle_dicts import SCHEDULER_KEY
 from checkpoint.rng_memory import paddle_listed
 from checkpoint.state import MODEL_FILE, TRAIN_FILE, RngState, StateArrays, params_digest
 from checkpoint.store import Checkpoint
+from checkpoint.tensorfile import load_views
 
 from .resumable import ResumableLoader, from_json, to_json
 
 __all__ = ["FORMAT", "named", "find_schedulers", "split_extras", "stray_keys", "Tracked", "Capture", "JobSnapshot",
-           "Saved", "RESTORERS", "restore"]
+           "Saved", "RESTORERS", "restore", "copy_waits_for_gradients"]
 
 FORMAT = "runner.Job/1"
 _LRScheduler = paddle.optimizer.lr.LRScheduler
@@ -83,6 +83,29 @@ class Tracked:
         optimizers = named(optimizer, "optimizer")
         return cls(named(model, "model"), optimizers, find_schedulers(named(scheduler, "scheduler"), optimizers),
                    loaders, extras)
+
+
+def copy_waits_for_gradients(tracked: Tracked) -> bool:
+    """Whether a deferred checkpoint copy may run on through the next forward pass and be waited for
+    at the first gradient instead (an overlap of a whole forward pass): only where nothing but the
+    optimizer step changes the state it reads. State other than trainable parameters may be changed
+    by a forward pass (batch norm's running statistics, which Paddle keeps as parameters that take no
+    gradient), and an optimizer updating parameters of no tracked model might get no gradient of
+    theirs to wait at: then the forward pass waits."""
+    if not tracked.models:
+        return False
+    mine: set[int] = set()
+    for model in tracked.models.values():
+        params = dict(model.named_parameters())
+        if any(k not in params or params[k].stop_gradient for k in model.state_dict()):
+            return False  # a buffer, or a parameter no gradient reaches
+        mine.update(id(p) for p in params.values())
+    for opt in tracked.optimizers.values():
+        for group in getattr(opt, "_parameter_list", None) or []:
+            for p in group["params"] if isinstance(group, dict) else [group]:
+                if id(p) not in mine:
+                    return False
+    return True
 
 
 def find_schedulers(given: Mapping[str, Any], optimizers: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,8 +234,12 @@ class Saved:
         meta = ckpt.meta
         if meta.get("format") != FORMAT:
             raise ValueError(f"checkpoint {ckpt.name} was not written by runner.Job (format {meta.get('format')!r})")
-        return cls(int(meta["step"]), int(meta["epoch"]), st_load(ckpt.files[MODEL_FILE]),
-                   st_load(ckpt.files[TRAIN_FILE]), meta)
+        # Views of the files' bytes, not copies: a large state is held once while it is put back. The
+        # parameters and the optimizer's moments are copied into Paddle's tensors from them; the small
+        # rest (RNG states, sample order, extras) is copied here, as it outlives the restore.
+        train = {k: v if k.startswith("optimizer/") else v.copy()
+                 for k, v in load_views(ckpt.files[TRAIN_FILE]).items()}
+        return cls(int(meta["step"]), int(meta["epoch"]), load_views(ckpt.files[MODEL_FILE]), train, meta)
 
     def rng(self) -> RngState:
         return _section(self.train, "rng/"), self.meta["rng"]
@@ -249,7 +276,9 @@ def restore_optimizer(t: Tracked, s: Saved) -> None:
             raise ValueError(f"its optimizer state is for parameters this optimizer does not have ({strays[0]!r}); "
                              "parameters are named in the order they are made: make the models and optimizers "
                              "in the same order as the run that saved it")
-        state: dict[str, Any] = {k: paddle.to_tensor(v) for k, v in arrays.items()}
+        # Arrays, not tensors: Paddle keeps them until the first step makes the accumulators, then
+        # copies each into its own, so no further copy of the moments is ever made (set_value takes both).
+        state: dict[str, Any] = dict(arrays)
         lr = opt._learning_rate
         if isinstance(lr, _LRScheduler):
             state[SCHEDULER_KEY] = lr.state_dict()  # Paddle wants one; the scheduler's own part sets it

@@ -234,3 +234,27 @@ def test_a_loop_of_its_own_journals_the_loaders_epochs(tmp_path: Path) -> None:
         job.complete()
     assert [(r["epoch"], r["batch"]) for r in losses(tmp_path)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert sorted(e["step"] for e in events(tmp_path, "checkpoint-saved")) == [2, 4]  # each epoch's end
+
+
+# -- where a deferred checkpoint's copy is waited for -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("norm", "waits_in"), [(False, "backward"), (True, "forward")])
+def test_a_deferred_copy_is_waited_for_at_the_gradients_unless_the_forward_pass_changes_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, norm: bool, waits_in: str) -> None:
+    """Without batch norm only the optimizer step changes what the copy reads: it may run on through the
+    forward pass, and every gradient waits for it; with batch norm the forward pass waits."""
+    with paddle.utils.unique_name.guard():
+        layers = [paddle.nn.Linear(3, 4), *([paddle.nn.BatchNorm1D(4)] if norm else []), paddle.nn.Linear(4, 2)]
+        model = paddle.nn.Sequential(*layers)
+        opt = paddle.optimizer.Adam(0.1, parameters=model.parameters())
+    with job_at(tmp_path / "r") as job:
+        job.restore(model=model, optimizer=opt)
+        job.start()
+        phase, calls = ["forward"], []
+        monkeypatch.setattr(job.worker, "before_update", lambda: calls.append(phase[0]))
+        loss = model(paddle.ones([2, 3])).sum()
+        phase[0] = "backward"
+        loss.backward()
+        assert calls and set(calls) == {waits_in}
+        assert len(calls) == (1 if norm else len(model.parameters()))

@@ -216,3 +216,38 @@ def test_a_checkpoint_that_does_not_fit_is_refused() -> None:
     plain = Checkpoint(1, "step-000000001", {MODEL_FILE: b"", TRAIN_FILE: b""}, {"step": 1})
     with pytest.raises(ValueError, match="not written by runner.Job"):
         Saved.from_checkpoint(plain)
+
+
+# -- where a deferred copy is waited for ------------------------------------------------------------------------
+
+
+def _mlp() -> paddle.nn.Layer:
+    return paddle.nn.Sequential(paddle.nn.Linear(2, 3), paddle.nn.ReLU(), paddle.nn.Dropout(0.1),
+                                paddle.nn.Linear(3, 1))
+
+
+def _with_bn() -> paddle.nn.Layer:
+    return paddle.nn.Sequential(paddle.nn.Linear(2, 3), paddle.nn.BatchNorm1D(3))
+
+
+@pytest.mark.parametrize(("case", "waits_for_gradients"), [
+    ("mlp", True),  # nothing but the optimizer step changes it: the copy may overlap the forward pass
+    ("two mlps, one optimizer", True),
+    ("batch norm", False),  # its forward pass changes the running statistics
+    ("frozen", False),  # a parameter no gradient reaches: nothing would wait for it
+    ("one of two models has batch norm", False),
+    ("the optimizer holds a parameter of no tracked model", False),
+    ("no model", False),
+])
+def test_copy_waits_for_gradients(case: str, waits_for_gradients: bool) -> None:
+    with paddle.utils.unique_name.guard():
+        a, b = _mlp(), (_with_bn() if "batch norm" in case else _mlp())
+        models: Any = {"mlp": a, "two mlps, one optimizer": [a, b], "batch norm": [b],
+                       "one of two models has batch norm": [a, b],
+                       "the optimizer holds a parameter of no tracked model": a, "no model": None, "frozen": a}[case]
+        a[0].weight.stop_gradient = case == "frozen"
+        params = {"mlp": a.parameters(), "frozen": a.parameters(), "batch norm": b.parameters(),
+                  "no model": a.parameters()}.get(case, a.parameters() + b.parameters())
+        opt = paddle.optimizer.Adam(0.1, parameters=params)
+    tracked = Tracked.of(model=models, optimizer=opt, scheduler=None, loaders=[], extras=None)
+    assert jobstate.copy_waits_for_gradients(tracked) is waits_for_gradients

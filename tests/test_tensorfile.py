@@ -123,3 +123,44 @@ def test_header_cache_stays_bounded() -> None:
     for i in range(tensorfile._MAX_HEADERS * 2):
         chunks({f"x{i}": np.zeros(1, np.float32)})
     assert len(tensorfile._headers) <= tensorfile._MAX_HEADERS
+
+
+# -- reading back without copying ------------------------------------------------------------------------------
+
+
+def test_load_views_reads_what_the_library_reads_without_copying() -> None:
+    from safetensors.numpy import save as st_save
+
+    for data in (serialize(mixed()), st_save(mixed(1))):  # ours, and the library's own layout
+        views, want = tensorfile.load_views(data), st_load(data)
+        assert sorted(views) == sorted(want)
+        for k, v in views.items():
+            assert v.dtype == want[k].dtype and v.shape == want[k].shape and v.tobytes() == want[k].tobytes(), k
+            assert not v.flags.writeable
+            if v.nbytes:
+                assert np.shares_memory(v, np.frombuffer(data, dtype=np.uint8)), k  # a view, not a copy
+
+
+def _with_header(entries: dict, body: bytes = b"\0" * 16) -> bytes:
+    text = json.dumps(entries).encode()
+    return struct.pack("<Q", len(text)) + text + body
+
+
+@pytest.mark.parametrize("data", [
+    b"",  # no header length
+    struct.pack("<Q", 10) + b"{not json}",
+    _with_header([1, 2]),  # not an object
+    _with_header({"x": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}),  # a dtype this store never writes
+    _with_header({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}),  # too few bytes for the shape
+    _with_header({"x": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}),  # past the end of the file
+    _with_header({"x": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}}),  # backwards
+    _with_header({"x": {"dtype": "F32", "shape": [1]}}),  # no offsets
+])
+def test_load_views_refuses_what_is_not_a_file_it_can_view(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        tensorfile.load_views(data)
+
+
+def test_load_views_skips_the_metadata_entry() -> None:
+    data = _with_header({"__metadata__": {"a": "b"}, "x": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}})
+    assert tensorfile.load_views(data)["x"].tolist() == [0, 0]
