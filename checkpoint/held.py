@@ -168,6 +168,8 @@ class Holder:
         if self._preload is None:
             self.held = Held(ckpt, raw, verify_s=took)
             return
+        if self._newest() != (name, raw):
+            return  # a newer one committed while this one was read: load that instead (the next poll)
         self.preloaded = True
         try:
             self._preload(ckpt)

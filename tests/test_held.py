@@ -224,3 +224,22 @@ def test_a_checkpoint_pruned_while_read_is_passed(store: CheckpointStore, tmp_pa
     h = Holder(store, MemoryMode.ON)
     h.poll()
     assert h.held is None and name not in store.committed()
+
+
+def test_a_copy_outdated_while_it_was_read_is_not_preloaded(store: CheckpointStore) -> None:
+    applied: list[int] = []
+    h = Holder(store, MemoryMode.ON, preload=lambda c: applied.append(c.step))
+    save(store, 5)
+    verify = store.verify_with_manifest
+
+    def then_a_newer_one(n: str) -> tuple[bytes, Checkpoint]:
+        got = verify(n)
+        save(store, 10)  # committed while step 5 was being read
+        return got
+
+    store.verify_with_manifest = then_a_newer_one  # type: ignore[method-assign]
+    h.poll()
+    assert applied == [] and h.held is None and not h.preloaded
+    store.verify_with_manifest = verify  # type: ignore[method-assign]
+    h.poll()
+    assert applied == [10] and h.held is not None and h.held.name == checkpoint_name(10)
