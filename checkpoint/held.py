@@ -114,17 +114,21 @@ class Holder:
     """A spare's copy of the newest committed checkpoint of ``store``.
 
     ``check``: a further test the copy must pass (as for :meth:`CheckpointStore.load_latest`);
-    ``preload``: puts a verified copy into the job's objects (after which its bytes are dropped).
+    ``preload``: puts a verified copy into the job's objects (after which its bytes are dropped);
+    ``release``: lets the job's objects drop what they still hold of the copy preloaded before (a
+    framework may keep views of its bytes until the first step), called before a newer one is read.
     Nothing is written: a spare touches nothing shared while it waits, and a checkpoint that fails
     verification here is left where it is for the restore to deal with."""
 
     def __init__(self, store: CheckpointStore, mode: MemoryMode, *,
                  check: Callable[[Checkpoint], None] | None = None,
                  preload: Callable[[Checkpoint], None] | None = None,
+                 release: Callable[[], None] | None = None,
                  available: Callable[[], int | None] = mem_available,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.mode = store, mode
-        self._check, self._preload, self._available, self._clock = check, preload, available, clock
+        self._check, self._preload, self._release = check, preload, release
+        self._available, self._clock = available, clock
         self.held: Held | None = None
         self.preloaded = False  # the job's objects were changed: a restore must overwrite them all
         self._passed: tuple[str, bytes] | None = None  # the newest, not held (too big, corrupt): not read again
@@ -147,6 +151,8 @@ class Holder:
         if held is not None and use_held(held.name, held.manifest, *newest):
             return
         self.held = None  # dropped before the newer copy is read: one copy at most
+        if self.preloaded and self._release is not None:
+            self._release()
         name, raw = newest
         size = manifest_size(name, raw)
         if size is None or not may_hold(self.mode, size, self._available()):

@@ -151,13 +151,14 @@ class Job:
             return
         if self._tracked is None:
             raise RuntimeError("call job.restore(model=..., optimizer=...) before training")
-        from .jobstate import Capture, Saved, Tracked, copy_waits_for_gradients, restore
+        from .jobstate import Capture, Saved, Tracked, copy_waits_for_gradients, release_optimizer_state, restore
 
         self.worker.set_cadence(self._every)
         tracked = Tracked.of(loaders=self._loaders, **self._tracked)
         # A waiting spare puts each checkpoint it holds into the objects at once (see Worker.restore).
         ckpt = self.worker.restore(total_steps=total_steps,
-                                   preload=lambda held: restore(tracked, Saved.from_checkpoint(held)))
+                                   preload=lambda held: restore(tracked, Saved.from_checkpoint(held)),
+                                   release=lambda: release_optimizer_state(tracked))
         capture = Capture(tracked)
         if ckpt is not None:
             try:

@@ -243,3 +243,21 @@ def test_a_copy_outdated_while_it_was_read_is_not_preloaded(store: CheckpointSto
     store.verify_with_manifest = verify  # type: ignore[method-assign]
     h.poll()
     assert applied == [10] and h.held is not None and h.held.name == checkpoint_name(10)
+
+
+def test_the_job_lets_go_of_the_older_copy_before_the_newer_is_read(store: CheckpointStore) -> None:
+    order: list[str] = []
+    verify = store.verify_with_manifest
+
+    def read(n: str) -> tuple[bytes, Checkpoint]:
+        order.append(f"read {n}")
+        return verify(n)
+
+    store.verify_with_manifest = read  # type: ignore[method-assign]
+    h = Holder(store, MemoryMode.ON, preload=lambda c: order.append(f"preload {c.step}"),
+               release=lambda: order.append("release"))
+    save(store, 5)
+    h.poll()
+    save(store, 10)
+    h.poll()
+    assert order == ["read step-000000005", "preload 5", "release", "read step-000000010", "preload 10"]

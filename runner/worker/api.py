@@ -257,7 +257,8 @@ class Worker:
     # -- training --------------------------------------------------------------------------------------
 
     def restore(self, total_steps: int | None = None, check: Callable[[Checkpoint], None] | None = None,
-                preload: Callable[[Checkpoint], None] | None = None) -> Checkpoint | None:
+                preload: Callable[[Checkpoint], None] | None = None,
+                release: Callable[[], None] | None = None) -> Checkpoint | None:
         """The newest verified checkpoint, falling back past torn or corrupt ones with a warning.
 
         ``total_steps``, if the job knows it, lets the supervisor show progress against it; ``check``,
@@ -265,10 +266,11 @@ class Worker:
         A standby spare waits here until the supervisor hands it the run, holding the newest checkpoint
         in memory meanwhile (unless ``RUNNER_STANDBY_MEMORY`` is off; see :mod:`checkpoint.held`), and
         puts each one it holds into the job's objects at once with ``preload``, if given:
-        :attr:`preapplied` then says the returned checkpoint (its files left out) is in them already."""
+        :attr:`preapplied` then says the returned checkpoint (its files left out) is in them already;
+        ``release`` lets them drop what they keep of one preloaded before a newer one is read."""
         holder = None
         if not self.active:
-            holder = holder_for(self.store, os.environ, check=check, preload=preload)
+            holder = holder_for(self.store, os.environ, check=check, preload=preload, release=release)
             self._activate(wait_for_go(self._events, os.environ, idle=None if holder is None else holder.poll))
             if self._cadence_args is not None:
                 # Set while warming up, before the failure this spare replaces: estimate the MTBF again.

@@ -76,13 +76,14 @@ class Restored:
 
 
 def holder_for(store: CheckpointStore, env: Mapping[str, str], *, check: Callable[[Checkpoint], None] | None = None,
-               preload: Callable[[Checkpoint], None] | None = None) -> Holder | None:
+               preload: Callable[[Checkpoint], None] | None = None,
+               release: Callable[[], None] | None = None) -> Holder | None:
     """A waiting spare's holder of the newest checkpoint, as ``RUNNER_STANDBY_MEMORY`` says (None: off)."""
     try:
         mode = parse_mode(env.get(ENV_STANDBY_MEMORY))
     except ValueError as exc:
         raise UserError(f"{ENV_STANDBY_MEMORY}: {exc}", ExitCode.USAGE) from None
-    return None if mode is MemoryMode.OFF else Holder(store, mode, check=check, preload=preload)
+    return None if mode is MemoryMode.OFF else Holder(store, mode, check=check, preload=preload, release=release)
 
 
 def restore_from(holder: Holder | None, load: Callable[[], Checkpoint | None]) -> Restored:
