@@ -127,6 +127,7 @@ def train(ns: argparse.Namespace) -> dict[str, Any]:
     cadence = lambda: job.worker.cadence  # noqa: E731 - set_cadence makes a new one
     memory = MemorySampler()
     ends: list[float] = []
+    clock: list[float] = []  # wall-clock ends, to set beside the writer's records
     stalls: list[float] = []  # per checkpoint, deferred waits included
     base: dict[str, int] = {}
     n, total = 0, 0.0  # the cadence's count and total stall after the last step
@@ -143,6 +144,7 @@ def train(ns: argparse.Namespace) -> dict[str, Any]:
             job.worker.durable_every_s = 0.0 if n % 2 == 0 else 1e9
         job.step(loss)
         ends.append(time.perf_counter())
+        clock.append(time.time())
         c = cadence()  # a deferred copy is waited for in the next step's forward pass: it counts here
         if c.checkpoints > n:
             stalls.append(c.stall_total_s - total)
@@ -162,7 +164,9 @@ def train(ns: argparse.Namespace) -> dict[str, Any]:
         "steps": len(ends), "warmup": ns.warmup,
         "wall_s": ends[last - 1] - ends[ns.warmup - 1], "timed_steps": last - ns.warmup,
         "stalls_s": stalls, "checkpoints_timed": sum(1 for e in saved if ns.warmup < e["step"] < last),
-        "persist": [{"step": e["step"], "persist_s": e["persist_s"], "durable": e["durable"]} for e in saved],
+        "persist": [{"step": e["step"], "persist_s": e["persist_s"], "durable": e["durable"], "end": e["time"]}
+                    for e in saved],
+        "step_ends": clock,
         "interval_steps": interval, "cost_s": cadence().cost_s, "step_s": cadence().step_s,
         "base_pss": base["pss"], "peak_pss": memory.peak_total, "peak_children_pss": memory.peak_children,
         "base_self_rss": base["self_rss"], "peak_self_rss": memory.peak_self_rss,
@@ -174,7 +178,19 @@ def rss_now() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def reset_peak() -> None:
+    """Start this process's peak RSS (VmHWM) afresh from now, so that a peak is the measured phase's own and
+    not one of building the model."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def peak_rss() -> int:
+    """Peak RSS since :func:`reset_peak` (VmHWM), else since the process began."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -211,6 +227,7 @@ def restore(ns: argparse.Namespace) -> dict[str, Any]:
     drop_cache(list((Path(ns.run_dir) / "checkpoints" / name).iterdir()))
     gc.collect()
     before = rss_now()
+    reset_peak()
     t0 = time.perf_counter()
     job.start()
     took = time.perf_counter() - t0
@@ -240,6 +257,7 @@ def paddle_save(ns: argparse.Namespace) -> dict[str, Any]:
     files = [d / "model.pdparams", d / "model.pdopt"]
     gc.collect()
     before = rss_now()
+    reset_peak()
     t0 = time.perf_counter()
     paddle.save(model.state_dict(), str(files[0]))
     paddle.save(opt.state_dict(), str(files[1]))
@@ -251,6 +269,9 @@ def paddle_save(ns: argparse.Namespace) -> dict[str, Any]:
     t2 = time.perf_counter()
     save_peak = peak_rss() - before
     drop_cache(files)
+    gc.collect()
+    before = rss_now()
+    reset_peak()
     t3 = time.perf_counter()
     model.set_state_dict(paddle.load(str(files[0])))
     opt.set_state_dict(paddle.load(str(files[1])))

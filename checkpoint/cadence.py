@@ -3,8 +3,9 @@
 Young (1974): the interval that minimises lost work plus checkpoint overhead is
 ``T = sqrt(2 * C * MTBF)``, with ``C`` the time a checkpoint costs the job and ``MTBF`` the mean time
 between failures. ``C`` is measured as the run goes (the stall an asynchronous checkpoint causes on
-the training thread); the MTBF is given, or estimated from the run's own history of failures
-(:func:`failure_history`, read from the supervisor's records in ``events.jsonl``).
+the training thread, and what the steps beside its persist lose to the writer); the MTBF is given,
+or estimated from the run's own history of failures (:func:`failure_history`, read from the
+supervisor's records in ``events.jsonl``).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def failure_history(events: Iterable[Mapping[str, Any]], now: float) -> tuple[fl
     return (now - first if first is not None else 0.0), failures
 
 
+def _average(old: float, new: float) -> float:
+    """A moving average of step times: the first sample as it is, then 0.9 old + 0.1 new."""
+    return new if old == 0 else 0.9 * old + 0.1 * new
+
+
 @dataclass
 class Cadence:
     """Decides, step by step, whether a checkpoint is due. ``every``: a fixed K, 0 for never (the
@@ -89,14 +95,29 @@ class Cadence:
     every: int | str = 0
     mtbf_s: float = DEFAULT_MTBF_S
     step_s: float = 0.0  # moving average of step time
+    idle_step_s: float = 0.0  # ... of the steps with no persist running beside them
+    busy_step_s: float = 0.0  # ... of the steps with one running beside them (the writer takes CPU and memory)
     cost_s: float = 0.0  # moving average of the checkpoint stall
     persist_s: float = 0.0  # moving average of the time to persist one checkpoint
     last: int = 0  # steps done at the last checkpoint
     checkpoints: int = 0  # checkpoints recorded
     stall_total_s: float = 0.0  # everything they cost the training thread, deferred waits included
 
-    def record_step(self, dt: float) -> None:
-        self.step_s = dt if self.step_s == 0 else 0.9 * self.step_s + 0.1 * dt
+    def record_step(self, dt: float, *, beside_persist: bool = False) -> None:
+        """A step took ``dt`` seconds; ``beside_persist``: a checkpoint was being persisted meanwhile."""
+        self.step_s = _average(self.step_s, dt)
+        if beside_persist:
+            self.busy_step_s = _average(self.busy_step_s, dt)
+        else:
+            self.idle_step_s = _average(self.idle_step_s, dt)
+
+    def slowdown_s(self) -> float:
+        """What the steps beside one persist lose to it, by the averages: the share of a step's time it
+        takes, over the persist's length. Part of a checkpoint's cost that the stall does not show: with a
+        large state the writer's hashing and copying slow training down while it runs."""
+        if self.busy_step_s <= 0 or self.idle_step_s <= 0:
+            return 0.0
+        return max(0.0, 1.0 - self.idle_step_s / self.busy_step_s) * self.persist_s
 
     def record_checkpoint(self, steps_done: int, stall_s: float, persist_s: float | None = None) -> None:
         self.last = steps_done
@@ -120,7 +141,7 @@ class Cadence:
         if self.every == "auto":
             if self.step_s == 0:
                 return None
-            return interval_steps(self.cost_s, self.mtbf_s, self.step_s, self.persist_s)
+            return interval_steps(self.cost_s + self.slowdown_s(), self.mtbf_s, self.step_s, self.persist_s)
         return int(self.every) or None
 
     def due(self, steps_done: int) -> bool:

@@ -395,3 +395,29 @@ def test_cadence_totals_every_stall_for_the_record() -> None:
     c.record_checkpoint(10, 0.02)
     c.add_cost(-1.0)  # a clock that went back adds nothing
     assert c.checkpoints == 2 and c.stall_total_s == pytest.approx(0.06)
+
+
+@pytest.mark.parametrize(("idle", "busy", "persist_s", "want"), [
+    ([], [], 4.0, 0.0),  # nothing measured yet
+    ([1.0], [], 4.0, 0.0),  # no step beside a persist yet
+    ([1.0], [1.0], 4.0, 0.0),  # steps no slower beside it: it costs nothing
+    ([1.0], [2.0], 4.0, 2.0),  # half of each step's time lost, for 4 s
+    ([1.0], [0.8], 4.0, 0.0),  # faster beside it (drift): never a negative cost
+])
+def test_the_slowdown_beside_a_persist(idle: list[float], busy: list[float], persist_s: float, want: float) -> None:
+    c = Cadence(every="auto", persist_s=persist_s)
+    for dt in idle:
+        c.record_step(dt)
+    for dt in busy:
+        c.record_step(dt, beside_persist=True)
+    assert c.slowdown_s() == pytest.approx(want)
+
+
+def test_auto_cadence_counts_the_slowdown_beside_a_persist_as_cost() -> None:
+    c = Cadence(every="auto", mtbf_s=100.0)
+    c.record_step(1.0)
+    c.record_checkpoint(0, 0.02, persist_s=2.0)  # Young from the stall alone: sqrt(2 * 0.02 * 100) = 2 s
+    assert c.interval() == 2
+    c.record_step(2.0, beside_persist=True)  # the steps beside the persist take twice as long: 1 s lost
+    assert c.slowdown_s() == pytest.approx(1.0)
+    assert c.interval() == round(math.sqrt(2 * 1.02 * 100) / c.step_s)  # 14 s at 1.1 s a step: 13

@@ -37,3 +37,56 @@ def test_a_cpu_tensor_is_viewed_where_it_can_be(paddle: Any, case: str) -> None:
         assert ptr == t.data_ptr() == arr.__array_interface__["data"][0]
         paddle.assign(paddle.to_tensor(np.ones_like(value)), output=t)  # written in place: the view sees it
         assert np.array_equal(arr, np.ones_like(value))
+
+
+# -- large tensors: checked at sampled positions, not against a whole copy ------------------------------------
+
+BIG = 257 * 256  # more elements than SAMPLED_FROM
+
+
+def copies_of_the_whole(t: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records each ``numpy()`` copy of a tensor as large as ``t`` (the sample Paddle reads is smaller)."""
+    made: list[int] = []
+    numpy = type(t).numpy
+
+    def recorded(self: Any, *args: Any, **kw: Any) -> np.ndarray:
+        if self.size >= t.size:
+            made.append(self.size)
+        return numpy(self, *args, **kw)
+
+    monkeypatch.setattr(type(t), "numpy", recorded)
+    return made
+
+
+def test_a_large_tensor_is_viewed_without_a_whole_copy(paddle: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from checkpoint import paddle_tensors
+
+    assert BIG > paddle_tensors.SAMPLED_FROM
+    value = np.random.default_rng(0).standard_normal((257, 256)).astype(np.float32)
+    t = paddle.to_tensor(value, place=paddle.CPUPlace())
+    whole = copies_of_the_whole(t, monkeypatch)
+    arr, ptr = tensor_view(t)
+    assert ptr == t.data_ptr() and np.array_equal(arr, value)
+    assert not whole
+
+
+def test_a_large_tensor_whose_memory_does_not_read_back_is_checked_whole(
+        paddle: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paddle's values at the sampled positions differ from the memory's (as they would for a layout the
+    view misreads): the whole comparison decides, and here finds the memory right after all."""
+    from checkpoint import paddle_tensors
+
+    real = paddle_tensors._gather
+    monkeypatch.setattr(paddle_tensors, "_gather", lambda flat, idx: real(flat, idx) + 1)
+    value = np.arange(BIG, dtype=np.float32)
+    t = paddle.to_tensor(value, place=paddle.CPUPlace())
+    whole = copies_of_the_whole(t, monkeypatch)
+    arr, ptr = tensor_view(t)
+    assert whole and ptr == t.data_ptr() and np.array_equal(arr, value)
+
+
+def test_a_large_strided_tensor_is_copied(paddle: Any) -> None:
+    value = np.arange(BIG, dtype=np.float32).reshape(257, 256)
+    t = paddle.to_tensor(value, place=paddle.CPUPlace()).T  # a view of the same memory, not dense in this order
+    arr, ptr = tensor_view(t)
+    assert ptr == 0 and np.array_equal(arr, value.T)

@@ -585,6 +585,7 @@ class FakeWriter:
         self.copied = True
         self.released = 0
         self.closed = False
+        self.persisting = False  # True: the checkpoint in flight is not committed yet
 
     def submit(self, step: int, state: Any, *, event: Any, started: float, pause: Any = None, durable: bool = True,
                held: bool = False) -> float:
@@ -599,7 +600,7 @@ class FakeWriter:
         self.released += 1
 
     def committed(self) -> bool:
-        return self.in_flight is not None
+        return self.in_flight is not None and not self.persisting
 
     def wait_copied(self, timeout: float | None = None) -> bool:
         if not self.copied and timeout != 0:
@@ -846,3 +847,23 @@ def test_close_hands_over_the_checkpoint_in_flight_then_closes_the_uploader(tmp_
     s.session.close()
     assert up.sent == [checkpoint_name(1)] and up.closed and s.session.uploads is None
     assert s.beats[-1] == ("uploading", None)
+
+
+def test_steps_beside_a_persist_are_told_apart_for_the_cadence(tmp_path: Path) -> None:
+    """The steps that run while the writer persists are averaged apart from the others, so that what the
+    writer costs them counts as the checkpoint's cost; once it has committed, the steps are plain again."""
+    s = Setup(tmp_path)
+    s.session.steps_start()
+    s.clock.t = 1.0
+    s.session.step_done()  # nothing in flight
+    s.session.checkpoint(1, lambda: Snap(1), wait=False, deferred=False)
+    s.writer.persisting = True
+    s.clock.t = 3.0
+    s.session.step_done()  # 2 s, beside the persist
+    s.writer.persisting = False
+    s.clock.t = 4.0
+    s.session.step_done()  # committed meanwhile: 1 s, plain
+    s.session.flush()  # the writer's answer: a persist of 0.5 s
+    c = s.session.cadence
+    assert (c.idle_step_s, c.busy_step_s) == (pytest.approx(1.0), pytest.approx(2.0))
+    assert c.slowdown_s() == pytest.approx(0.5 * 0.5)  # half of each step's time, for 0.5 s

@@ -107,6 +107,7 @@ class CheckpointSession:
         self._writer: Writer | None = None
         self._last_durable: float | None = None
         self._backward_calls = False  # the job calls before_backward()
+        self._persisting = False  # a checkpoint handed to the writer may not be committed yet
         self._saving_step = 0  # of the synchronous save under way, for the fault point between its files
         self._last_step = clock()  # when the last step ended, less the checkpoint time since
         self.uploads: Uploads | None = None
@@ -162,7 +163,10 @@ class CheckpointSession:
         """A step ended now: its time, checkpoint time left out, recorded in the cadence."""
         now = self._clock()
         dt, self._last_step = now - self._last_step, now
-        self.cadence.record_step(dt)
+        writer = self._writer
+        beside = self._persisting and writer is not None and not writer.committed()
+        self._persisting = beside  # once committed, the steps after it have nothing beside them
+        self.cadence.record_step(dt, beside_persist=beside)
         if self.uploads is not None:
             self._poll_uploads()
         return dt
@@ -228,6 +232,7 @@ class CheckpointSession:
         state = snapshot.arrays if deferred else snapshot.arrays()
         stall = self.start_writer().submit(step, state, event=event, started=t0, pause=pause, durable=durable,
                                            held=deferred and self._backward_calls)
+        self._persisting = True
         self._stalled(stall)
         self.cadence.record_checkpoint(step, stall)
         if pause is not None:
@@ -263,6 +268,7 @@ class CheckpointSession:
                 durable, upload = self._in_flight
                 self._committed(saved, durable=durable, upload=upload)
             self._in_flight = (False, False)
+            self._persisting = False
 
     def last_good(self) -> str | None:
         """The newest committed checkpoint's name: what a rerun resumes from (it is verified then)."""
