@@ -174,6 +174,14 @@ def torch_dcp(size: Size, _: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(p.stdout.strip().splitlines()[-1]))
 
 
+def restart(size: Size, _: dict[str, Any]) -> dict[str, Any]:
+    """SIGKILL to the first resumed step: the in-memory spare, the spare from disk, no spare (fork, exec),
+    torchrun (``benchmarks/_restart_size.py``)."""
+    from benchmarks._restart_size import measure
+
+    return measure(size.work, size.mb, size.venv)
+
+
 #: What is measured at each size, in order; each gets the figures measured before it at that size.
 MEASUREMENTS: list[tuple[str, Measurement]] = [
     ("limits", limits),
@@ -183,6 +191,7 @@ MEASUREMENTS: list[tuple[str, Measurement]] = [
     ("auto", ours_auto),
     ("paddle_save", paddle_save),
     ("dcp", torch_dcp),
+    ("restart", restart),
 ]
 
 
@@ -265,6 +274,32 @@ def _gbps(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f} GB/s"
 
 
+def _restart(r: dict[str, Any], mode: str) -> str:
+    """A restart's latency (kill to the first resumed step) and, in brackets, that less one ordinary step."""
+    m = r["restart"].get(mode, {})
+    return "-" if "latency_s" not in m else f"{_s(m['latency_s'])} ({_s(m['overhead_s'])})"
+
+
+def restart_rows() -> list[tuple[str, Callable[[dict[str, Any], dict[str, Any]], str]]]:
+    mem = "memory"
+    return [
+        ("restart (less a step): in-memory spare", lambda r, d: _restart(r, mem)),
+        ("  spare from disk", lambda r, d: _restart(r, "disk")),
+        ("  no spare: fork server; exec", lambda r, d: f"{_restart(r, 'fork')}; {_restart(r, 'exec')}"),
+        ("  torchrun, torch.save/load", lambda r, d: _restart(r, "torchrun")),
+        ("  in-memory: worker gone; spare restored",
+         lambda r, d: f"{_s(r['restart'][mem]['dead_s'])}; "
+                      f"{_s(r['restart'][mem]['restored_s'] - r['restart'][mem]['reaped_s'])}"),
+        ("  in-memory: first step / a step", lambda r, d: f"{_s(r['restart'][mem]['first_step_dt_s'])} / "
+                                                          f"{_s(r['restart'][mem]['step_s'])}"),
+        ("  target: 2 x memcpy of the state", lambda r, d: _s(2 * d["memcpy_s_at_state"])),
+        ("spare memory: in-memory / from disk (peak)",
+         lambda r, d: f"{r['restart'][mem].get('spare_rss', 0) / MIB:.0f} MiB "
+                      f"({r['restart'][mem].get('spare_peak_rss', 0) / MIB:.0f}) / "
+                      f"{r['restart']['disk'].get('spare_rss', 0) / MIB:.0f} MiB"),
+    ]
+
+
 #: The table's rows: a label, and the cell for one size's (measurements, derived figures).
 ROWS: list[tuple[str, Callable[[dict[str, Any], dict[str, Any]], str]]] = [
     ("state (parameters + Adam moments)", lambda r, d: f"{d['state_bytes'] / MIB:.0f} MiB"),
@@ -296,6 +331,7 @@ ROWS: list[tuple[str, Callable[[dict[str, Any], dict[str, Any]], str]]] = [
     ("auto: interval; predicted / measured",
      lambda r, d: (f"{d['auto_interval_steps']} steps; {_pct(d['auto_predicted'])} / {_pct(d['auto_measured'])}"
                    if "auto_interval_steps" in d else "-")),
+    *restart_rows(),
 ]
 
 

@@ -21,7 +21,7 @@ from rundir.journal import read_records
 from rundir.names import ENV_RUN_DIR, EVENTS, FINAL, LOSSES, worker_env
 from runner.adapter import JobAdapter
 from runner.gang import GangLauncher, gang_command
-from runner.options import notice_settings
+from runner.options import notice_settings, standby_env
 from runner.policy import RetryPolicy
 from runner.supervisor import WorkerSpec
 from runner.trace import compare, load_trace
@@ -45,7 +45,7 @@ def job_env(job: JobAdapter, ns: argparse.Namespace, run_dir: Path) -> dict[str,
     """What a run of the job gets in its environment besides ours: the project on the path, the run
     directory (a job of one's own reads it there) and the job's own variables."""
     return {"PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH")), ENV_RUN_DIR: str(run_dir),
-            **job.env(ns)}
+            **standby_env(ns), **job.env(ns)}
 def _ranks(ns: argparse.Namespace) -> int:
     """The gang's size, ``--nproc-per-node`` (1: a single process)."""
     return int(getattr(ns, "nproc_per_node", 1))

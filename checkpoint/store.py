@@ -242,13 +242,26 @@ class CheckpointStore:
 
     def verify(self, name: str) -> Checkpoint:
         """Read and check one checkpoint; raise :class:`CorruptCheckpoint` naming what is wrong."""
-        manifest = read_manifest(name, self._read(name, MANIFEST, f"no {MANIFEST}"))
+        return self.verify_with_manifest(name)[1]
+
+    def verify_with_manifest(self, name: str) -> tuple[bytes, Checkpoint]:
+        """:meth:`verify`, with the manifest's bytes as they were read: what a copy held in memory is
+        later compared with (:meth:`manifest_bytes`) to know it is still the one on disk."""
+        raw = self._read(name, MANIFEST, f"no {MANIFEST}")
+        manifest = read_manifest(name, raw)
         files: dict[str, bytes] = {}
         for fname, entry in manifest["files"].items():
             data = self._read(name, fname, "missing")
             check_file(name, fname, entry, len(data), _sha256(data))
             files[fname] = data
-        return Checkpoint(step=manifest["step"], name=name, files=files, meta=manifest["meta"])
+        return raw, Checkpoint(step=manifest["step"], name=name, files=files, meta=manifest["meta"])
+
+    def manifest_bytes(self, name: str) -> bytes | None:
+        """The raw bytes of a checkpoint's manifest, unchecked; None if it has none (or it cannot be read)."""
+        try:
+            return self.storage.get(self._key(name, MANIFEST))
+        except (OSError, PathEscape):
+            return None
 
     def _read(self, name: str, fname: str, missing: str) -> bytes:
         try:

@@ -15,6 +15,7 @@ __all__ = [
     "ENV_RUN_DIR",
     "ENV_ATTEMPT",
     "ENV_STANDBY",
+    "ENV_STANDBY_MEMORY",
     "ENV_STORE",
     "ENV_STORE_GENERATION",
     "ENV_UPLOAD_EVERY",
@@ -35,6 +36,9 @@ __all__ = [
 ENV_RUN_DIR = "RUNNER_RUN_DIR"
 ENV_ATTEMPT = "RUNNER_ATTEMPT"
 ENV_STANDBY = "RUNNER_STANDBY"
+#: Whether a standby spare holds the newest checkpoint in memory while it waits: on, off or auto
+#: (``--standby-memory``; see :mod:`checkpoint.held`).
+ENV_STANDBY_MEMORY = "RUNNER_STANDBY_MEMORY"
 #: The remote store a supervisor gives its workers (``--store``): its URL, the generation the supervisor
 #: took there (every upload's commit checks that it is still the newest), how often to upload
 #: (``--upload-every``), and how long a worker's last upload may take when it stops (part of ``--grace``).

@@ -24,7 +24,7 @@ from rundir.exitcodes import ExitCode, UserError
 from rundir.names import ENV_RUN_DIR
 
 from .adapter import JobAdapter
-from .options import add_node_arguments, add_supervisor_arguments, node_spec, notice_settings
+from .options import add_node_arguments, add_supervisor_arguments, node_spec, notice_settings, standby_env
 
 if TYPE_CHECKING:
     from rundir.contract import Chaos
@@ -108,7 +108,8 @@ def run_supervised(ns: argparse.Namespace, command: list[str] | None, job: JobAd
         raise UserError("nothing after '--': give the command to supervise", ExitCode.USAGE)
     run_dir = ns.run_dir.resolve()
     cmd = tuple(command) if command else job.command(run_dir, job.argv(ns))
-    env = {ENV_RUN_DIR: str(run_dir), "PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH"))}
+    env = {ENV_RUN_DIR: str(run_dir), "PYTHONPATH": project_pythonpath(os.environ.get("PYTHONPATH")),
+           **standby_env(ns)}
     nodes = node_spec(ns)
     if nodes is not None and ns.store is not None:
         raise UserError("--store with --nnodes is not supported: every node would write the same prefix",

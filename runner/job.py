@@ -151,20 +151,24 @@ class Job:
             return
         if self._tracked is None:
             raise RuntimeError("call job.restore(model=..., optimizer=...) before training")
-        from .jobstate import Capture, Saved, Tracked, copy_waits_for_gradients, restore
+        from .jobstate import Capture, Saved, Tracked, copy_waits_for_gradients, release_optimizer_state, restore
 
         self.worker.set_cadence(self._every)
-        ckpt = self.worker.restore(total_steps=total_steps)
         tracked = Tracked.of(loaders=self._loaders, **self._tracked)
+        # A waiting spare puts each checkpoint it holds into the objects at once (see Worker.restore).
+        ckpt = self.worker.restore(total_steps=total_steps,
+                                   preload=lambda held: restore(tracked, Saved.from_checkpoint(held)),
+                                   release=lambda: release_optimizer_state(tracked))
         capture = Capture(tracked)
         if ckpt is not None:
             try:
-                saved = Saved.from_checkpoint(ckpt)
-                restore(tracked, saved)
+                if not self.worker.preapplied:
+                    restore(tracked, Saved.from_checkpoint(ckpt))
+                step, epoch = int(ckpt.meta["step"]), int(ckpt.meta["epoch"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise UserError(f"checkpoint {ckpt.name} does not fit this job: {exc}", ExitCode.BAD_CONFIG) from None
-            self.steps = self.resumed_from = saved.step
-            self.epoch = saved.epoch
+            self.steps = self.resumed_from = step
+            self.epoch = epoch
         if self._deferred and copy_waits_for_gradients(tracked):
             # Every trainable parameter's gradient waits (at once after the first): the copy overlaps
             # the forward pass and the start of the backward pass, and ends before any update.

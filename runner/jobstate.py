@@ -36,7 +36,7 @@ from checkpoint.tensorfile import load_views
 from .resumable import ResumableLoader, from_json, to_json
 
 __all__ = ["FORMAT", "named", "find_schedulers", "split_extras", "stray_keys", "Tracked", "Capture", "JobSnapshot",
-           "Saved", "RESTORERS", "restore", "copy_waits_for_gradients"]
+           "Saved", "RESTORERS", "restore", "copy_waits_for_gradients", "release_optimizer_state"]
 
 FORMAT = "runner.Job/1"
 _LRScheduler = paddle.optimizer.lr.LRScheduler
@@ -286,6 +286,14 @@ def restore_optimizer(t: Tracked, s: Saved) -> None:
             opt.set_state_dict(state)
         if key in s.meta["lr"] and not isinstance(lr, _LRScheduler):
             opt.set_lr(float(s.meta["lr"][key]))
+
+
+def release_optimizer_state(t: Tracked) -> None:
+    """Let the optimizers drop the state a restore gave them that no step has taken yet (Paddle keeps it,
+    views of the checkpoint's bytes, until the first step makes the accumulators): a waiting spare
+    does this before it reads a newer checkpoint, so that the older one's bytes are freed first."""
+    for opt in t.optimizers.values():
+        opt._accumulators_holder = {}
 
 
 def restore_scheduler(t: Tracked, s: Saved) -> None:

@@ -11,14 +11,14 @@ from urllib.parse import urlsplit
 
 from rundir.argparsing import add_store_arguments, non_negative, positive, seconds, seconds_or_zero
 from rundir.exitcodes import ExitCode, UserError
+from rundir.names import ENV_STANDBY_MEMORY
 
 from .nodes import NodeSpec
 from .notice import NoticeChoice, parse_choice, parse_signal_name
 from .preempt import NoticeSettings
 
 __all__ = ["add_supervisor_arguments", "add_node_arguments", "node_spec", "add_notice_arguments",
-           "notice_settings", "module_list", "write_json",
-           "STANDBY_DEFAULT"]
+           "notice_settings", "module_list", "write_json", "STANDBY_DEFAULT", "standby_env"]
 
 
 #: What ``--standby`` is when not given, for a supervised run (the chaos commands keep a spare for any job).
@@ -48,6 +48,10 @@ def add_supervisor_arguments(p: argparse.ArgumentParser, *, standby_default: str
     g.add_argument("--standby", action=argparse.BooleanOptionalAction, default=None,
                    help="keep a warm spare worker (Paddle imported, data loaded, model built) ready to take "
                         f"over on a restart; it waits in Worker.restore() (default: {standby_default})")
+    g.add_argument("--standby-memory", choices=("auto", "on", "off"), default=None,
+                   help="whether the spare holds the newest checkpoint in memory while it waits, verified, so that "
+                        "taking over reads nothing from disk: auto (default) while the checkpoint is at most half "
+                        "the memory available; turn it off where memory is short (docs/design.md)")
     g.add_argument("--nproc-per-node", type=positive, default=1, metavar="N", dest="nproc_per_node",
                    help="run the job as a gang of N data-parallel ranks under paddle.distributed.launch, restarted "
                         "whole when any rank fails (default %(default)s; 1 is one process; see docs/multi-rank.md)")
@@ -91,6 +95,12 @@ def node_spec(ns: argparse.Namespace) -> NodeSpec | None:
     if urlsplit(ns.etcd).scheme != "http":
         raise UserError(f"--etcd {ns.etcd!r} is not an http:// URL", ExitCode.USAGE)
     return NodeSpec(ns.nnodes, ns.node_rank, ns.master, ns.etcd)
+
+
+def standby_env(ns: argparse.Namespace) -> dict[str, str]:
+    """What the workers' environment gets from ``--standby-memory``, if it was given."""
+    mode = getattr(ns, "standby_memory", None)
+    return {} if mode is None else {ENV_STANDBY_MEMORY: mode}
 
 
 def module_list(text: str) -> tuple[str, ...]:

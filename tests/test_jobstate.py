@@ -16,7 +16,16 @@ from checkpoint import paddle_state as ps
 from checkpoint.state import MODEL_FILE, TRAIN_FILE, pack, params_digest
 from checkpoint.store import Checkpoint
 from runner import jobstate
-from runner.jobstate import Capture, Saved, Tracked, find_schedulers, named, split_extras, stray_keys
+from runner.jobstate import (
+    Capture,
+    Saved,
+    Tracked,
+    find_schedulers,
+    named,
+    release_optimizer_state,
+    split_extras,
+    stray_keys,
+)
 
 
 @pytest.mark.parametrize(("value", "names"), [
@@ -251,3 +260,23 @@ def test_copy_waits_for_gradients(case: str, waits_for_gradients: bool) -> None:
         opt = paddle.optimizer.Adam(0.1, parameters=params)
     tracked = Tracked.of(model=models, optimizer=opt, scheduler=None, loaders=[], extras=None)
     assert jobstate.copy_waits_for_gradients(tracked) is waits_for_gradients
+
+
+@pytest.mark.parametrize("opt_kind", ["Adam", "Momentum"])
+def test_a_spare_that_preloads_twice_resumes_from_the_second_bit_for_bit(opt_kind: str) -> None:
+    """A waiting spare puts an older checkpoint in, lets the optimizer drop its state, then puts the newer in."""
+    ckpt, losses, digest, _ = reference(opt_kind)
+    np.random.seed(0)
+    random.seed(0)
+    first = Run(opt_kind)
+    first.steps(1)
+    older = checkpoint_of(first, 1)
+    np.random.seed(99)
+    random.seed(99)
+    run = Run(opt_kind, seed=42, extras={"seen": -1, "ema": np.ones(2)})
+    jobstate.restore(run.tracked, Saved.from_checkpoint(older))
+    assert run.opt._accumulators_holder  # kept until the first step
+    release_optimizer_state(run.tracked)
+    assert run.opt._accumulators_holder == {}
+    jobstate.restore(run.tracked, Saved.from_checkpoint(ckpt))
+    assert run.steps(4) == losses and run.digest() == digest

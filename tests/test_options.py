@@ -14,7 +14,7 @@ from rundir.argparsing import OneLineParser
 from rundir.exitcodes import ExitCode, UserError
 from runner.nodes import NodeSpec
 from runner.notice.base import NoticeChoice
-from runner.options import add_node_arguments, add_supervisor_arguments, module_list, node_spec, write_json
+from runner.options import add_node_arguments, add_supervisor_arguments, module_list, node_spec, standby_env, write_json
 
 
 @pytest.mark.parametrize(("text", "want"), [
@@ -49,7 +49,7 @@ def parser() -> OneLineParser:
 def test_the_supervisors_defaults() -> None:
     ns = parser().parse_args([])
     assert vars(ns) == {"max_restarts": 20, "crash_loop": 3, "hang_timeout": 300.0, "startup_timeout": 600.0,
-                        "grace": 30.0, "disk_wait": 600.0, "standby": None, "preload": None,
+                        "grace": 30.0, "disk_wait": 600.0, "standby": None, "standby_memory": None, "preload": None,
                         "notice": NoticeChoice.AUTO, "notice_signal": signal.SIGTERM, "metadata_url": None,
                         "act_on_rebalance": False, "notice_poll": None, "store": None, "upload_every": 60.0,
                         "nproc_per_node": 1}
@@ -63,6 +63,8 @@ def test_the_supervisors_defaults() -> None:
     (["--grace", "0.5"], "grace", 0.5),
     (["--standby"], "standby", True),
     (["--no-standby"], "standby", False),
+    (["--standby-memory", "off"], "standby_memory", "off"),
+    (["--standby-memory", "on"], "standby_memory", "on"),
     (["--preload", "none"], "preload", ()),
     (["--preload", "model.train,numpy"], "preload", ("model.train", "numpy")),
     (["--nproc-per-node", "2"], "nproc_per_node", 2),
@@ -85,6 +87,22 @@ def test_bad_supervisor_options_exit_2_with_one_line(argv: list[str], says: str,
         parser().parse_args(argv)
     assert exc.value.code == ExitCode.USAGE
     assert capsys.readouterr().err == f"error: {says} (see p --help)\n"
+
+
+@pytest.mark.parametrize(("argv", "env"), [
+    ([], {}),
+    (["--standby-memory", "off"], {"RUNNER_STANDBY_MEMORY": "off"}),
+    (["--standby-memory", "auto"], {"RUNNER_STANDBY_MEMORY": "auto"}),
+])
+def test_standby_memory_reaches_the_workers_environment(argv: list[str], env: dict[str, str]) -> None:
+    assert standby_env(parser().parse_args(argv)) == env
+
+
+def test_a_bad_standby_memory_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parser().parse_args(["--standby-memory", "maybe"])
+    assert exc.value.code == ExitCode.USAGE
+    assert "--standby-memory" in capsys.readouterr().err
 
 
 def test_write_json_makes_the_directory_and_ends_with_a_newline(tmp_path: Path) -> None:

@@ -12,13 +12,18 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from checkpoint.cadence import DEFAULT_MTBF_S
+from checkpoint.held import Held, RestoredFrom
+from checkpoint.storage import LocalStorage
+from checkpoint.store import Checkpoint, CheckpointStore
 from rundir.exitcodes import ExitCode, UserError
 from rundir.journal import append_record
+from rundir.names import ENV_STANDBY_MEMORY
 from runner.worker import (
     ENV_ATTEMPT,
     ENV_CHAOS_ARM,
@@ -31,7 +36,8 @@ from runner.worker import (
     Worker,
     read_heartbeat,
 )
-from runner.worker.standby import go_env
+from runner.worker.files import EventLog
+from runner.worker.standby import Restored, go_env, holder_for, restore_from, wait_for_go
 from tests.helpers.readers import events, jsonl
 
 
@@ -178,3 +184,115 @@ def test_a_spare_plans_its_cadence_with_the_failure_it_replaces(run_dir: Path,
         w.restore()
         assert w.cadence.every == "auto"
         assert w.cadence.mtbf_s == pytest.approx(time.time() - t0, abs=30)  # one failure in ~100 s
+
+
+# -- the newest checkpoint in the spare's memory ----------------------------------------------------------
+
+
+def commit(run_dir: Path, step: int, fill: bytes = b"p") -> str:
+    return CheckpointStore(LocalStorage(run_dir)).save(step, {"model.safetensors": fill * 64}, {"step": step})
+
+
+def test_wait_for_go_does_the_spares_own_work_until_the_line_comes(tmp_path: Path) -> None:
+    r, w = os.pipe()
+    calls: list[int] = []
+
+    def idle() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            os.write(w, go(5))
+
+    with os.fdopen(r, "rb") as stdin:
+        env = wait_for_go(EventLog(tmp_path / EVENTS, pid=1), {"B": "b"}, stdin, idle=idle, every=0.001)
+    os.close(w)
+    assert env == {"B": "b", ENV_ATTEMPT: "5"} and len(calls) == 3
+
+
+@pytest.mark.parametrize(("mode", "holds"), [(None, True), ("auto", True), ("on", True), ("off", False)])
+def test_the_holder_follows_the_variable(tmp_path: Path, mode: str | None, holds: bool) -> None:
+    store = CheckpointStore(LocalStorage(tmp_path))
+    holder = holder_for(store, {} if mode is None else {ENV_STANDBY_MEMORY: mode})
+    assert (holder is not None) is holds
+
+
+def test_a_bad_variable_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as exc:
+        holder_for(CheckpointStore(LocalStorage(tmp_path)), {ENV_STANDBY_MEMORY: "sometimes"})
+    assert exc.value.code == ExitCode.USAGE
+
+
+class FakeHolder:
+    def __init__(self, held: Held | None, preloaded: bool = False) -> None:
+        self.held, self.preloaded = held, preloaded
+
+    def take(self) -> Held | None:
+        return self.held
+
+
+HELD = Held(Checkpoint(5, "step-000000005", {"f": b"x"}, {}), b"m")
+DISK = Checkpoint(9, "step-000000009", {"f": b"y"}, {})
+
+
+@pytest.mark.parametrize(("holder", "on_disk", "want"), [
+    (None, DISK, Restored(DISK, RestoredFrom.DISK)),
+    (None, None, Restored(None)),
+    (FakeHolder(None), DISK, Restored(DISK, RestoredFrom.DISK)),  # nothing held, or no longer the newest
+    (FakeHolder(HELD), DISK, Restored(HELD.checkpoint, RestoredFrom.MEMORY)),
+    (FakeHolder(replace(HELD, applied=True), True), DISK, Restored(HELD.checkpoint, RestoredFrom.MEMORY, True)),
+    (FakeHolder(None, preloaded=True), DISK, Restored(DISK, RestoredFrom.DISK)),  # the restore overwrites it all
+])
+def test_restore_from(holder: FakeHolder | None, on_disk: Checkpoint | None, want: Restored) -> None:
+    assert restore_from(holder, lambda: on_disk) == want  # type: ignore[arg-type]
+
+
+def test_a_preloaded_spare_with_no_checkpoint_left_cannot_start_afresh() -> None:
+    with pytest.raises(RuntimeError, match="cannot start afresh"):
+        restore_from(FakeHolder(None, preloaded=True), lambda: None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("mode", "source"), [("auto", "memory"), ("off", "disk")])
+def test_the_spare_restores_from_its_memory_and_says_so(run_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         mode: str, source: str) -> None:
+    commit(run_dir, 5)
+    monkeypatch.setenv(ENV_STANDBY_MEMORY, mode)
+    stdin_with(monkeypatch, go(2))
+    reads: list[str] = []
+    verify = CheckpointStore.verify_with_manifest
+
+    def counted(self: CheckpointStore, name: str) -> tuple[bytes, Checkpoint]:
+        reads.append(name)
+        return verify(self, name)
+
+    monkeypatch.setattr(CheckpointStore, "verify_with_manifest", counted)
+    with Worker(run_dir, handle_signals=False) as w:
+        ckpt = w.restore()
+        assert ckpt is not None and ckpt.step == 5 and ckpt.files["model.safetensors"] == b"p" * 64
+        assert not w.preapplied
+    assert reads == ["step-000000005"]  # once: while it waited, or at takeover
+    (started,) = events(run_dir, "attempt-started")
+    assert (started["restored_from"], started["preapplied"], started["checkpoint"]) == (source, False, "step-000000005")
+
+
+def test_a_preloading_spare_hands_over_a_checkpoint_already_in_the_job(run_dir: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    commit(run_dir, 5)
+    stdin_with(monkeypatch, go(2))
+    applied: list[int] = []
+    with Worker(run_dir, handle_signals=False) as w:
+        ckpt = w.restore(preload=lambda c: applied.append(c.step))
+        assert ckpt is not None and ckpt.step == 5 and ckpt.files == {} and w.preapplied
+    assert applied == [5]
+    (started,) = events(run_dir, "attempt-started")
+    assert (started["restored_from"], started["preapplied"]) == ("memory", True)
+
+
+def test_a_worker_that_is_no_spare_restores_from_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_STANDBY, raising=False)
+    monkeypatch.delenv(ENV_ATTEMPT, raising=False)
+    monkeypatch.delenv(ENV_CHAOS_ARM, raising=False)
+    commit(tmp_path, 3)
+    with Worker(tmp_path, handle_signals=False) as w:
+        ckpt = w.restore(preload=lambda c: pytest.fail("no spare preloads"))
+        assert ckpt is not None and ckpt.step == 3 and not w.preapplied
+    (started,) = events(tmp_path, "attempt-started")
+    assert started["restored_from"] == "disk"

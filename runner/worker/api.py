@@ -37,7 +37,7 @@ from .files import (
     write_final,
 )
 from .session import CheckpointSession, Snapshot
-from .standby import wait_for_go
+from .standby import holder_for, restore_from, wait_for_go
 
 if TYPE_CHECKING:  # the remote store's code is imported only by a worker that has one
     from checkpoint.sync import UploadSettings
@@ -81,6 +81,7 @@ class Worker:
         self._handle_signals = handle_signals
         self._preemption: str | None = None
         self._cadence_args: tuple[int | str, float | None] | None = None
+        self.preapplied = False  # the checkpoint restore() returned is in the job's objects already
         self._files: AttemptFiles | None = None  # held while this is the run's worker
         self._events = EventLog(self.run_dir / EVENTS, pid=self.pid)
         self._faults = FaultPoints(self._events, self.heartbeat)
@@ -255,15 +256,22 @@ class Worker:
 
     # -- training --------------------------------------------------------------------------------------
 
-    def restore(self, total_steps: int | None = None,
-                check: Callable[[Checkpoint], None] | None = None) -> Checkpoint | None:
+    def restore(self, total_steps: int | None = None, check: Callable[[Checkpoint], None] | None = None,
+                preload: Callable[[Checkpoint], None] | None = None,
+                release: Callable[[], None] | None = None) -> Checkpoint | None:
         """The newest verified checkpoint, falling back past torn or corrupt ones with a warning.
 
         ``total_steps``, if the job knows it, lets the supervisor show progress against it; ``check``,
         a further test a checkpoint must pass (see :meth:`checkpoint.store.CheckpointStore.load_latest`).
-        A standby spare waits here until the supervisor hands it the run."""
+        A standby spare waits here until the supervisor hands it the run, holding the newest checkpoint
+        in memory meanwhile (unless ``RUNNER_STANDBY_MEMORY`` is off; see :mod:`checkpoint.held`), and
+        puts each one it holds into the job's objects at once with ``preload``, if given:
+        :attr:`preapplied` then says the returned checkpoint (its files left out) is in them already;
+        ``release`` lets them drop what they keep of one preloaded before a newer one is read."""
+        holder = None
         if not self.active:
-            self._activate(wait_for_go(self._events, os.environ))
+            holder = holder_for(self.store, os.environ, check=check, preload=preload, release=release)
+            self._activate(wait_for_go(self._events, os.environ, idle=None if holder is None else holder.poll))
             if self._cadence_args is not None:
                 # Set while warming up, before the failure this spare replaces: estimate the MTBF again.
                 self.set_cadence(*self._cadence_args)
@@ -278,9 +286,11 @@ class Worker:
             _say(f"warning: {msg}")
             self.event(EventKind.CHECKPOINT_FALLBACK, reason=msg)
 
-        ckpt = self.store.load_latest(warn=warn, check=check)
+        found = restore_from(holder, lambda: self.store.load_latest(warn=warn, check=check))
+        ckpt, self.preapplied = found.checkpoint, found.preapplied
         self.event(EventKind.ATTEMPT_STARTED, resumed_from_step=ckpt.step if ckpt else 0,
-                   checkpoint=ckpt.name if ckpt else None, total_steps=total_steps)
+                   checkpoint=ckpt.name if ckpt else None, total_steps=total_steps, restored_from=found.source,
+                   preapplied=found.preapplied)
         self._session.steps_start()
         return ckpt
 

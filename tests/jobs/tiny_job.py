@@ -3,8 +3,10 @@ shuffled batches with NumPy noise drawn in the dataset, and the sample ids of ev
 ``RUN_DIR/ids.jsonl``.
 
 ``TINY_JOB_BREAK=PART`` makes a resume leave PART out (a test's switch, read only here): one of
-``runner.jobstate.RESTORERS``' names. ``--workers N`` reads with N loader processes (the noise is then
-drawn from ``runner.sample_rng``, as the docs ask).
+``runner.jobstate.RESTORERS``' names. ``TINY_JOB_FLIP_HELD=1`` makes a warm spare change one byte of
+the checkpoint it holds in memory after verifying it, before putting it into the model (another).
+``--workers N`` reads with N loader processes (the noise is then drawn from ``runner.sample_rng``, as
+the docs ask).
 """
 
 import argparse
@@ -40,6 +42,26 @@ class Noisy(paddle.io.Dataset):
         return (self.x[i] + noise).astype("float32"), self.y[i], np.int64(i)
 
 
+def flip_held() -> None:
+    """A spare's held copy gets its model file's last byte changed after verification (a broken variant)."""
+    from dataclasses import replace
+
+    from checkpoint import held
+    from checkpoint.state import MODEL_FILE
+
+    init = held.Holder.__init__
+
+    def flipping(self, store, mode, *, preload=None, **kw):
+        def flipped(c):
+            data = bytearray(c.files[MODEL_FILE])
+            data[-1] ^= 0x40
+            preload(replace(c, files={**c.files, MODEL_FILE: bytes(data)}))
+
+        init(self, store, mode, preload=None if preload is None else flipped, **kw)
+
+    held.Holder.__init__ = flipping
+
+
 def main(job: runner.Job) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=3)
@@ -49,6 +71,8 @@ def main(job: runner.Job) -> None:
     broken = os.environ.get("TINY_JOB_BREAK")
     if broken:
         jobstate.RESTORERS[broken] = lambda tracked, saved: None
+    if os.environ.get("TINY_JOB_FLIP_HELD"):
+        flip_held()
     paddle.seed(SEED)
     np.random.seed(SEED)
     ds = Noisy(args.workers)
