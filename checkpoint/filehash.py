@@ -48,8 +48,10 @@ def hasher(algorithm: str) -> Hasher:
     return ALGORITHMS[algorithm]()
 
 
-def slices(parts: Sequence[memoryview | bytes], size: int = SLICE) -> Iterator[memoryview]:
-    """The bytes of ``parts`` in order, as views of at most ``size`` bytes (none empty)."""
+def slices(parts: Sequence[memoryview | bytes], size: int | None = None) -> Iterator[memoryview]:
+    """The bytes of ``parts`` in order, as views of at most ``size`` (default :data:`SLICE`) bytes, none
+    empty."""
+    size = SLICE if size is None else size
     for part in parts:
         view = memoryview(part)
         if view.format != "B" or view.ndim != 1:
