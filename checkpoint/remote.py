@@ -25,10 +25,9 @@ one fails verification and falls back). Leftovers of torn uploads go when older 
 commit and untouched for ``grace``. Object times are the store's clock, compared with this machine's:
 the skew must be well under ``grace``.
 
-Authenticity: with ``RUNNER_CHECKPOINT_KEY`` set, manifests carry an HMAC-SHA256 of their body and
-journal segments are named by one; a manifest without a valid HMAC is refused. Without a key, none is
-written or required.
-"""
+Authenticity: with ``RUNNER_CHECKPOINT_KEY`` set, manifests carry an HMAC-SHA256 of their body (whose
+file digests are SHA-256, whatever the local manifest used) and journal segments are named by one; a
+manifest without a valid HMAC is refused. Without a key, none is written or required."""
 
 from __future__ import annotations
 
@@ -46,7 +45,7 @@ from .fence import Fence, StaleGeneration
 from .objects import Blob, ObjectStore, StoreError
 from .segments import Journals
 from .storage import fsync_dir
-from .store import MANIFEST, CorruptCheckpoint, check_file, read_manifest, seal_manifest
+from .store import MANIFEST, CorruptCheckpoint, check_file, digest_of, read_manifest, seal_manifest
 
 __all__ = [
     "CHECKPOINTS",
@@ -111,6 +110,14 @@ def plan_prune(committed: Sequence[tuple[str, float]], leftovers: Mapping[str, f
     return doomed
 
 
+def _with_sha256(local: Mapping[str, Any], digests: Mapping[str, FileDigest]) -> dict[str, Any]:
+    """A local manifest's body as the store records it: SHA-256 file digests, which a signed manifest
+    vouches for and the store's copies are checked by, whatever the local one used."""
+    body = {k: v for k, v in local.items() if k != "digest"}
+    body["files"] = {fname: {"sha256": d.sha256, "size": d.size} for fname, d in digests.items()}
+    return body
+
+
 def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in ("step", "files", "meta"))
 
@@ -173,6 +180,11 @@ class RemoteStore:
         except FileNotFoundError:
             raise CorruptCheckpoint(f"{name}: no {MANIFEST}") from None
         self.fence.check("upload a checkpoint")
+        digests, algorithm = {}, digest_of(local)
+        for fname, entry in local["files"].items():  # refuse a corrupt local checkpoint before sending any of it
+            digests[fname] = digest_file(src / fname, self.part_size, also=algorithm)
+            check_file(name, fname, entry, digests[fname].size, str(digests[fname].also), algorithm)
+        local = _with_sha256(local, digests)
         raw, existing = self._manifest(name)
         if existing is not None and _same(existing, local):
             return Uploaded(name, 0, time.perf_counter() - t0, {}, already=True)
@@ -180,10 +192,6 @@ class RemoteStore:
             raise CheckpointConflict(f"remote store {self.url}: {name} is committed there with other contents")
         if raw is not None:
             self.objects.delete([self._key(name, MANIFEST)])  # it does not verify: it commits nothing
-        digests = {}
-        for fname, entry in local["files"].items():  # refuse a corrupt local checkpoint before sending any of it
-            digests[fname] = digest_file(src / fname, self.part_size)
-            check_file(name, fname, entry, digests[fname].size, digests[fname].sha256)
         checked = {}
         for fname, digest in digests.items():
             checked[fname] = self._put_checked(src / fname, self._key(name, fname), digest)
@@ -326,8 +334,9 @@ class RemoteStore:
                     self.objects.download(self._key(name, fname), target)
                 except FileNotFoundError:
                     raise CorruptCheckpoint(f"{name}/{fname}: missing") from None
-                digest = digest_file(target, self.part_size, etags=False, fsync=True)
-                check_file(name, fname, entry, digest.size, digest.sha256)
+                algorithm = digest_of(manifest)
+                digest = digest_file(target, self.part_size, etags=False, fsync=True, also=algorithm)
+                check_file(name, fname, entry, digest.size, str(digest.also), algorithm)
             _write_durably(stage / MANIFEST, raw)
             _install(stage, dest / name)
         finally:

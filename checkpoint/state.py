@@ -20,7 +20,7 @@ from .store import Checkpoint
 from .tensorfile import Chunks, chunks, serialize
 
 __all__ = ["MODEL_FILE", "TRAIN_FILE", "RngState", "StateArrays", "TrainState", "pack", "pack_chunks",
-           "params_digest", "non_finite"]
+           "params_digest", "non_finite", "scan"]
 
 MODEL_FILE = "model.safetensors"
 TRAIN_FILE = "train.safetensors"
@@ -47,19 +47,34 @@ def non_finite(files: Mapping[str, Mapping[str, np.ndarray]]) -> str | None:
     """The first floating-point array holding a NaN or an infinity, as ``"FILE: NAME holds nan"``,
     or None if all are finite. Integer arrays (RNG states, the sample order) cannot be non-finite.
     It reads each float once, in blocks: under 1 ms per million parameters."""
+    return scan(files, {})[0]
+
+
+def scan(files: Mapping[str, Mapping[str, np.ndarray]],
+         digests: Mapping[str, str]) -> tuple[str | None, dict[str, str]]:
+    """One read of the arrays for what a writer checks and records before writing them: the first
+    non-finite value, as :func:`non_finite` words it (then no digests), and the :func:`params_digest`
+    of each file ``digests`` names, by metadata key. Each block is checked and hashed while it is in
+    the CPU's cache, instead of one pass over the state for each."""
+    hashers = {fname: hashlib.sha256() for fname in set(digests.values())}
     for fname in sorted(files):
-        arrays = files[fname]
+        arrays, h = files[fname], hashers.get(fname)
         for name in sorted(arrays):
             a = np.asarray(arrays[name])
-            if a.dtype.kind not in "fc":
+            floats = a.dtype.kind in "fc"
+            if h is None and not floats:
                 continue
+            a = np.ascontiguousarray(a)  # as params_digest has it, a 0-d array 1-d
+            if h is not None:
+                h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
             flat = a.reshape(-1)
             for i in range(0, flat.size, _FINITE_BLOCK):
                 block = flat[i : i + _FINITE_BLOCK]
-                if not np.isfinite(block).all():
-                    bad = block[~np.isfinite(block)][0]
-                    return f"{fname}: {name} holds {bad}"
-    return None
+                if floats and not np.isfinite(block).all():
+                    return f"{fname}: {name} holds {block[~np.isfinite(block)][0]}", {}
+                if h is not None:
+                    h.update(block.view(np.uint8).data)
+    return None, {key: hashers[fname].hexdigest() for key, fname in digests.items()}
 
 
 @dataclass(frozen=True)

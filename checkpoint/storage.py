@@ -19,6 +19,8 @@ from typing import Protocol
 from rundir.errors import writing
 from rundir.paths import confined
 
+from .filehash import Hasher, slices
+
 #: What a file is written from: its bytes, or buffers to write one after another.
 Data = bytes | Sequence[memoryview]
 
@@ -26,11 +28,13 @@ __all__ = ["Data", "Storage", "LocalStorage", "fsync_dir"]
 
 
 class Storage(Protocol):
-    def put(self, key: str, data: Data, *, commit: bool = True, durable: bool = True) -> None:
+    def put(self, key: str, data: Data, *, commit: bool = True, durable: bool = True,
+            digest: Hasher | None = None) -> None:
         """Write ``data`` under ``key`` so that readers see either nothing or all of it. ``durable``:
         make the data survive the machine going down (not only this process) before returning; with
         ``commit`` too, also the name itself and every name written durably before it under the same
-        prefix. Not durable, it survives the writing process being killed, as it is visible to others."""
+        prefix. Not durable, it survives the writing process being killed, as it is visible to others.
+        ``digest``: fed every byte written, in order."""
 
     def get(self, key: str) -> bytes: ...
 
@@ -79,16 +83,25 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    def put(self, key: str, data: Data, *, commit: bool = True, durable: bool = True) -> None:
+    def put(self, key: str, data: Data, *, commit: bool = True, durable: bool = True,
+            digest: Hasher | None = None) -> None:
         """See :class:`Storage`. A write that fails (a full disk) leaves no temporary file behind,
-        and its ``OSError`` names the file being written."""
+        and its ``OSError`` names the file being written. With a ``digest``, the bytes are hashed and
+        written a slice at a time, each hashed while it is still in the CPU's cache: one pass over
+        memory instead of two."""
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         with writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                _write_all(fd, [memoryview(data)] if isinstance(data, bytes) else list(data))
+                parts = [memoryview(data)] if isinstance(data, bytes) else list(data)
+                if digest is None:
+                    _write_all(fd, parts)
+                else:
+                    for view in slices(parts):
+                        digest.update(view)
+                        _write_all(fd, [view])
                 if durable:
                     os.fsync(fd)
             except BaseException:

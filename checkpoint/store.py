@@ -7,11 +7,14 @@ Layout under the storage root::
                                ...
                                MANIFEST.json   <- written last: the commit point
 
-A checkpoint whose manifest is missing, does not parse, fails its own checksum, or lists a file whose
-SHA-256 or size differs is not a checkpoint. Nor is one whose manifest, checksum recomputed or not,
-names a file outside the checkpoint (an absolute name, ``..``, a ``/``, an empty name, a NUL byte):
-such a file is never opened. Loading walks back from the newest to the newest valid one, moves bad
-ones aside (kept for inspection, never loaded), and says so in one line each.
+A checkpoint whose manifest is missing, does not parse, fails its own checksum, names a digest
+algorithm it does not know, or lists a file whose digest or size differs is not a checkpoint. The
+files' digests are XXH3-128 (``"digest": "xxh3-128"``), or SHA-256 in manifests from before that
+field (:mod:`checkpoint.filehash` says why the fast one is enough here). Nor is one whose manifest,
+checksum recomputed or not, names a file outside the checkpoint (an absolute name, ``..``, a ``/``,
+an empty name, a NUL byte): such a file is never opened. Loading walks back from the newest to the
+newest valid one, moves bad ones aside (kept for inspection, never loaded), and says so in one line
+each.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from typing import Any
 
 from rundir.paths import PathEscape, check_name
 
+from . import filehash
 from .storage import Data, Storage
-from .tensorfile import chunks_sha256, chunks_size
+from .tensorfile import chunks_size
 
 __all__ = [
     "Checkpoint",
@@ -37,6 +41,7 @@ __all__ = [
     "MANIFEST",
     "check_file",
     "checkpoint_name",
+    "digest_of",
     "read_manifest",
     "seal_manifest",
 ]
@@ -77,8 +82,14 @@ def _file_name(name: str, fname: object) -> str:
     return fname
 
 
-def _entry_ok(entry: object) -> bool:
-    return (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+def digest_of(manifest: Mapping[str, Any]) -> str:
+    """The algorithm of a manifest's file digests: its ``digest`` field, or SHA-256 from before it."""
+    algorithm = manifest.get("digest", filehash.LEGACY)
+    return algorithm if isinstance(algorithm, str) else repr(algorithm)
+
+
+def _entry_ok(entry: object, algorithm: str) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get(algorithm), str)
             and isinstance(entry.get("size"), int) and not isinstance(entry.get("size"), bool))
 
 
@@ -99,8 +110,9 @@ def seal_manifest(body: Mapping[str, Any], *, key: bytes | None = None) -> bytes
 
 def read_manifest(name: str, raw: bytes, *, key: bytes | None = None) -> dict[str, Any]:
     """The body of checkpoint ``name``'s manifest, checked: it parses, its checksum holds, its format
-    is known, each file entry has a confined name, a size and a SHA-256, and - given a ``key`` - its
-    HMAC holds (an unsigned manifest is refused then). Raises :class:`CorruptCheckpoint`."""
+    is known, so is its digest algorithm, each file entry has a confined name, a size and a digest, and
+    - given a ``key`` - its HMAC holds (an unsigned manifest is refused then), and its digests are
+    cryptographic. Raises :class:`CorruptCheckpoint`."""
     try:
         manifest = json.loads(raw)
         claimed = manifest.pop("sha256")
@@ -120,19 +132,26 @@ def read_manifest(name: str, raw: bytes, *, key: bytes | None = None) -> dict[st
     if (not isinstance(files, dict) or not isinstance(manifest.get("meta"), dict)
             or not isinstance(step, int) or isinstance(step, bool)):
         raise CorruptCheckpoint(f"{name}/{MANIFEST}: malformed (files, step or meta)")
+    algorithm = digest_of(manifest)
+    if algorithm not in filehash.ALGORITHMS:
+        raise CorruptCheckpoint(f"{name}/{MANIFEST}: unknown digest algorithm {algorithm!r}")
+    if key is not None and algorithm not in filehash.CRYPTOGRAPHIC:
+        raise CorruptCheckpoint(f"{name}/{MANIFEST}: signed, but its files' digests are {algorithm}, not cryptographic")
     for fname, entry in files.items():
         _file_name(name, fname)
-        if not _entry_ok(entry):
+        if not _entry_ok(entry, algorithm):
             raise CorruptCheckpoint(f"{name}/{MANIFEST}: malformed entry for {fname!r}")
     return manifest
 
 
-def check_file(name: str, fname: str, entry: Mapping[str, Any], size: int, sha256: str) -> None:
-    """Raise :class:`CorruptCheckpoint` unless a file's size and SHA-256 are the manifest's."""
+def check_file(name: str, fname: str, entry: Mapping[str, Any], size: int, digest: str,
+               algorithm: str = filehash.LEGACY) -> None:
+    """Raise :class:`CorruptCheckpoint` unless a file's size and ``algorithm`` digest are the
+    manifest's entry's."""
     if size != entry["size"]:
         raise CorruptCheckpoint(f"{name}/{fname}: {size} bytes, manifest says {entry['size']}")
-    if sha256 != entry["sha256"]:
-        raise CorruptCheckpoint(f"{name}/{fname}: sha256 mismatch")
+    if digest != entry[algorithm]:
+        raise CorruptCheckpoint(f"{name}/{fname}: {algorithm} mismatch")
 
 
 @dataclass(frozen=True)
@@ -150,6 +169,7 @@ class CheckpointStore:
 
     ``between_files`` is called after each data file is durable and before the manifest: the place
     where a kill leaves a torn checkpoint. Chaos testing uses it to stop the writer there.
+    ``digest``: the algorithm of the files' digests in the manifests it writes; it reads any known one.
     """
 
     def __init__(
@@ -159,9 +179,12 @@ class CheckpointStore:
         keep: int = 3,
         prefix: str = "checkpoints",
         between_files: Callable[[str], None] | None = None,
+        digest: str = filehash.DEFAULT,
     ) -> None:
         if keep < 1:
             raise ValueError("keep must be at least 1")
+        filehash.hasher(digest)  # a KeyError now for an unknown one, not at the first save
+        self.digest = digest
         self.storage = storage
         self.keep = keep
         self.prefix = prefix
@@ -200,12 +223,15 @@ class CheckpointStore:
             if fname == MANIFEST or "/" in fname:
                 raise ValueError(f"bad checkpoint file name {fname!r}")
             # Durable, the data is fsynced now; its directory entry becomes durable with the manifest's.
-            self.storage.put(self._key(name, fname), data, commit=False, durable=durable)
-            parts = [memoryview(data)] if isinstance(data, bytes) else data
-            entries[fname] = {"sha256": chunks_sha256(parts), "size": chunks_size(parts)}
+            # The storage hashes each slice as it writes it: the bytes cross memory once.
+            h = filehash.hasher(self.digest)
+            self.storage.put(self._key(name, fname), data, commit=False, durable=durable, digest=h)
+            size = len(data) if isinstance(data, bytes) else chunks_size(data)
+            entries[fname] = {self.digest: h.hexdigest(), "size": size}
             if self.between_files is not None:
                 self.between_files(fname)
-        body = {"format": FORMAT, "step": step, "durable": durable, "files": entries, "meta": dict(meta)}
+        body = {"format": FORMAT, "step": step, "durable": durable, "digest": self.digest, "files": entries,
+                "meta": dict(meta)}
         self.storage.put(self._key(name, MANIFEST), seal_manifest(body), durable=durable)
 
     def _is_durable(self, name: str) -> bool:
@@ -249,10 +275,11 @@ class CheckpointStore:
         later compared with (:meth:`manifest_bytes`) to know it is still the one on disk."""
         raw = self._read(name, MANIFEST, f"no {MANIFEST}")
         manifest = read_manifest(name, raw)
+        algorithm = digest_of(manifest)
         files: dict[str, bytes] = {}
         for fname, entry in manifest["files"].items():
             data = self._read(name, fname, "missing")
-            check_file(name, fname, entry, len(data), _sha256(data))
+            check_file(name, fname, entry, len(data), filehash.hex_digest(algorithm, [data]), algorithm)
             files[fname] = data
         return raw, Checkpoint(step=manifest["step"], name=name, files=files, meta=manifest["meta"])
 

@@ -34,7 +34,7 @@ from rundir.events import EventKind
 from rundir.journal import append_record
 
 from .snapshot_buffer import Layout, buffer_files
-from .state import StateArrays, non_finite, pack_chunks
+from .state import StateArrays, pack_chunks, scan
 from .storage import LocalStorage
 from .store import CheckpointStore
 from .writer_protocol import MAX_MESSAGE, ReplyKind, Request, pack_reply, unpack_request
@@ -199,11 +199,11 @@ def _persist(store: CheckpointStore, arrays: dict[str, dict[str, np.ndarray]], r
     """Check, write and commit one snapshot, record it, and return the answer: saved; refused, its
     arrays not finite (nothing written); or failed, with the errno and path of an ``OSError`` (a
     full disk) so that the training process can name them."""
-    bad = non_finite(arrays)
+    bad, digests = scan(arrays, req.digests)  # one read of the state for both
     if bad is not None:
         return pack_reply(ReplyKind.NON_FINITE, req.step, text=bad)
     try:
-        chunks, meta = pack_chunks(StateArrays(arrays, req.meta, req.digests))
+        chunks, meta = pack_chunks(StateArrays(arrays, {**req.meta, **digests}))
         name = store.save(req.step, chunks, meta, durable=req.durable)
         took = time.monotonic() - t0
         append_record(events, dict(req.event, time=time.time(), event=EventKind.CHECKPOINT_SAVED.value,

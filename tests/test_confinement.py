@@ -4,7 +4,6 @@ while a FIFO outside would block whoever opened it (a short timeout turns that i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -17,6 +16,7 @@ import pytest
 from chaos.faults import Fault, FaultKind
 from chaos.inject import Injector
 from chaos.schedule import Schedule, ScheduleError
+from checkpoint import filehash
 from checkpoint.storage import LocalStorage
 from checkpoint.store import MANIFEST, CheckpointStore, _canonical, _sha256, checkpoint_name
 from rundir.contract import FileEffect
@@ -101,7 +101,7 @@ def rewrite_manifest(step_dir: Path, edit: Callable[[dict[str, Any]], None]) -> 
 
 def entry_of(data: bytes) -> dict[str, Any]:
     """A manifest entry that matches ``data``: a loader that opened the file would accept it."""
-    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    return {filehash.DEFAULT: filehash.hex_digest(filehash.DEFAULT, [data]), "size": len(data)}
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from checkpoint.digests import digest_file, multipart_threshold
 
@@ -30,3 +31,13 @@ def test_digest_file(tmp_path: Path, size: int) -> None:
         expected.add(multipart_etag(data, PART))
     assert d.etags == expected
     assert digest_file(path, PART, etags=False).etags == frozenset()
+
+
+@pytest.mark.parametrize("size", [0, 1, 2 * PART + 1])
+def test_digest_file_also_hashes_by_a_manifest_algorithm_in_the_same_read(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    assert digest_file(path, PART).also is None
+    assert digest_file(path, PART, also="xxh3-128").also == xxhash.xxh3_128(data).hexdigest()
+    assert digest_file(path, PART, etags=False, also="sha256").also == hashlib.sha256(data).hexdigest()

@@ -4,6 +4,7 @@ fencing of a stale supervisor, signed manifests, journals restored on an empty m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -153,6 +154,32 @@ def test_a_corrupt_local_checkpoint_is_never_uploaded(url: str, run: Callable[..
     with pytest.raises(CorruptCheckpoint, match="opt.bin"):
         store.upload(path)
     assert store.objects.find(CHECKPOINTS) == {}
+
+
+def test_a_flipped_local_byte_is_caught_by_the_local_digest(url: str, run: Callable[..., Path]) -> None:
+    path = run(5)
+    data = bytearray((path / "opt.bin").read_bytes())
+    data[7] ^= 0x01  # the same size: only the digest can tell
+    (path / "opt.bin").write_bytes(bytes(data))
+    store = writer(url)
+    with pytest.raises(CorruptCheckpoint, match="opt.bin: xxh3-128 mismatch"):
+        store.upload(path)
+    assert store.objects.find(CHECKPOINTS) == {}
+
+
+def test_the_store_records_sha256_digests_whatever_the_local_manifest_used(url: str, run: Callable[..., Path]) -> None:
+    """The store's manifest is signed where a key is set, and its copies are checked by SHA-256: its
+    digests must be SHA-256, also of a local checkpoint with fast ones."""
+    path = run(4)
+    local = json.loads((path / MANIFEST).read_bytes())
+    assert local["digest"] == "xxh3-128"
+    store = writer(url, key=b"k")
+    store.upload(path)
+    remote = json.loads(store.objects.read(f"{CHECKPOINTS}/step-000000004/{MANIFEST}"))
+    assert "digest" not in remote
+    assert remote["files"] == {f: {"sha256": hashlib.sha256((path / f).read_bytes()).hexdigest(), "size": e["size"]}
+                               for f, e in local["files"].items()}
+    assert store.upload(path).already  # compared with the local checkpoint's SHA-256 digests
 
 
 def test_the_upload_check_catches_a_store_that_holds_other_bytes(url: str, run: Callable[..., Path],

@@ -17,6 +17,7 @@ from checkpoint.state import (
     pack,
     pack_chunks,
     params_digest,
+    scan,
 )
 from checkpoint.store import Checkpoint
 
@@ -117,3 +118,28 @@ def test_it_reads_a_non_contiguous_view() -> None:
     a[3, 7] = np.inf
     assert non_finite({"m": {"w": a.T}}) == "m: w holds inf"
     assert non_finite({"m": {"w": a.T[::2]}}) is None  # column 7 of the transpose's even rows: row 7 is odd
+
+
+SCANNED = {
+    MODEL_FILE: {"w": np.arange(30, dtype=np.float32).reshape(3, 10), "b": np.float32(2.5),
+                 "t": np.arange(12, dtype=np.float64).reshape(3, 4).T},  # 0-d; not contiguous
+    TRAIN_FILE: {"order": np.arange(20), "optimizer/m": np.ones(7, np.float16)},
+}
+
+
+@pytest.mark.parametrize("block", [1 << 20, 8, 1])
+def test_scan_gives_the_params_digest_of_each_file_asked_for_in_one_read(monkeypatch: pytest.MonkeyPatch,
+                                                                         block: int) -> None:
+    monkeypatch.setattr(state_mod, "_FINITE_BLOCK", block)  # blocks of 8 elements: the digest spans them
+    bad, digests = scan(SCANNED, {"params_sha256": MODEL_FILE, "train_sha256": TRAIN_FILE})
+    assert bad is None
+    assert digests == {"params_sha256": params_digest(SCANNED[MODEL_FILE]),
+                       "train_sha256": params_digest(SCANNED[TRAIN_FILE])}
+    assert scan(SCANNED, {}) == (None, {})
+
+
+def test_scan_stops_at_a_non_finite_value_and_gives_no_digests() -> None:
+    t = SCANNED[TRAIN_FILE]["optimizer/m"].copy()
+    t[6] = np.inf
+    files = {MODEL_FILE: SCANNED[MODEL_FILE], TRAIN_FILE: {**SCANNED[TRAIN_FILE], "optimizer/m": t}}
+    assert scan(files, {"params_sha256": MODEL_FILE}) == (f"{TRAIN_FILE}: optimizer/m holds inf", {})

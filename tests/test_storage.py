@@ -3,11 +3,13 @@ nothing, a get reads only regular files inside the key's directory."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
+from checkpoint import filehash
 from checkpoint.storage import LocalStorage
 from rundir.paths import PathEscape
 
@@ -58,3 +60,15 @@ def test_get_refuses_a_fifo_instead_of_waiting_on_it(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(OSError, match="not a regular file"):
         LocalStorage(tmp_path).get("fifo")
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_digest_is_fed_every_byte_written_in_order(tmp_path: Path, durable: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(filehash, "SLICE", 7)  # slices of 7 bytes: many per part, none across two
+    parts = [memoryview(b"header--"), memoryview(bytes(range(100))), memoryview(b""), memoryview(b"tail")]
+    h = filehash.hasher("sha256")
+    LocalStorage(tmp_path).put("d/x", parts, durable=durable, digest=h)
+    written = (tmp_path / "d" / "x").read_bytes()
+    assert written == b"".join(parts)
+    assert h.hexdigest() == hashlib.sha256(written).hexdigest()

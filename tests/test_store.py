@@ -140,7 +140,7 @@ def flip_middle(path: Path) -> None:
 def flip_manifest_digit(path: Path) -> None:
     # Change one hex digit of a recorded checksum: still valid JSON, so only its own checksum can tell.
     text = path.read_text()
-    i = text.index('"sha256": "') + len('"sha256": "')
+    i = text.index('"xxh3-128": "') + len('"xxh3-128": "')
     path.write_text(text[:i] + ("1" if text[i] != "1" else "2") + text[i + 1 :])
 
 
@@ -163,7 +163,7 @@ def bump_step(m: dict) -> None:
 
 CORRUPTIONS = [
     pytest.param("a.bin", truncate, "a.bin: 940 bytes, manifest says 950", id="truncated-data-file"),
-    pytest.param("b.bin", flip_middle, "b.bin: sha256 mismatch", id="flipped-byte-in-data-file"),
+    pytest.param("b.bin", flip_middle, "b.bin: xxh3-128 mismatch", id="flipped-byte-in-data-file"),
     pytest.param("a.bin", lambda p: p.unlink(), "a.bin: missing", id="missing-data-file"),
     pytest.param(MANIFEST, flip_manifest_digit, f"{MANIFEST}: checksum mismatch", id="flipped-byte-in-manifest"),
     pytest.param(MANIFEST, edit_manifest(bump_step), f"{MANIFEST}: checksum mismatch", id="edited-manifest"),
@@ -336,7 +336,7 @@ def test_a_corrupt_tensor_file_is_rejected_by_checksum_before_anything_parses_it
     warns = Warnings()
     ck = store.load_latest(warn=warns)
     assert isinstance(ck, Checkpoint) and ck.step == 16
-    assert len(warns) == 1 and f"{checkpoint_name(20)}/{MODEL_FILE}: sha256 mismatch" in warns[0]
+    assert len(warns) == 1 and f"{checkpoint_name(20)}/{MODEL_FILE}: xxh3-128 mismatch" in warns[0]
     assert parsed == []  # load_latest only checks bytes; it never deserialises them
     st = TrainState.from_checkpoint(ck)
     assert bytes(data) not in parsed and len(parsed) == 2  # model.safetensors and train.safetensors
@@ -427,7 +427,7 @@ class FullAfter(LocalStorage):
         super().__init__(root)
         self.room = room
 
-    def put(self, key: str, data, *, commit: bool = True, durable: bool = True) -> None:
+    def put(self, key: str, data, *, commit: bool = True, durable: bool = True, digest=None) -> None:
         size = len(data) if isinstance(data, bytes) else sum(m.nbytes for m in data)
         if size > self.room:
             import checkpoint.storage as storage_mod
@@ -440,11 +440,11 @@ class FullAfter(LocalStorage):
 
             storage_mod._write_all = short
             try:
-                super().put(key, data, commit=commit, durable=durable)
+                super().put(key, data, commit=commit, durable=durable, digest=digest)
             finally:
                 storage_mod._write_all = real
         self.room -= size
-        super().put(key, data, commit=commit, durable=durable)
+        super().put(key, data, commit=commit, durable=durable, digest=digest)
 
 
 A8, B8 = (len(v) for v in files_for(8).values())

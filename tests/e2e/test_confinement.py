@@ -4,13 +4,13 @@ resuming falls back past a crafted manifest with one warning."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+from checkpoint import filehash
 from checkpoint.store import MANIFEST, _canonical, _sha256, checkpoint_name
 from tests.helpers.processes import describe, run_job, run_runner
 
@@ -66,7 +66,7 @@ def test_a_worker_resuming_falls_back_past_a_crafted_manifest(tmp_path: Path) ->
     body = json.loads((newest / MANIFEST).read_text())
     body.pop("sha256")
     name = os.path.relpath(victim, newest)
-    body["files"][name] = {"sha256": hashlib.sha256(CANARY).hexdigest(), "size": len(CANARY)}
+    body["files"][name] = {filehash.DEFAULT: filehash.hex_digest(filehash.DEFAULT, [CANARY]), "size": len(CANARY)}
     (newest / MANIFEST).write_text(json.dumps(dict(body, sha256=_sha256(_canonical(body)))))
     (run_dir / "final.json").unlink()  # so that the job resumes instead of exiting at once
 

@@ -193,7 +193,7 @@ def test_corrupt_newest_checkpoint_is_moved_aside_with_a_warning_and_the_older_o
     warnings = [line for line in p.stdout.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, p.stdout
     assert f"{checkpoint_name(20)}/model.safetensors" in warnings[0]
-    assert "sha256 mismatch" in warnings[0]
+    assert "xxh3-128 mismatch" in warnings[0]
     assert resumed_from(run_dir) == [0, 16]
     quarantined = run_dir / "checkpoints" / f"corrupt-{checkpoint_name(20)}-0"
     assert (quarantined / "model.safetensors").read_bytes() == bytes(data)
