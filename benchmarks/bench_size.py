@@ -47,6 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._output import publish  # noqa: E402
 
 MIB = 1 << 20
 DRIVER = ROOT / "benchmarks" / "_size_job.py"
@@ -381,23 +382,8 @@ def main() -> int:
            f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, Python "
            f"{platform.python_version()}", "steps": steps, "every": ns.every, "mtbf_s": ns.mtbf,
            "sizes": results, "derived": {s: derive(results[s], ns.every) for s in results}}
-    publish_table("Checkpoint cost against state size (limits measured in the same run)", header, rows, out, ns.out)
+    publish("Checkpoint cost against state size (limits measured in the same run)", rows, out, ns.out, header)
     return 0
-
-
-def publish_table(title: str, header: list[str], rows: list[list[str]], results: dict[str, Any], out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    Console(width=160).print(table)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
