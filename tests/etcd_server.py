@@ -1,6 +1,6 @@
 """etcd for the tests (Debian's ``etcd-server``): one server on free 127.0.0.1 ports, its data in a
-temporary directory, stopped with the session. Tests that need it are skipped where ``etcd`` is not
-installed (``.ci/run`` installs it)."""
+temporary directory, stopped with the test module that started it. Tests that need it are skipped
+where ``etcd`` is not installed (``.ci/run`` installs it)."""
 
 from __future__ import annotations
 
