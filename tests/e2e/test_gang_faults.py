@@ -49,7 +49,7 @@ class Case:
     step: int
     detail: dict[str, Any]
     exits: tuple[str, ...]  # the attempts' exit classes
-    resumed: int  # the step attempt 2 resumed from
+    resumed: tuple[int, ...]  # the steps attempt 2 may resume from
     fallback: bool = False  # attempt 2 moved a corrupt checkpoint aside first
     says: tuple[str, ...] = field(default=())  # lines in attempt 1's log
 
@@ -59,16 +59,18 @@ class Case:
 
 
 CASES = [
-    Case("hang", 7, {"rank": 1}, ("hung", "completed"), 5,
+    # The SIGSTOP goes out once the supervisor sees step 7; on a busy machine the gang may have
+    # committed step 10 by the time it lands.
+    Case("hang", 7, {"rank": 1}, ("hung", "completed"), (5, 10),
          says=("rank 1 of 2 was stopped (hung) when the gang was ended",)),
-    Case("checkpoint-write", 10, {"rank": 1}, ("killed", "completed"), 5,
+    Case("checkpoint-write", 10, {"rank": 1}, ("killed", "completed"), (5,),
          says=("rank 1 of 2 failed first (killed by SIGKILL)",)),
-    Case("checkpoint-write", 10, {"rank": 0}, ("killed", "completed"), 5,
+    Case("checkpoint-write", 10, {"rank": 0}, ("killed", "completed"), (5,),
          says=("rank 0 of 2 failed first (killed by SIGKILL)",)),
-    Case("corrupt-checkpoint", 10, {"mode": "flip-byte", "position": 0.5, "rank": 1}, ("killed", "completed"), 5,
+    Case("corrupt-checkpoint", 10, {"mode": "flip-byte", "position": 0.5, "rank": 1}, ("killed", "completed"), (5,),
          fallback=True),
     Case("corrupt-checkpoint", 10, {"mode": "truncate", "file": "MANIFEST.json", "position": 0.5, "rank": 0},
-         ("killed", "completed"), 5, fallback=True),
+         ("killed", "completed"), (5,), fallback=True),
 ]
 
 
@@ -112,8 +114,9 @@ def test_a_fault_aimed_at_one_rank_restarts_the_whole_gang_bit_exactly(case: Cas
     log = (run_dir / "logs" / "attempt-001.log").read_text()
     for line in case.says:
         assert line in log, log[-2000:]
-    assert resumed_from_step(run_dir, 2) == case.resumed
-    assert ranks_resumed(run_dir, 2) == {f"the ranks resumed from steps [{case.resumed}, {case.resumed}]"}
+    resumed = resumed_from_step(run_dir, 2)
+    assert resumed in case.resumed
+    assert ranks_resumed(run_dir, 2) == {f"the ranks resumed from steps [{resumed}, {resumed}]"}
     fallbacks = [e for e in events(run_dir, "checkpoint-fallback") if e["attempt"] == 2]
     assert bool(fallbacks) is case.fallback, fallbacks
     if case.kind == "hang":
