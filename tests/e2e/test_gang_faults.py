@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,13 +186,19 @@ def test_ranks_that_resume_from_different_checkpoints_are_stopped_before_their_f
     checkpoint before the one rank 0 chose. Every attempt after the kill stops at once, saying so,
     and the supervisor gives up on the crash loop: a run that could only diverge is never trained."""
     run_dir, p, report = replay(tmp_path, cache, {"kind": "sigkill", "step": 12, "detail": {"rank": 1}},
-                                args=(*ONE_EPOCH, "--break-resume", "rank-step"))
+                                args=("--epochs", 2, "--break-resume", "rank-step"), steps=30)
     assert p.returncode != 0 and report is not None and report["verdict"] != "pass", describe(p)
     exits = [e["exit_class"] for e in events(run_dir, "attempt-exited")]
     assert exits[0] == "killed" and set(exits[1:]) == {"crashed"}, exits
     assert events(run_dir, "gave-up")
     said = (run_dir / "logs" / "attempt-002-ranks" / "workerlog.0").read_text()
-    assert "the ranks resumed from different checkpoints: rank 0 from step 10, rank 1 from step 5" in said
+    # The kill goes out once the supervisor sees step 12; on a busy machine the gang may have
+    # committed step 15 by the time it lands. Rank 1 loads the checkpoint before rank 0's either way.
+    apart = re.search(r"the ranks resumed from different checkpoints: rank 0 from step (\d+), rank 1 from step (\d+)",
+                      said)
+    assert apart is not None, said[-2000:]
+    chosen, older = int(apart[1]), int(apart[2])
+    assert chosen in (10, 15) and older == chosen - 5, apart[0]
 
 
 def test_a_campaign_of_gang_trials_aims_every_fault_at_a_rank(tmp_path: Path, cache: Path) -> None:
