@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._poll import wait_until  # noqa: E402
+from benchmarks._poll import stop_group, wait_until  # noqa: E402
 from rundir.journal import read_records  # noqa: E402
 
 PY = sys.executable
@@ -69,16 +69,6 @@ def rollup(pid: int) -> dict[str, int]:
 
 def _events(run_dir: Path, kind: str) -> list[dict[str, Any]]:
     return [e for e in read_records(run_dir / "events.jsonl") if e.get("event") == kind]
-
-
-def _stop(p: subprocess.Popen[bytes]) -> None:
-    if p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
 
 
 def _hold_s(state_bytes: int) -> float:
@@ -134,7 +124,7 @@ def ours(work: Path, state_mb: float, state_bytes: int, mode: str, kills: int = 
         for k in range(kills):
             rounds.append(_round(run_dir, k + 1, mode in ("memory", "disk"), state_bytes, timeout))
     finally:
-        _stop(p)
+        stop_group(p, 30)
     dts = [float(r["dt"]) for r in read_records(run_dir / "losses.jsonl")]
     return summarize(rounds, statistics.median(dts))
 

@@ -29,6 +29,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._pagecache import drop_cache  # noqa: E402
+
 warnings.filterwarnings("ignore", message=".*ccache.*")
 
 
@@ -192,17 +195,6 @@ def peak_rss() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def drop_cache(paths: list[Path]) -> None:
-    """Have the files read from the disk next time (their pages are clean: each was fsynced)."""
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def restore(ns: argparse.Namespace) -> dict[str, Any]:

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._output import publish  # noqa: E402
+from benchmarks._pagecache import drop_cache  # noqa: E402
 from checkpoint.filehash import Hasher, slices  # noqa: E402
 from checkpoint.state import (  # noqa: E402
     MODEL_FILE,
@@ -105,19 +106,8 @@ def _clock(fn: Callable[[], object]) -> tuple[float, float, float]:
     return time.perf_counter() - w, u.user - t.user, u.system - t.system
 
 
-def _evict(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-
 def _cold_read(root: Path) -> float:
-    _evict(root)
+    drop_cache(p for p in root.rglob("*") if p.is_file())
     t0 = time.perf_counter()
     for path in sorted(root.rglob("*.safetensors")):
         with open(path, "rb") as f:
@@ -157,7 +147,7 @@ def measure(mb: float, reps: int, work: Path) -> dict[str, Any]:
         hot = [_clock(lambda: store.verify(latest))[0] for _ in range(reps)]  # noqa: B023
         cold = []
         for _ in range(reps):
-            _evict(store.storage.root)  # type: ignore[attr-defined]
+            drop_cache(p for p in store.storage.root.rglob("*") if p.is_file())  # type: ignore[attr-defined]
             cold.append(_clock(lambda: store.verify(latest))[0])  # noqa: B023
         out[f"{name}_restore_hot_s"], out[f"{name}_restore_cold_s"] = statistics.median(hot), statistics.median(cold)
     out["cold_read_s"] = statistics.median(_cold_read(work / "after") for _ in range(reps))

@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._poll import wait_until  # noqa: E402
+from benchmarks._poll import stop_group, wait_until  # noqa: E402
 from rundir.journal import read_records  # noqa: E402
 
 PY = sys.executable
@@ -58,16 +58,6 @@ def _supervise(run_dir: Path, epochs: int, standby: bool, exec_: bool = False) -
                             start_new_session=True)
 
 
-def _stop(p: subprocess.Popen[bytes]) -> None:
-    if p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-
 def ours_restart_latency(tmp: Path, data: Path, kills: int, standby: bool,
                          exec_: bool = False) -> tuple[list[float], float]:
     """Latencies of ``kills`` restarts, and the median step time seen on the way."""
@@ -93,7 +83,7 @@ def ours_restart_latency(tmp: Path, data: Path, kills: int, standby: bool,
                 120, f"attempt {attempt + 1}'s first step")
             out.append(float(first["time"]) - t_kill)
     finally:
-        _stop(p)
+        stop_group(p, 20)
     step_s = statistics.median(float(r["dt"]) for r in read_records(losses))
     return out, step_s
 
